@@ -1,0 +1,277 @@
+"""Tracks, groups and frames as the relay holds them: one shared copy, many readers.
+
+A Track is filled by exactly one upstream subscription and read by every downstream
+subscriber. Frames are immutable `bytes` shared by all readers (no copy per subscriber).
+Readers wait on lazily created trio Events, so a group nobody waits on costs no event.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+
+import trio
+
+from relay.model.cache import CacheBudget
+
+# Rust rejects frames and groups above 32 MiB (lite §5.5, relay spec §8.6).
+MAX_FRAME_SIZE = 32 * 1024 * 1024
+MAX_GROUP_SIZE = 32 * 1024 * 1024
+# HEAD's retention when the publisher sent no TRACK_INFO (lite-03/04): 5 s.
+DEFAULT_MAX_LATENCY_MS = 5000
+# However small the groups, a track caches at most this many (bounds per-track tables).
+MAX_CACHED_GROUPS = 1024
+# How far back subscribers' arrival cursors can lag before they simply skip ahead.
+ARRIVAL_HISTORY = 256
+
+
+class TrackClosed(Exception):
+    """The track ended (code None) or was aborted with a moq error code."""
+
+    def __init__(self, code: int | None = None) -> None:
+        super().__init__("track closed" if code is None else f"track aborted (code {code})")
+        self.code = code
+
+
+class GroupAborted(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"group aborted (code {code})")
+        self.code = code
+
+
+class TooLarge(Exception):
+    """A frame or group above the 32 MiB limit."""
+
+
+@dataclass(slots=True, frozen=True)
+class Frame:
+    payload: bytes
+    # Absolute timestamp in the track's timescale; 0 when the version carries none (<= lite-04).
+    timestamp: int = 0
+
+
+@dataclass(slots=True)
+class TrackInfo:
+    """The publisher's track properties (lite-05+ TRACK_INFO), forwarded verbatim."""
+
+    priority: int = 0
+    ordered: bool = False
+    max_latency_ms: int = DEFAULT_MAX_LATENCY_MS
+    timescale: int = 1000
+
+
+class _Notifier:
+    """A broadcast wake-up: `wait()` returns at the next `notify()`. Events are made lazily."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event: trio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self) -> None:
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
+
+
+class Group:
+    """One group: an append-only list of frames, then finished or aborted."""
+
+    __slots__ = ("sequence", "frames", "finished", "error", "arrived", "size", "_changed", "_budget")
+
+    def __init__(self, sequence: int, budget: CacheBudget | None = None) -> None:
+        self.sequence = sequence
+        self.frames: list[Frame] = []
+        self.finished = False
+        self.error: int | None = None
+        self.arrived = time.monotonic()
+        self.size = 0
+        self._changed = _Notifier()
+        self._budget = budget
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.error is not None
+
+    def append(self, frame: Frame) -> None:
+        if self.done:
+            return  # late data for a group we already closed: ignore
+        n = len(frame.payload)
+        if n > MAX_FRAME_SIZE or self.size + n > MAX_GROUP_SIZE:
+            raise TooLarge(f"group {self.sequence} exceeds {MAX_GROUP_SIZE} bytes")
+        self.frames.append(frame)
+        self.size += n
+        if self._budget is not None:
+            self._budget.add(n)
+        self._changed.notify()
+
+    def finish(self) -> None:
+        if not self.done:
+            self.finished = True
+            self._changed.notify()
+
+    def abort(self, code: int) -> None:
+        if not self.done:
+            self.error = code
+            self._changed.notify()
+
+    def release(self) -> None:
+        """Called when the cache drops this group: its bytes leave the budget."""
+        if self._budget is not None:
+            self._budget.remove(self.size)
+            self._budget = None
+
+    async def frames_from(self, index: int = 0):
+        """Yield frames from `index` on, waiting for new ones, until finished.
+
+        Raises GroupAborted when the group was aborted before its end.
+        """
+        while True:
+            if index < len(self.frames):
+                frame = self.frames[index]
+                index += 1
+                yield frame
+                continue
+            if self.finished:
+                return
+            if self.error is not None:
+                raise GroupAborted(self.error)
+            await self._changed.wait()
+
+
+class Track:
+    """A track shared by all subscribers of a relay: info, cached groups, arrival order, end."""
+
+    def __init__(self, broadcast_path: str, name: str, budget: CacheBudget | None = None,
+                 max_cache_age: float | None = None) -> None:
+        self.broadcast_path = broadcast_path
+        self.name = name
+        self.info: TrackInfo | None = None
+        self._info_ready = trio.Event()
+        self._budget = budget
+        self._max_cache_age = max_cache_age
+        self.groups: dict[int, Group] = {}
+        self.latest: Group | None = None
+        # Arrival order (not sequence order): subscribers follow it with an integer cursor.
+        self._arrivals: collections.deque[Group] = collections.deque(maxlen=ARRIVAL_HISTORY)
+        self._arrival_count = 0
+        self._changed = _Notifier()
+        self.closed = False
+        self.error: int | None = None
+        # Exclusive end announced by upstream (SUBSCRIBE_END), if any.
+        self.end_sequence: int | None = None
+        self.groups_total = 0
+        self.bytes_total = 0
+
+    # -- info ---------------------------------------------------------------------------
+    def set_info(self, info: TrackInfo) -> None:
+        self.info = info
+        self._info_ready.set()
+
+    async def wait_info(self) -> TrackInfo:
+        await self._info_ready.wait()
+        assert self.info is not None
+        return self.info
+
+    # -- writer side (the one upstream subscription) -------------------------------------
+    def create_group(self, sequence: int) -> Group | None:
+        """A new group from upstream; None if it is a duplicate or beyond the end."""
+        if self.closed or sequence in self.groups:
+            return None
+        if self.end_sequence is not None and sequence >= self.end_sequence:
+            return None
+        if self.latest is not None and sequence < self.latest.sequence and self._too_old(sequence):
+            return None
+        group = Group(sequence, self._budget)
+        self.groups[sequence] = group
+        if self.latest is None or sequence > self.latest.sequence:
+            self.latest = group
+        self._arrivals.append(group)
+        self._arrival_count += 1
+        self.groups_total += 1
+        self._evict()
+        self._changed.notify()
+        return group
+
+    def _too_old(self, sequence: int) -> bool:
+        # A straggler older than everything cached is not worth caching or forwarding.
+        return bool(self.groups) and sequence < min(self.groups)
+
+    def _retention(self) -> float:
+        ms = self.info.max_latency_ms if self.info is not None else DEFAULT_MAX_LATENCY_MS
+        age = ms / 1000.0
+        if self._max_cache_age is not None:
+            age = min(age, self._max_cache_age)
+        return age
+
+    def _evict(self) -> None:
+        """Drop stale non-latest groups: past the retention window, the count cap or the budget."""
+        latest = self.latest
+        if latest is None:
+            return
+        horizon = latest.arrived - self._retention()
+        over_budget = self._budget is not None and self._budget.over
+        for seq in sorted(self.groups):
+            group = self.groups[seq]
+            if group is latest:
+                continue
+            if group.arrived < horizon or len(self.groups) > MAX_CACHED_GROUPS or over_budget:
+                del self.groups[seq]
+                group.release()
+                over_budget = self._budget is not None and self._budget.over
+            else:
+                break
+
+    def end(self, sequence: int) -> None:
+        """Upstream said no group >= sequence will exist."""
+        if self.end_sequence is None or sequence < self.end_sequence:
+            self.end_sequence = sequence
+            self._changed.notify()
+
+    def close(self, error: int | None = None) -> None:
+        """No more groups will arrive. Groups in flight keep their own state."""
+        if self.closed:
+            return
+        self.closed = True
+        self.error = error
+        if error is not None:
+            for group in self.groups.values():
+                if not group.done:
+                    group.abort(error)
+        if not self._info_ready.is_set():
+            self._info_ready.set()
+        self._changed.notify()
+
+    def drop_cache(self) -> None:
+        for group in self.groups.values():
+            group.release()
+        self.groups.clear()
+
+    # -- reader side ---------------------------------------------------------------------
+    def cached(self, sequence: int) -> Group | None:
+        return self.groups.get(sequence)
+
+    @property
+    def arrival_cursor(self) -> int:
+        """The cursor value that will see the next group to arrive."""
+        return self._arrival_count
+
+    def cached_in_arrival_order(self) -> tuple[int, list[Group]]:
+        """(cursor after them, cached groups still in arrival history) for a new subscriber."""
+        return self._arrival_count, [g for g in self._arrivals if self.groups.get(g.sequence) is g]
+
+    def arrivals_since(self, cursor: int) -> tuple[int, list[Group]]:
+        """Groups that arrived at or after `cursor` (older history is skipped), and the new cursor."""
+        first = self._arrival_count - len(self._arrivals)
+        start = max(cursor, first)
+        items = list(self._arrivals)[start - first :] if start < self._arrival_count else []
+        return self._arrival_count, items
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
