@@ -1,0 +1,1 @@
+"""Who may publish and subscribe where (relay spec §5-§6)."""
