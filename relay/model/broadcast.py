@@ -7,8 +7,10 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
+import trio
+
 from relay.model.cache import CacheBudget
-from relay.model.track import Track, TrackClosed
+from relay.model.track import Group, Track, TrackClosed, TrackInfo
 
 # A peer can make us create one track (and one upstream subscription) per name it asks for.
 MAX_TRACKS_PER_BROADCAST = 1024
@@ -28,6 +30,10 @@ class TrackSource(Protocol):
 
         The upstream work runs in the source's own nursery, so it dies with the source. It must
         eventually call track.close() (with an error code if it failed)."""
+        ...
+
+    async def fetch_track_info(self, broadcast_path: str, name: str) -> TrackInfo:
+        """Ask the source for a track's properties (raises if the track does not exist)."""
         ...
 
 
@@ -56,6 +62,9 @@ class Broadcast:
         self._tracks: dict[str, _TrackEntry] = {}
         self.closed = False
         self.upstream_subscriptions_total = 0
+        # TRACK_INFO per track name, asked upstream once and shared (bounded like the tracks).
+        self._infos: dict[str, TrackInfo] = {}
+        self._info_pending: dict[str, trio.Event] = {}
 
     def __repr__(self) -> str:
         return f"Broadcast({self.path!r}, hops={list(self.hops)}, gen={self.generation})"
@@ -67,6 +76,37 @@ class Broadcast:
     def upstream_count(self) -> int:
         """Live upstream subscriptions (one per track with at least one reader)."""
         return len(self._tracks)
+
+    def cached_group(self, name: str, sequence: int) -> Group | None:
+        """A group of a track someone is pulling, if it is still cached (for FETCH)."""
+        entry = self._tracks.get(name)
+        return entry.track.cached(sequence) if entry is not None else None
+
+    async def track_info(self, name: str) -> TrackInfo:
+        """The publisher's properties of track `name`; concurrent askers share one request."""
+        while True:
+            info = self._infos.get(name)
+            if info is not None:
+                return info
+            entry = self._tracks.get(name)
+            if entry is not None and entry.track.info is not None:
+                return entry.track.info
+            if self.closed:
+                raise TrackClosed(None)
+            pending = self._info_pending.get(name)
+            if pending is None:
+                break
+            await pending.wait()  # another reader is asking; then look again
+        if len(self._infos) + len(self._info_pending) >= MAX_TRACKS_PER_BROADCAST:
+            raise LimitExceeded(f"more than {MAX_TRACKS_PER_BROADCAST} tracks in {self.path}")
+        done = self._info_pending[name] = trio.Event()
+        try:
+            info = await self.source.fetch_track_info(self.path, name)
+            self._infos[name] = info
+            return info
+        finally:
+            del self._info_pending[name]
+            done.set()
 
     @contextlib.contextmanager
     def subscribe(self, name: str) -> Iterator[Track]:
@@ -82,6 +122,8 @@ class Broadcast:
             if len(self._tracks) >= MAX_TRACKS_PER_BROADCAST:
                 raise LimitExceeded(f"more than {MAX_TRACKS_PER_BROADCAST} tracks in {self.path}")
             entry = _TrackEntry(Track(self.path, name, self._budget, self._max_cache_age))
+            if name in self._infos:
+                entry.track.set_info(self._infos[name])
             self._tracks[name] = entry
             entry.cancel = self.source.serve_track(entry.track)
             self.upstream_subscriptions_total += 1

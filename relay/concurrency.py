@@ -1,0 +1,35 @@
+"""Small structured-concurrency helpers shared by the trio drivers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import trio
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        out: list[BaseException] = []
+        for inner in exc.exceptions:
+            out.extend(_leaves(inner))
+        return out
+    return [exc]
+
+
+@contextlib.asynccontextmanager
+async def open_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery whose lone failure surfaces as itself, not wrapped in an ExceptionGroup.
+
+    Protocol handlers catch specific errors (a reset stream, a closed session); trio's strict
+    exception groups would hide them behind a group. Several different failures still raise
+    the group.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
