@@ -58,7 +58,7 @@ def generate_self_signed(names: list[str]) -> Identity:
         except ValueError:
             sans.append(x509.DNSName(name))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     not_before = now - datetime.timedelta(days=1)
     cert = (
         x509.CertificateBuilder()

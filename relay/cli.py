@@ -1,0 +1,73 @@
+"""`moq-relay [CONFIG.toml]`: exit status 0 on a clean stop, 1 on startup errors, 2 on usage errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+from relay.config import ConfigError, UsageError, build_config, parse_args
+from relay.log import setup_logging
+
+USAGE = """usage: moq-relay [FLAGS] [CONFIG.toml]
+
+A Media over QUIC relay. With no config, flags or MOQ_* variables it runs on development
+defaults: ports 4443 (UDP and TCP) on 127.0.0.1 and ::1, a generated 14-day certificate,
+anonymous publish and subscribe everywhere.
+
+  CONFIG.toml            configuration file (also --file PATH / --config PATH)
+  --check                validate the configuration and exit
+  --version              print the version and exit
+  --SECTION-KEY VALUE    any config key as a flag, e.g. --server-bind 0.0.0.0:443,
+                         --log-level debug, --auth-public anon (MOQ_SECTION_KEY in the environment)
+"""
+
+
+def package_version() -> str:
+    try:
+        return version("moq-relay")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        inv = parse_args(args)
+    except UsageError as exc:
+        print(f"error: {exc}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    if inv.show_help:
+        print(USAGE)
+        return 0
+    if inv.show_version:
+        print(f"moq-relay {package_version()}")
+        return 0
+    try:
+        config = build_config(inv, os.environ)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    setup_logging(config.log_level)
+    if inv.check:
+        print("configuration ok" + (f": {config.source}" if config.source else " (development defaults)"))
+        return 0
+    import trio
+
+    from relay.server import StartupError, run
+
+    try:
+        trio.run(run, config)
+    except KeyboardInterrupt:
+        return 0
+    except (StartupError, ConfigError) as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
