@@ -7,8 +7,16 @@ to its wire form (the WebTransport range on QUIC and WebTransport, raw on QMux).
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+
+_conn_ids = itertools.count(1)
+
+
+def next_conn_id() -> int:
+    """A relay-wide connection number for SessionInfo.conn_id (shared by all transports)."""
+    return next(_conn_ids)
 
 
 class TransportError(Exception):
@@ -80,7 +88,7 @@ class SessionInfo:
 
     transport: str  # "quic" | "webtransport" | "websocket"
     protocol: str  # negotiated moq ALPN, e.g. "moq-lite-05"; "moql" / "" means legacy in-band SETUP
-    path: str = ""  # request target incl. query ("/anon/room?jwt=..."); "" when the transport carries none
+    path: str | None = ""  # request target incl. query ("/anon/room?jwt=..."); None/"" when the transport carries none
     remote: str = ""  # "ip:port" of the peer, for logs
     conn_id: int = 0  # relay-wide connection counter, for log lines (conn=<id>)
     extra: dict = field(default_factory=dict)

@@ -1,0 +1,945 @@
+"""A moq-lite session (lite-03 … lite-06) between the relay and one peer, over any transport.
+
+The peer may publish (we learn its broadcasts through our announce request and pull its tracks
+with one upstream subscription each) and subscribe (we answer its announce requests from the
+origin and fan groups out to it), both at once. Every task here lives in the session's
+nursery, so losing the session cancels its streams, its fan-out and its upstream pulls; the
+tracks it was filling are closed so readers elsewhere end cleanly.
+
+Codec work (bytes <-> messages) is in `messages`/`coding`; this module only moves messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from relay.auth.scope import AuthError, Scope
+from relay.concurrency import open_nursery
+from relay.model import path as paths
+from relay.model.broadcast import Broadcast, LimitExceeded
+from relay.model.origin import Origin
+from relay.model.track import Frame, GroupAborted, TooLarge, Track, TrackClosed, TrackInfo
+from relay.protocol.lite import messages as m
+from relay.protocol.lite.errors import ErrorCode, ProtocolError
+from relay.protocol.lite.streams import MessageReader, StreamEnded
+from relay.protocol.lite.version import Version
+from relay.transport.base import (
+    RecvStream,
+    SendStream,
+    SessionClosed,
+    StreamReset,
+    TransportError,
+    TransportSession,
+)
+
+log = logging.getLogger("relay.session")
+
+_session_ids = itertools.count(1)
+
+
+@dataclass
+class SessionLimits:
+    """Everything a peer can grow, bounded."""
+
+    max_bi_streams: int = 4096  # concurrent control streams (announce/subscribe/track/fetch)
+    max_subscriptions: int = 2048  # concurrent downstream subscriptions
+    max_announce_streams: int = 64
+    max_published: int = 4096  # broadcasts this peer may announce at once
+    max_inflight_groups: int = 64  # per downstream subscription; older ones are dropped
+    max_message: int = 64 * 1024  # control messages
+    max_frame: int = 32 * 1024 * 1024
+    setup_timeout: float = 10.0
+    track_info_timeout: float = 10.0
+    # Max latency we ask of a publisher: generous, each downstream applies its own.
+    upstream_max_latency_ms: int = 30_000
+
+
+# authorize(request path with query) -> Scope; raises AuthError.
+Authorizer = Callable[[str], Scope]
+
+
+class LiteSession:
+    """One peer's moq-lite session. `run()` returns when the session is over."""
+
+    def __init__(self, transport: TransportSession, version: Version, origin: Origin, *,
+                 authorize: Authorizer, hop_id: int, scope: Scope | None = None,
+                 limits: SessionLimits | None = None) -> None:
+        self.transport = transport
+        self.version = version
+        self.origin = origin
+        self.authorize = authorize
+        self.hop_id = hop_id
+        self.scope = scope
+        self.limits = limits or SessionLimits()
+        self.id = next(_session_ids)
+        info = transport.info
+        self.name = f"session={self.id} conn={info.conn_id} {info.transport}/{version.alpn} peer={info.remote}"
+        self.peer_hop: int = 0  # the peer's origin id (SETUP Origin or ANNOUNCE_OK)
+        self._ready = trio.Event()  # set once the scope is known (after SETUP on raw QUIC 05+)
+        self._peer_setup = trio.Event()
+        self._setup_path: str | None = None
+        self._nursery: trio.Nursery | None = None
+        self._bi_active = 0
+        self._subscriptions: set[int] = set()
+        self._announce_streams = 0
+        self._published: dict[str, Broadcast] = {}
+        self._upstream: dict[int, Track] = {}
+        self._next_upstream_id = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._accept_bi_loop)
+                nursery.start_soon(self._accept_uni_loop)
+                if self.version.has_setup_stream:
+                    nursery.start_soon(self._send_setup)
+                try:
+                    await self._establish_scope()
+                except AuthError as exc:
+                    log.warning("%s refused: %s", self.name, exc.reason)
+                    self.transport.close(ErrorCode.UNAUTHORIZED, "unauthorized")
+                    nursery.cancel_scope.cancel()
+                    return
+                except ProtocolError as exc:
+                    self._fail(exc)
+                    nursery.cancel_scope.cancel()
+                    return
+                assert self.scope is not None
+                log.info("%s accepted root=/%s publish=%s subscribe=%s", self.name, self.scope.root,
+                         list(self.scope.publish), list(self.scope.subscribe))
+                self._ready.set()
+                if self.scope.publish:
+                    nursery.start_soon(self._learn_announcements)
+                if self.scope.expires is not None:
+                    nursery.start_soon(self._expire_at, self.scope.expires)
+                closed = await self.transport.wait_closed()
+                log.info("%s closed code=%s reason=%s", self.name, closed.code, closed.reason)
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            for broadcast in list(self._published.values()):
+                self.origin.unpublish(broadcast)
+                broadcast.close()
+            self._published.clear()
+            for track in list(self._upstream.values()):
+                track.close(ErrorCode.CANCEL)
+            self._upstream.clear()
+
+    def _fail(self, exc: ProtocolError) -> None:
+        """A session-level protocol violation: close everything with the error's code."""
+        log.warning("%s protocol violation: %s", self.name, exc)
+        self.transport.close(exc.code, str(exc)[:100])
+
+    async def _establish_scope(self) -> None:
+        if self.scope is not None:
+            return
+        target = self.transport.info.path
+        if not target and self.version.has_setup_stream and self.transport.info.transport == "quic":
+            # Raw QUIC carries the path in the client's SETUP (lite-05+).
+            with trio.move_on_after(self.limits.setup_timeout):
+                await self._peer_setup.wait()
+            if not self._peer_setup.is_set():
+                raise ProtocolError(ErrorCode.TIMEOUT, "no SETUP from the client")
+            target = self._setup_path or ""
+        self.scope = self.authorize(target or "/")
+
+    async def _expire_at(self, when: float) -> None:
+        import time
+
+        await trio.sleep(max(0.0, when - time.time()))
+        log.info("%s token expired", self.name)
+        self.transport.close(ErrorCode.UNAUTHORIZED, "token expired")
+
+    async def _send_setup(self) -> None:
+        try:
+            stream = await self.transport.open_uni()
+            await stream.write(m.encode_uni_type(m.UniStream.SETUP)
+                               + m.Setup(params={m.SetupParam.ORIGIN: m.varint(self.hop_id)}).encode(self.version))
+            await stream.finish()
+        except TransportError:
+            pass
+
+    def _spawn(self, fn, *args) -> bool:
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
+
+    # ------------------------------------------------------------------ accept loops
+    async def _accept_uni_loop(self) -> None:
+        try:
+            while True:
+                recv = await self.transport.accept_uni()
+                self._spawn(self._handle_uni, recv)
+        except SessionClosed:
+            pass
+
+    async def _accept_bi_loop(self) -> None:
+        try:
+            while True:
+                send, recv = await self.transport.accept_bi()
+                if self._bi_active >= self.limits.max_bi_streams:
+                    log.warning("%s too many control streams; refusing one", self.name)
+                    send.reset(ErrorCode.BOUNDS_EXCEEDED)
+                    recv.stop(ErrorCode.BOUNDS_EXCEEDED)
+                    continue
+                self._spawn(self._handle_bi, send, recv)
+        except SessionClosed:
+            pass
+
+    async def _handle_uni(self, recv: RecvStream) -> None:
+        reader = MessageReader(recv, self.limits.max_frame + 64)
+        kind: int | None = None
+        try:
+            kind = await reader.varint()
+            if kind == m.UniStream.GROUP:
+                await self._recv_group(reader, recv)
+            elif kind == m.UniStream.SETUP and self.version.has_setup_stream:
+                setup = await reader.message(m.Setup.decode, self.version, self.limits.max_message)
+                if setup is None:
+                    raise ProtocolError(ErrorCode.DECODE, "empty SETUP stream")
+                self._on_peer_setup(setup)
+            else:
+                log.info("%s unknown uni stream type %s", self.name, kind)
+                recv.stop(ErrorCode.UNEXPECTED_STREAM)
+        except StreamEnded:
+            pass
+        except (StreamReset, SessionClosed):
+            pass
+        except ProtocolError as exc:
+            if kind == m.UniStream.SETUP:
+                self._fail(exc)
+            else:
+                log.info("%s bad uni stream: %s", self.name, exc)
+                recv.stop(exc.code)
+
+    def _on_peer_setup(self, setup: m.Setup) -> None:
+        if self._peer_setup.is_set():
+            raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "duplicate SETUP")
+        path = setup.params.get(m.SetupParam.PATH)
+        if path is not None:
+            try:
+                self._setup_path = path.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(ErrorCode.DECODE, "SETUP path is not UTF-8") from exc
+        origin = setup.params.get(m.SetupParam.ORIGIN)
+        if origin is not None:
+            self.peer_hop = m.decode_varint_param(origin)
+        self._peer_setup.set()
+
+    async def _handle_bi(self, send: SendStream, recv: RecvStream) -> None:
+        self._bi_active += 1
+        reader = MessageReader(recv, self.limits.max_message + 16)
+        try:
+            kind = await reader.varint()
+            with trio.move_on_after(self.limits.setup_timeout) as cs:
+                await self._ready.wait()
+            if cs.cancelled_caught:
+                raise ProtocolError(ErrorCode.TIMEOUT, "stream before the session was ready")
+            v = self.version
+            if kind == m.BiStream.ANNOUNCE:
+                await self._serve_announce(send, reader)
+            elif kind == m.BiStream.SUBSCRIBE:
+                await self._serve_subscribe(send, recv, reader)
+            elif kind == m.BiStream.TRACK and v.has_track_stream:
+                await self._serve_track(send, reader)
+            elif kind == m.BiStream.FETCH and v.has_fetch:
+                await self._serve_fetch(send, reader)
+            elif kind == m.BiStream.PROBE:
+                await self._hold_probe(reader)
+            elif kind == m.BiStream.GOAWAY and v >= Version.LITE_04:
+                goaway = await reader.message(m.Goaway.decode, v, self.limits.max_message)
+                log.info("%s peer sent GOAWAY %r", self.name, goaway)
+                await send.finish()
+            else:
+                log.info("%s unknown bidi stream type %s", self.name, kind)
+                send.reset(ErrorCode.UNEXPECTED_STREAM)
+                recv.stop(ErrorCode.UNEXPECTED_STREAM)
+        except StreamEnded:
+            send.reset(ErrorCode.CANCEL)
+        except (StreamReset, SessionClosed):
+            send.reset(ErrorCode.CANCEL)
+            recv.stop(ErrorCode.CANCEL)
+        except ProtocolError as exc:
+            log.info("%s stream error: %s", self.name, exc)
+            send.reset(exc.code)
+            recv.stop(exc.code)
+        finally:
+            self._bi_active -= 1
+
+    async def _hold_probe(self, reader: MessageReader) -> None:
+        # We measure nothing, so we never report; keep the stream quietly until the peer ends it.
+        while await reader.message(m.Probe.decode, self.version, self.limits.max_message) is not None:
+            pass
+
+    # ------------------------------------------------------------------ announcements out
+    def _visible(self, abs_path: str, broadcast: Broadcast | None) -> Broadcast | None:
+        """The route the peer may see for `abs_path`, or None."""
+        if broadcast is None or broadcast.source is self:
+            return None
+        if self.peer_hop and self.peer_hop in broadcast.hops:
+            return None
+        if len(broadcast.hops) >= m.MAX_HOPS:
+            return None
+        return broadcast
+
+    async def _serve_announce(self, send: SendStream, reader: MessageReader) -> None:
+        v = self.version
+        request = await reader.message(m.AnnounceRequest.decode, v, self.limits.max_message)
+        if request is None:
+            return
+        if self._announce_streams >= self.limits.max_announce_streams:
+            raise ProtocolError(ErrorCode.BOUNDS_EXCEEDED, "too many announce streams")
+        self._announce_streams += 1
+        try:
+            prefix = paths.norm(request.prefix)
+            exclude = getattr(request, "exclude_hop", 0) or self.peer_hop or None
+            assert self.scope is not None
+            watch_rel = self.scope.watch_prefixes(prefix)
+            writer = _AnnounceWriter(self, send, prefix)
+            prefixes = [self.scope.absolute(w) for w in watch_rel]
+            with _multi_watch(self.origin, prefixes, exclude) as watchers:
+                async with open_nursery() as nursery:
+                    nursery.start_soon(_cancel_on_eof, reader, nursery.cancel_scope)
+                    snapshot = []
+                    for watcher in watchers:
+                        snapshot.extend(watcher.snapshot())
+                    await writer.initial([(p, self._visible(p, b)) for p, b in snapshot])
+                    for watcher in watchers:
+                        nursery.start_soon(self._pump_announces, watcher, writer)
+            await send.finish()
+        finally:
+            self._announce_streams -= 1
+
+    async def _pump_announces(self, watcher, writer: _AnnounceWriter) -> None:
+        while True:
+            changes = await watcher.changes()
+            await writer.update([(p, self._visible(p, b)) for p, b in changes])
+
+    # ------------------------------------------------------------------ announcements in
+    async def _learn_announcements(self) -> None:
+        """Ask the peer what it publishes; mirror it into the origin while the stream lives."""
+        v = self.version
+        try:
+            send, recv = await self.transport.open_bi()
+        except TransportError:
+            return
+        reader = MessageReader(recv, self.limits.max_message + 16)
+        mine: dict[str, Broadcast] = {}
+        ids: dict[int, str] = {}  # lite-06 announce id -> suffix
+        next_id = 0
+        try:
+            exclude = self.hop_id if v.has_exclude_hop else 0
+            await send.write(m.encode_bi_type(m.BiStream.ANNOUNCE)
+                             + m.AnnounceRequest(prefix="", exclude_hop=exclude).encode(v))
+            peer_hop = 0
+            if v.has_announce_ok:
+                ok = await reader.message(m.AnnounceOk.decode, v, self.limits.max_message)
+                if ok is None:
+                    return
+                peer_hop = ok.hop_id
+                self.peer_hop = self.peer_hop or peer_hop
+            elif v.has_announce_init:
+                init = await reader.message(m.AnnounceInit.decode, v, self.limits.max_message)
+                if init is None:
+                    return
+                for suffix in init.suffixes:
+                    self._announced(mine, suffix, ())
+            while True:
+                if v.has_typed_announce:
+                    msg = await reader.typed(m.decode_announce_06, v, self.limits.max_message)
+                else:
+                    msg = await reader.message(m.Announce.decode, v, self.limits.max_message)
+                if msg is None:
+                    break
+                if isinstance(msg, m.AnnounceStart):
+                    ids[next_id] = msg.suffix
+                    next_id += 1
+                    self._announced(mine, msg.suffix, (*msg.hops, peer_hop), msg.cost)
+                elif isinstance(msg, m.AnnounceEnd):
+                    suffix = ids.pop(msg.id, None)
+                    if suffix is None:
+                        raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, f"unknown announce id {msg.id}")
+                    self._unannounced(mine, suffix)
+                elif isinstance(msg, m.AnnounceUpdate):
+                    suffix = ids.get(msg.id)
+                    if suffix is None:
+                        raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, f"unknown announce id {msg.id}")
+                    self._announced(mine, suffix, (*msg.hops, peer_hop), msg.cost)
+                elif msg.active:
+                    if v == Version.LITE_03:
+                        hops: tuple[int, ...] = (0,) * msg.hop_count
+                    elif v.has_announce_ok:
+                        hops = (*msg.hops, peer_hop)
+                    else:
+                        hops = tuple(msg.hops)
+                    self._announced(mine, msg.suffix, hops)
+                else:
+                    self._unannounced(mine, msg.suffix)
+            await send.finish()
+        except ProtocolError as exc:
+            # Announce-loop errors are session errors, as in the Rust stack.
+            self._fail(exc)
+        except (StreamEnded, StreamReset, SessionClosed):
+            pass
+        finally:
+            for suffix in list(mine):
+                self._unannounced(mine, suffix)
+
+    def _announced(self, mine: dict[str, Broadcast], suffix: str, hops: tuple[int, ...], cost: int = 0) -> None:
+        assert self.scope is not None
+        rel = paths.norm(suffix)
+        if self.hop_id in hops:
+            log.debug("%s ignoring looped announce %s hops=%s", self.name, rel, hops)
+            return
+        if len(hops) > m.MAX_HOPS:
+            log.info("%s ignoring announce %s with %d hops", self.name, rel, len(hops))
+            return
+        if not self.scope.can_publish(rel):
+            log.info("%s announce outside its publish scope ignored: %s", self.name, rel)
+            return
+        abs_path = self.scope.absolute(rel)
+        old = mine.pop(rel, None)
+        if old is None and len(self._published) >= self.limits.max_published:
+            log.warning("%s announces more than %d broadcasts; ignoring %s", self.name,
+                        self.limits.max_published, rel)
+            return
+        broadcast = Broadcast(abs_path, self, hops, budget=self.origin.budget,
+                              max_cache_age=self.origin.max_cache_age, cost=cost)
+        try:
+            self.origin.publish(broadcast)
+        except LimitExceeded as exc:
+            log.warning("%s cannot publish %s: %s", self.name, abs_path, exc)
+            if old is not None:
+                self._drop(old)
+            return
+        if old is not None:  # a restart: the new announcement replaces the old one
+            self._drop(old)
+        mine[rel] = broadcast
+        self._published[abs_path] = broadcast
+        log.info("%s publishes %s hops=%s", self.name, abs_path, list(hops))
+
+    def _unannounced(self, mine: dict[str, Broadcast], suffix: str) -> None:
+        broadcast = mine.pop(paths.norm(suffix), None)
+        if broadcast is not None:
+            self._drop(broadcast)
+            log.info("%s unpublished %s", self.name, broadcast.path)
+
+    def _drop(self, broadcast: Broadcast) -> None:
+        self.origin.unpublish(broadcast)
+        broadcast.close()
+        if self._published.get(broadcast.path) is broadcast:
+            del self._published[broadcast.path]
+
+    # ------------------------------------------------------------------ upstream (we subscribe)
+    def serve_track(self, track: Track) -> Callable[[], None]:
+        """TrackSource: pull `track` from this peer with one subscription in our nursery."""
+        cancel_scope = trio.CancelScope()
+        if not self._spawn(self._pull_track, track, cancel_scope):
+            track.close(ErrorCode.CANCEL)
+        return cancel_scope.cancel
+
+    async def fetch_track_info(self, broadcast_path: str, name: str) -> TrackInfo:
+        """TrackSource: ask this peer for a track's TRACK_INFO (lite-05+), or the default."""
+        if not self.version.has_track_stream:
+            return TrackInfo()
+        assert self.scope is not None
+        broadcast_rel = self.scope.relative(broadcast_path) or ""
+        send, recv = await self.transport.open_bi()
+        reader = MessageReader(recv, self.limits.max_message + 16)
+        try:
+            # No FIN before TRACK_INFO arrives: moq-rs 0.4.18 resets a TRACK request whose
+            # sender already finished (the spec says "then FIN"; the real client wins).
+            await send.write(m.encode_bi_type(m.BiStream.TRACK)
+                             + m.TrackRequest(broadcast=broadcast_rel, track=name).encode(self.version))
+            info = await reader.message(m.TrackInfoMsg.decode, self.version, self.limits.max_message)
+            if info is None:
+                raise ProtocolError(ErrorCode.DECODE, "TRACK stream ended without TRACK_INFO")
+            await send.finish()
+            return TrackInfo(priority=info.priority, ordered=info.ordered,
+                             max_latency_ms=info.max_latency_ms, timescale=info.timescale)
+        finally:
+            recv.stop(ErrorCode.CANCEL)
+
+    async def _pull_track(self, track: Track, cancel_scope: trio.CancelScope) -> None:
+        v = self.version
+        assert self.scope is not None
+        rel = self.scope.relative(track.broadcast_path)
+        sub_id = self._next_upstream_id
+        self._next_upstream_id += 1
+        send: SendStream | None = None
+        error: int | None = None
+        try:
+            with cancel_scope:
+                if track.info is None:
+                    if v.has_track_stream:
+                        with trio.fail_after(self.limits.track_info_timeout):
+                            track.set_info(await self.fetch_track_info(track.broadcast_path, track.name))
+                    else:
+                        track.set_info(TrackInfo())
+                self._upstream[sub_id] = track  # registered before SUBSCRIBE (lite §5.5)
+                send, recv = await self.transport.open_bi()
+                reader = MessageReader(recv, self.limits.max_message + 16)
+                info = track.info or TrackInfo()
+                sub = m.Subscribe(id=sub_id, broadcast=rel or "", track=track.name, priority=info.priority,
+                                  ordered=False, max_latency_ms=max(self.limits.upstream_max_latency_ms,
+                                                                    info.max_latency_ms),
+                                  start_group=None, end_group=None)
+                await send.write(m.encode_bi_type(m.BiStream.SUBSCRIBE) + sub.encode(v))
+                log.debug("%s subscribed upstream %s/%s id=%d", self.name, track.broadcast_path, track.name, sub_id)
+                while True:
+                    reply = await reader.subscribe_response(v, self.limits.max_message)
+                    if reply is None:
+                        break
+                    if isinstance(reply, m.SubscribeEnd):
+                        track.end(reply.group)
+                    # OK and DROP need no action: groups tell us everything else.
+        except trio.Cancelled:
+            # The session is going away (our own unsubscribe is absorbed by cancel_scope):
+            # groups still open upstream will never finish, so readers must see them aborted.
+            error = ErrorCode.CANCEL
+            raise
+        except trio.TooSlowError:
+            log.info("%s no TRACK_INFO for %s/%s", self.name, track.broadcast_path, track.name)
+            error = ErrorCode.TIMEOUT
+        except StreamReset as exc:
+            log.info("%s upstream refused %s/%s (code %s)", self.name, track.broadcast_path, track.name, exc.code)
+            error = ErrorCode.NOT_FOUND
+        except (StreamEnded, SessionClosed):
+            error = ErrorCode.CANCEL
+        except ProtocolError as exc:
+            log.info("%s upstream subscription error: %s", self.name, exc)
+            error = exc.code
+        finally:
+            if send is not None:
+                if error is None:
+                    # Unsubscribe, or answering the publisher's FIN = FIN our side (lite §4.3).
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        try:
+                            await send.finish()
+                        except TransportError:
+                            pass
+                else:
+                    send.reset(ErrorCode.CANCEL)
+            self._upstream.pop(sub_id, None)
+            track.close(error)
+
+    async def _recv_group(self, reader: MessageReader, recv: RecvStream) -> None:
+        v = self.version
+        header = await reader.message(m.GroupHeader.decode, v, self.limits.max_message)
+        if header is None:
+            return
+        track = self._upstream.get(header.subscribe_id)
+        if track is None:
+            recv.stop(ErrorCode.CANCEL)
+            return
+        group = track.create_group(header.sequence)
+        if group is None:
+            recv.stop(ErrorCode.OLD)
+            return
+        track.bytes_total += 0
+        timestamp = 0
+        try:
+            while True:
+                frame = await reader.frame(v, self.limits.max_frame)
+                if frame is None:
+                    break
+                delta, payload = frame
+                timestamp += delta
+                group.append(Frame(payload, timestamp))
+            group.finish()
+        except TooLarge as exc:
+            group.abort(ErrorCode.FRAME_TOO_LARGE)
+            recv.stop(ErrorCode.FRAME_TOO_LARGE)
+            log.info("%s %s", self.name, exc)
+        except StreamReset as exc:
+            group.abort(exc.code if exc.code is not None else ErrorCode.CANCEL)
+        except (ProtocolError, StreamEnded, SessionClosed):
+            group.abort(ErrorCode.CANCEL)
+            raise
+
+    # ------------------------------------------------------------------ downstream (peer subscribes)
+    def _lookup(self, broadcast_rel: str) -> Broadcast | None:
+        assert self.scope is not None
+        rel = paths.norm(broadcast_rel)
+        if not self.scope.can_subscribe(rel):
+            return None
+        broadcast = self.origin.best(self.scope.absolute(rel), self.peer_hop or None)
+        if broadcast is None or broadcast.source is self:
+            return None
+        return broadcast
+
+    async def _serve_track(self, send: SendStream, reader: MessageReader) -> None:
+        v = self.version
+        request = await reader.message(m.TrackRequest.decode, v, self.limits.max_message)
+        if request is None:
+            return
+        broadcast = self._lookup(request.broadcast)
+        if broadcast is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {request.broadcast!r}")
+        info = await self._track_info(broadcast, request.track)
+        await send.write(m.TrackInfoMsg(priority=info.priority, ordered=info.ordered,
+                                        max_latency_ms=info.max_latency_ms,
+                                        timescale=info.timescale).encode(v))
+        await send.finish()
+
+    async def _track_info(self, broadcast: Broadcast, name: str) -> TrackInfo:
+        """The publisher's TRACK_INFO, asked upstream at most once per track and cached."""
+        try:
+            with trio.fail_after(self.limits.track_info_timeout):
+                return await broadcast.track_info(name)
+        except trio.TooSlowError as exc:
+            raise ProtocolError(ErrorCode.TIMEOUT, f"no TRACK_INFO for {name!r}") from exc
+        except (StreamReset, SessionClosed, StreamEnded, ProtocolError, TrackClosed, LimitExceeded) as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no track {name!r}: {exc}") from exc
+
+    async def _serve_subscribe(self, send: SendStream, recv: RecvStream, reader: MessageReader) -> None:
+        v = self.version
+        sub = await reader.message(m.Subscribe.decode, v, self.limits.max_message)
+        if sub is None:
+            return
+        if sub.id in self._subscriptions:
+            raise ProtocolError(ErrorCode.DUPLICATE, f"subscribe id {sub.id} reused")
+        if len(self._subscriptions) >= self.limits.max_subscriptions:
+            raise ProtocolError(ErrorCode.BOUNDS_EXCEEDED, "too many subscriptions")
+        broadcast = self._lookup(sub.broadcast)
+        if broadcast is None:
+            log.info("%s subscribe to unknown %s/%s", self.name, sub.broadcast, sub.track)
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {sub.broadcast!r}")
+        self._subscriptions.add(sub.id)
+        try:
+            with broadcast.subscribe(sub.track) as track:
+                state = _Downstream(self, sub, send, track)
+                await state.run(reader)
+        except (TrackClosed, LimitExceeded) as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
+        finally:
+            self._subscriptions.discard(sub.id)
+
+    async def _serve_fetch(self, send: SendStream, reader: MessageReader) -> None:
+        v = self.version
+        fetch = await reader.message(m.Fetch.decode, v, self.limits.max_message)
+        if fetch is None:
+            return
+        broadcast = self._lookup(fetch.broadcast)
+        group = broadcast.cached_group(fetch.track, fetch.group) if broadcast is not None else None
+        if group is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"group {fetch.group} of {fetch.track!r} not cached")
+        start = getattr(fetch, "start_frame", 0) or 0
+        end = getattr(fetch, "end_frame", 0) or 0
+        previous = 0
+        index = 0
+        try:
+            async for frame in group.frames_from(0):
+                if index >= start and (end == 0 or index < end):
+                    await send.write(m.frame_header(v, frame.timestamp - previous, len(frame.payload)))
+                    await send.write(frame.payload)
+                    previous = frame.timestamp
+                index += 1
+                if end and index >= end:
+                    break
+        except GroupAborted as exc:
+            send.reset(exc.code)
+            return
+        await send.finish()
+
+
+class _Downstream:
+    """One peer subscription: picks groups from the shared track and sends each on its own stream."""
+
+    def __init__(self, session: LiteSession, sub: m.Subscribe, send: SendStream, track: Track) -> None:
+        self.session = session
+        self.sub = sub
+        self.send = send
+        self.track = track
+        self.version = session.version
+        self.priority = sub.priority
+        self.max_latency = sub.max_latency_ms / 1000.0
+        self.end_group = sub.end_group  # exclusive, None = unbounded
+        self.ok_sent = False
+        self.inflight: dict[int, trio.CancelScope] = {}
+        self._write_lock = trio.Lock()
+        self.unsubscribed = False
+        self.cancel_code = ErrorCode.OLD  # why an in-flight group stream is reset
+
+    async def _write(self, data: bytes) -> None:
+        async with self._write_lock:
+            await self.send.write(data)
+
+    async def run(self, reader: MessageReader) -> None:
+        v = self.version
+        if not v.has_subscribe_start:
+            # lite-03/04 (and 01/02) expect SUBSCRIBE_OK at once.
+            await self._write(m.SubscribeOk(priority=self.priority, ordered=self.sub.ordered).encode(v))
+            self.ok_sent = True
+        async with open_nursery() as nursery:
+            nursery.start_soon(self._read_updates, reader, nursery.cancel_scope)
+            await self._fan_out()
+            nursery.cancel_scope.cancel()
+        if self.unsubscribed:
+            # The peer FINed (or reset) its side: FIN ours back, without waiting long.
+            with trio.move_on_after(1):
+                try:
+                    await self.send.finish()
+                except TransportError:
+                    pass
+            return
+        # The track is over: say where it ended (05+), then FIN.
+        log.debug("%s subscription %d to %s/%s ends", self.session.name, self.sub.id,
+                  self.track.broadcast_path, self.track.name)
+        if not v.has_subscribe_start and self.track.error is not None:
+            # lite-03/04 have no SUBSCRIBE_END, and moq-rs keeps waiting after a FIN there:
+            # a publisher that vanished is signalled as an aborted subscription.
+            self.send.reset(self.track.error)
+            return
+        if v.has_subscribe_start:
+            end = self.track.end_sequence
+            if end is None:
+                latest = self.track.latest
+                end = latest.sequence + 1 if latest is not None else 0
+            await self._write(m.SubscribeEnd(group=end).encode(v))
+        await self.send.finish()
+
+    async def _read_updates(self, reader: MessageReader, cancel: trio.CancelScope) -> None:
+        """SUBSCRIBE_UPDATE changes preferences; FIN or reset means unsubscribe."""
+        try:
+            while True:
+                update = await reader.message(m.SubscribeUpdate.decode, self.version,
+                                              self.session.limits.max_message)
+                if update is None:
+                    break
+                self.priority = update.priority
+                self.max_latency = update.max_latency_ms / 1000.0
+                self.end_group = update.end_group
+        except ProtocolError as exc:
+            log.info("%s bad SUBSCRIBE_UPDATE: %s", self.session.name, exc)
+        except (StreamReset, StreamEnded, SessionClosed):
+            pass
+        # Unsubscribed: stop sending groups (their streams are reset with Cancel).
+        self.unsubscribed = True
+        self.cancel_code = ErrorCode.CANCEL
+        for scope in self.inflight.values():
+            scope.cancel()
+        cancel.cancel()
+
+    def _wanted(self, sequence: int, start: int | None) -> bool:
+        if start is not None and sequence < start:
+            return False
+        return self.end_group is None or sequence < self.end_group
+
+    async def _fan_out(self) -> None:
+        track = self.track
+        v = self.version
+        start = self.sub.start_group
+        cursor, cached = track.cached_in_arrival_order()
+        if v.start_is_lower_bound:
+            # lite-06: a plain lower bound; every cached group still fresh, then live.
+            start = start or 0
+            latest = track.latest
+            initial = [g for g in cached if g.sequence >= start and
+                       (latest is None or g is latest or latest.arrived - g.arrived <= self.max_latency)]
+        elif start is None:
+            latest = track.latest
+            initial = [latest] if latest is not None else []
+            start = latest.sequence if latest is not None else None
+        else:
+            initial = [g for g in cached if g.sequence >= start]
+        initial.sort(key=lambda g: g.sequence)
+        async with open_nursery() as nursery:
+            for group in initial:
+                await self._start_group(nursery, group, start)
+            while True:
+                cursor, new = track.arrivals_since(cursor)
+                for group in new:
+                    if start is None:
+                        start = group.sequence  # "latest" with nothing cached: the first produced
+                    await self._start_group(nursery, group, start)
+                self._expire()
+                if not new:
+                    if track.closed:
+                        break
+                    if self.end_group is not None and track.latest is not None and \
+                            track.latest.sequence + 1 >= self.end_group and not self.inflight:
+                        break
+                    await track.wait_changed()
+
+    def _expire(self) -> None:
+        """Groups older than max latency behind the newest are not worth sending any more."""
+        latest = self.track.latest
+        if latest is None or not self.inflight:
+            return
+        for seq, scope in list(self.inflight.items()):
+            group = self.track.groups.get(seq)
+            if seq < latest.sequence and (group is None or latest.arrived - group.arrived > self.max_latency):
+                scope.cancel()
+
+    async def _start_group(self, nursery: trio.Nursery, group, start: int | None) -> None:
+        if not self._wanted(group.sequence, start):
+            return
+        if len(self.inflight) >= self.session.limits.max_inflight_groups:
+            oldest = min(self.inflight)
+            if oldest > group.sequence:
+                return
+            self.inflight.pop(oldest).cancel()
+        if not self.ok_sent:
+            # lite-05/06: SUBSCRIBE_OK names the first group delivered, just before its stream.
+            await self._write(m.SubscribeStart(group=group.sequence).encode(self.version))
+            self.ok_sent = True
+        scope = trio.CancelScope()
+        self.inflight[group.sequence] = scope
+        nursery.start_soon(self._send_group, group, scope)
+
+    async def _send_group(self, group, scope: trio.CancelScope) -> None:
+        v = self.version
+        stream: SendStream | None = None
+        try:
+            with scope:
+                stream = await self.session.transport.open_uni()
+                stream.set_priority(_send_order(self.priority, group.sequence))
+                await stream.write(m.encode_uni_type(m.UniStream.GROUP)
+                                   + m.GroupHeader(subscribe_id=self.sub.id, sequence=group.sequence).encode(v))
+                previous = 0
+                async for frame in group.frames_from(0):
+                    await stream.write(m.frame_header(v, frame.timestamp - previous, len(frame.payload)))
+                    if frame.payload:
+                        await stream.write(frame.payload)
+                    previous = frame.timestamp
+                await stream.finish()
+            if scope.cancelled_caught and stream is not None:
+                stream.reset(self.cancel_code)
+        except GroupAborted as exc:
+            if stream is not None:
+                stream.reset(exc.code)
+        except (StreamReset, SessionClosed):
+            pass
+        finally:
+            if self.inflight.get(group.sequence) is scope:
+                del self.inflight[group.sequence]
+
+
+def _send_order(priority: int, sequence: int) -> int:
+    """Higher subscriber priority first, then newer groups (lite §5.5)."""
+    return (priority << 24) | (sequence & 0xFFFFFF)
+
+
+class _AnnounceWriter:
+    """Encodes one announce stream's replies for the session's version, remembering what it said."""
+
+    def __init__(self, session: LiteSession, send: SendStream, prefix: str) -> None:
+        self.session = session
+        self.send = send
+        self.prefix = prefix
+        self.v = session.version
+        self.sent: dict[str, tuple[int, int]] = {}  # suffix -> (broadcast generation, lite-06 id)
+        self.next_id = 0
+        self.lock = trio.Lock()
+
+    def _suffix(self, abs_path: str) -> str | None:
+        scope = self.session.scope
+        assert scope is not None
+        rel = scope.relative(abs_path)
+        return None if rel is None else paths.strip(rel, self.prefix)
+
+    def _hops_out(self, broadcast: Broadcast) -> list[int]:
+        hops = list(broadcast.hops)
+        if self.v == Version.LITE_04:
+            hops.append(self.session.hop_id)  # lite-04 senders stamp themselves
+        return hops
+
+    def _active(self, suffix: str, broadcast: Broadcast) -> bytes:
+        v = self.v
+        if v.has_typed_announce:
+            self.sent[suffix] = (broadcast.generation, self.next_id)
+            self.next_id += 1
+            cost = broadcast.cost
+            return m.AnnounceStart(suffix=suffix, hops=list(broadcast.hops), cost=cost, cold_cost=cost).encode(v)
+        self.sent[suffix] = (broadcast.generation, 0)
+        return m.Announce(active=True, suffix=suffix, hops=self._hops_out(broadcast),
+                          hop_count=len(broadcast.hops)).encode(v)
+
+    def _ended(self, suffix: str) -> bytes:
+        _, announce_id = self.sent.pop(suffix)
+        if self.v.has_typed_announce:
+            return m.AnnounceEnd(id=announce_id).encode(self.v)
+        return m.Announce(active=False, suffix=suffix, hops=[], hop_count=0).encode(self.v)
+
+    async def initial(self, items: list[tuple[str, Broadcast | None]]) -> None:
+        v = self.v
+        active = []
+        for abs_path, broadcast in items:
+            suffix = self._suffix(abs_path)
+            if broadcast is not None and suffix is not None and suffix not in self.sent:
+                active.append((suffix, broadcast))
+        out = bytearray()
+        if v.has_announce_ok:
+            out += m.AnnounceOk(hop_id=self.session.hop_id, active_count=len(active)).encode(v)
+        elif v.has_announce_init:
+            out += m.AnnounceInit(suffixes=[s for s, _ in active]).encode(v)
+            for suffix, broadcast in active:
+                self.sent[suffix] = (broadcast.generation, 0)
+            active = []
+        for suffix, broadcast in active:
+            out += self._active(suffix, broadcast)
+        if out:
+            async with self.lock:
+                await self.send.write(bytes(out))
+
+    async def update(self, items: list[tuple[str, Broadcast | None]]) -> None:
+        out = bytearray()
+        for abs_path, broadcast in items:
+            suffix = self._suffix(abs_path)
+            if suffix is None:
+                continue
+            previous = self.sent.get(suffix)
+            if broadcast is None:
+                if previous is not None:
+                    out += self._ended(suffix)
+            elif previous is None:
+                out += self._active(suffix, broadcast)
+            elif previous[0] != broadcast.generation:
+                # Another route took over: end then re-announce (a duplicate active is an error
+                # for lite-03/04/06 subscribers).
+                out += self._ended(suffix)
+                out += self._active(suffix, broadcast)
+        if out:
+            async with self.lock:
+                await self.send.write(bytes(out))
+
+
+class _multi_watch:
+    """Context manager opening one origin watcher per prefix."""
+
+    def __init__(self, origin: Origin, prefixes: list[str], exclude: int | None) -> None:
+        self.origin = origin
+        self.prefixes = prefixes
+        self.exclude = exclude
+        self._cms: list = []
+
+    def __enter__(self):
+        watchers = []
+        for prefix in self.prefixes:
+            cm = self.origin.watch(prefix, self.exclude)
+            watchers.append(cm.__enter__())
+            self._cms.append(cm)
+        return watchers
+
+    def __exit__(self, *exc) -> None:
+        for cm in reversed(self._cms):
+            cm.__exit__(None, None, None)
+
+
+async def _cancel_on_eof(reader: MessageReader, cancel: trio.CancelScope) -> None:
+    """The peer's FIN (or reset) on a request stream ends the transaction."""
+    try:
+        await reader.wait_eof()
+    except (StreamReset, SessionClosed, ProtocolError, StreamEnded):
+        pass
+    cancel.cancel()
+

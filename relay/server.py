@@ -1,0 +1,174 @@
+"""The relay process: one origin, a QUIC endpoint (raw QUIC + WebTransport) and the HTTP side.
+
+`run(config)` owns every long-lived task in one nursery: closing it (Ctrl-C, or a test's
+cancel scope) cancels the endpoint, which cancels each connection, each session, each
+subscription and each group fan-out below it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from dataclasses import dataclass, field
+
+import trio
+
+from relay.auth.scope import AuthError, Scope, public_scope, split_target
+from relay.config import Config, ConfigError
+from relay.model.cache import CacheBudget
+from relay.model.origin import Origin
+from relay.protocol.lite.errors import ErrorCode
+from relay.protocol.lite.session import LiteSession
+from relay.protocol.lite.version import Version
+from relay.tls import Identity, generate_self_signed, load_identity
+from relay.transport.base import TransportSession
+from relay.transport.quic import QuicEndpoint
+from relay.transport.webtransport import WtDecision
+from relay.web.app import create_app, token_from_query
+
+log = logging.getLogger("relay.server")
+
+# Preference order: newest first. (lite-06/01/02 arrive with issue 3.)
+DEFAULT_VERSIONS = [Version.LITE_05, Version.LITE_04, Version.LITE_03]
+
+
+class StartupError(Exception):
+    """The relay cannot start (a port in use, unreadable certificates, ...): exit status 1."""
+
+
+@dataclass
+class RelayHandle:
+    """What a running relay tells its starter (tests, the CLI)."""
+
+    quic: list[tuple[str, int]]
+    http: list[str]
+    fingerprint: str
+    origin: Origin
+    hop_id: int
+    sessions: set[LiteSession] = field(default_factory=set)
+
+
+def select_versions(names: list[str] | None) -> list[Version]:
+    if not names:
+        return list(DEFAULT_VERSIONS)
+    chosen = []
+    for name in names:
+        v = Version.from_alpn(name)
+        if v is None or v not in DEFAULT_VERSIONS:
+            raise ConfigError(f"server.version: {name!r} is not supported by this relay yet")
+        chosen.append(v)
+    # The relay's own preference order decides, whatever order the config lists them in.
+    return [v for v in DEFAULT_VERSIONS if v in chosen]
+
+
+def load_identities(config: Config) -> list[Identity]:
+    tls = config.server.tls
+    identities = [load_identity(c, k) for c, k in zip(tls.cert, tls.key, strict=True)]
+    if tls.generate:
+        identities.append(generate_self_signed(list(tls.generate)))
+    return identities
+
+
+class Authorizer:
+    """Turns a request target (path + ?jwt=) into a session scope. Tokens arrive with issue 4."""
+
+    def __init__(self, config: Config) -> None:
+        self.public_subscribe = list(config.auth.public_subscribe or [])
+        self.public_publish = list(config.auth.public_publish or [])
+
+    def __call__(self, target: str, token: str | None = None) -> Scope:
+        path, query = split_target(target)
+        if token is None:
+            token = token_from_query(query)
+        if token is not None:
+            raise AuthError("authentication is disabled (no key configured)")
+        return public_scope(path, self.public_subscribe, self.public_publish)
+
+
+async def run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    identities = load_identities(config)
+    identity = identities[0]
+    origin = Origin(budget=CacheBudget(config.cache.capacity), max_cache_age=config.cache.duration)
+    hop_id = config.cluster.id or random.randint(1, 2**53 - 1)
+    versions = select_versions(config.server.version)
+    by_alpn = {v.alpn: v for v in versions}
+    authorize = Authorizer(config)
+    sessions: set[LiteSession] = set()
+    if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
+        log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
+
+    async def handle(transport: TransportSession) -> None:
+        version = by_alpn.get(transport.info.protocol or "")
+        if version is None:
+            log.info("conn=%s no supported moq version (%r)", transport.info.conn_id, transport.info.protocol)
+            transport.close(ErrorCode.VERSION, "unsupported version")
+            return
+        scope = None
+        if transport.info.transport == "webtransport":
+            scope = transport.info.extra.get("scope")
+        session = LiteSession(transport, version, origin, authorize=authorize, hop_id=hop_id, scope=scope)
+        sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            sessions.discard(session)
+
+    def wt_select(path: str, offered: list[str], headers: dict) -> WtDecision:
+        try:
+            scope = authorize(path)
+        except AuthError as exc:
+            log.info("webtransport CONNECT %s refused: %s", path.split("?")[0], exc.reason)
+            return WtDecision(status=exc.status, protocol=None)
+        # WebTransport: the client's preference order wins (lite §3.2).
+        for proto in offered:
+            if proto in by_alpn:
+                return WtDecision(status=200, protocol=proto, extra={"scope": scope})
+        return WtDecision(status=200, protocol=None, extra={"scope": scope})
+
+    quic = config.server.quic
+    endpoint = QuicEndpoint(
+        binds=list(config.server.bind),
+        identity=identity,
+        alpns=[v.alpn for v in versions] + ["h3"],  # h3 = WebTransport
+        handler=handle,
+        wt_select=wt_select,
+        max_streams=quic.max_streams,
+        idle_timeout=quic.idle_timeout,
+        keep_alive=quic.keep_alive,
+        engine=quic.engine,
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(endpoint.serve)
+        http_urls: list[str] = []
+        if config.web.http.listen:
+            from hypercorn.config import Config as HypercornConfig
+            from hypercorn.trio import serve
+
+            app = create_app(origin, lambda path, token: authorize(path, token), lambda: identity.fingerprint)
+            hc = HypercornConfig()
+            hc.bind = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.web.http.listen]
+            hc.accesslog = None
+            hc.errorlog = logging.getLogger("relay.web.hypercorn")
+            hc.graceful_timeout = 1.0
+            http_urls = await nursery.start(_serve_http, serve, app, hc)
+        handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
+                              origin=origin, hop_id=hop_id, sessions=sessions)
+        for host, port in endpoint.addresses:
+            hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("listening addr=%s (udp: moql://%s https://%s)", hostport, hostport, hostport)
+        for url in http_urls:
+            log.info("http listening url=%s", url)
+        log.info("certificate sha256=%s", identity.fingerprint)
+        if config.is_dev_defaults:
+            port = endpoint.addresses[0][1]
+            print(f"moq-relay is running (hop id {hop_id}). Connect with:\n"
+                  f"  moql://localhost:{port}/anon   (raw QUIC)\n"
+                  f"  https://localhost:{port}/anon  (WebTransport; pin the certificate below)\n"
+                  f"  http://localhost:{port}/certificate.sha256\n"
+                  f"certificate sha256: {identity.fingerprint}", file=sys.stderr, flush=True)
+        task_status.started(handle_)
+
+
+async def _serve_http(serve, app, hc, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    await serve(app, hc, task_status=task_status)

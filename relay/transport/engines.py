@@ -1,0 +1,186 @@
+"""QUIC engine indirection: aioquic (default) or qh3, which share aioquic's sans-IO API.
+
+Everything engine-specific that the trio driver needs lives here, so quic.py and
+webtransport.py never import aioquic/qh3 directly. Where a feature needs an engine's
+internals (aioquic stream limits, send-buffer size, priorities) it is isolated in one
+method so an aioquic upgrade breaks in one place.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from relay.tls import Identity
+
+ENGINES = ("aioquic", "qh3")
+
+
+class Engine:
+    """The classes and the few internals of one QUIC implementation."""
+
+    name: str
+
+    def __init__(self, name: str) -> None:
+        if name == "aioquic":
+            from aioquic.buffer import encode_uint_var
+            from aioquic.h3 import connection as h3c
+            from aioquic.h3 import events as h3e
+            from aioquic.quic import events as qe
+            from aioquic.quic.configuration import QuicConfiguration
+            from aioquic.quic.connection import QuicConnection
+        elif name == "qh3":
+            from qh3._hazmat import encode_uint_var  # type: ignore[import-not-found,no-redef]
+            from qh3.h3 import connection as h3c  # type: ignore[import-not-found,no-redef]
+            from qh3.h3 import events as h3e  # type: ignore[import-not-found,no-redef]
+            from qh3.quic import events as qe  # type: ignore[import-not-found,no-redef]
+            from qh3.quic.configuration import (  # type: ignore[import-not-found,no-redef]
+                QuicConfiguration,
+            )
+            from qh3.quic.connection import QuicConnection  # type: ignore[import-not-found,no-redef]
+        else:
+            raise ValueError(f"unknown QUIC engine {name!r} (choose from {ENGINES})")
+        self.name = name
+        self.QuicConfiguration = QuicConfiguration
+        self.QuicConnection = QuicConnection
+        self.H3Connection = h3c.H3Connection
+        self.qe: types.ModuleType = qe
+        self.h3e: types.ModuleType = h3e
+        self.encode_uint_var = encode_uint_var
+
+    # ------------------------------------------------------------------ configuration
+
+    def server_configuration(
+        self,
+        identity: Identity,
+        alpns: list[str],
+        *,
+        idle_timeout: float,
+        max_datagram_frame_size: int | None,
+        max_data: int,
+        max_stream_data: int,
+    ) -> Any:
+        cfg = self.QuicConfiguration(
+            is_client=False,
+            alpn_protocols=list(alpns),
+            idle_timeout=idle_timeout,
+            max_datagram_frame_size=max_datagram_frame_size,
+        )
+        cfg.max_data = max_data
+        cfg.max_stream_data = max_stream_data
+        if self.name == "aioquic":
+            # aioquic signs with cryptography key objects directly.
+            cfg.certificate = identity.chain[0]
+            cfg.certificate_chain = list(identity.chain[1:])
+            cfg.private_key = identity.private_key
+        else:
+            # qh3 has its own (Rust) certificate/key types; it parses PEM bytes.
+            cert_pem = b"".join(c.public_bytes(serialization.Encoding.PEM) for c in identity.chain)
+            key_pem = identity.private_key.private_bytes(  # type: ignore[attr-defined]
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            cfg.load_cert_chain(cert_pem, key_pem)
+        return cfg
+
+    def client_configuration(self, alpns: list[str], *, max_datagram_frame_size: int | None = 65536) -> Any:
+        """For tests and outbound dials: no certificate verification."""
+        import ssl
+
+        cfg = self.QuicConfiguration(
+            is_client=True, alpn_protocols=list(alpns), max_datagram_frame_size=max_datagram_frame_size
+        )
+        cfg.verify_mode = ssl.CERT_NONE
+        cfg.max_data = 16 << 20
+        cfg.max_stream_data = 4 << 20
+        return cfg
+
+    def new_server_connection(self, cfg: Any, original_dcid: bytes) -> Any:
+        return self.QuicConnection(configuration=cfg, original_destination_connection_id=original_dcid)
+
+    # ------------------------------------------------------------------ internals
+
+    def set_local_max_streams(self, quic: Any, n: int) -> None:
+        """Let the peer open n concurrent streams of each kind (aioquic defaults to 128).
+
+        aioquic keeps these as Limit objects that it advertises in the transport
+        parameters and raises by one whenever a peer stream is discarded; setting
+        value and sent before the handshake changes the initial grant.
+        qh3's native core fixes its limits (100 bidi / 103 uni) and replenishes them
+        itself; there is no Python hook, so this is a no-op there.
+        """
+        if self.name != "aioquic":
+            return
+        for limit in (quic._local_max_streams_bidi, quic._local_max_streams_uni):
+            limit.value = n
+            limit.sent = n
+
+    def unsent_bytes(self, quic: Any, stream_id: int) -> int:
+        """Bytes queued on a stream and not yet transmitted (for write back-pressure)."""
+        if self.name == "aioquic":
+            stream = quic._streams.get(stream_id)
+            if stream is None:
+                return 0
+            sender = stream.sender
+            return sender._buffer_stop - sender.next_offset
+        try:
+            return int(quic.get_send_buffer_size(stream_id))
+        except Exception:
+            return 0
+
+    def can_open_stream(self, quic: Any, is_unidirectional: bool) -> bool:
+        """Whether the peer's MAX_STREAMS allows one more locally opened stream."""
+        if self.name == "aioquic":
+            next_id = quic.get_next_available_stream_id(is_unidirectional)
+            limit = quic._remote_max_streams_uni if is_unidirectional else quic._remote_max_streams_bidi
+            return next_id // 4 < limit
+        return True  # qh3 queues over-limit streams natively
+
+    def apply_priorities(self, quic: Any, priorities: dict[int, int]) -> None:
+        """Order aioquic's round-robin send queue by priority, highest first.
+
+        aioquic serves `_streams_queue` in order and moves served streams to the end, so
+        a stable sort keeps round-robin inside one priority level.
+        """
+        if self.name != "aioquic" or not priorities:
+            return
+        quic._streams_queue.sort(key=lambda s: -priorities.get(s.stream_id, 0))
+
+    def remote_max_datagram_frame_size(self, quic: Any) -> int:
+        if self.name == "aioquic":
+            return quic._remote_max_datagram_frame_size or 0
+        return getattr(quic, "_remote_max_datagram_frame_size", None) or 0
+
+    def datagram_session_id(self, event: Any) -> int:
+        """The WebTransport session (CONNECT stream id) an H3 DatagramReceived belongs to."""
+        sid = getattr(event, "stream_id", None)
+        if sid is not None:
+            return sid  # aioquic already multiplied the quarter stream id by 4
+        return getattr(event, "flow_id", 0) * 4
+
+    def send_h3_datagram(self, h3: Any, session_id: int, data: bytes) -> None:
+        if self.name == "aioquic":
+            h3.send_datagram(session_id, data)  # takes the stream id, sends id // 4
+        else:
+            h3.send_datagram(session_id // 4, data)  # takes the raw flow id
+
+
+_cache: dict[str, Engine] = {}
+
+
+def get_engine(name: str) -> Engine:
+    eng = _cache.get(name)
+    if eng is None:
+        eng = _cache[name] = Engine(name)
+    return eng
+
+
+def available(name: str) -> bool:
+    try:
+        get_engine(name)
+    except ImportError:
+        return False
+    return True

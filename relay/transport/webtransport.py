@@ -1,0 +1,339 @@
+"""WebTransport over HTTP/3 (moq-lite §3.2, §8.2) on top of the QUIC driver in quic.py.
+
+The engine's H3Connection (WebTransport enabled: advertises ENABLE_CONNECT_PROTOCOL,
+H3_DATAGRAM and ENABLE_WEBTRANSPORT) parses HTTP/3 and strips the 0x54 / 0x41 stream
+prefixes; this layer answers the extended CONNECT, negotiates the moq version through
+`wt-available-protocols` / `wt-protocol`, and exposes the one WebTransport session of the
+connection as a TransportSession. Reset/stop codes use the §6.2 mapping like raw QUIC.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from relay.transport.base import SessionClosed, SessionInfo
+from relay.transport.quic import (
+    DATAGRAM_OVERHEAD,
+    UDP_PAYLOAD_LIMIT,
+    BaseQuicSession,
+    code_from_wire,
+    code_to_wire,
+)
+
+if TYPE_CHECKING:
+    from relay.transport.quic import Connection
+
+log = logging.getLogger("relay.transport.webtransport")
+
+CLOSE_WEBTRANSPORT_SESSION = 0x2843
+DRAIN_WEBTRANSPORT_SESSION = 0x78AE
+H3_NO_ERROR = 0x100
+MAX_REASON = 1024  # bytes of close reason we send / keep
+MAX_CAPSULE_BUFFER = 64 << 10  # unparsed bytes on the CONNECT stream before we give up
+CLOSE_GRACE = 1.0  # seconds between our close capsule and closing the QUIC connection
+
+
+@dataclass
+class WtDecision:
+    """The answer to a WebTransport CONNECT: HTTP status and the moq protocol chosen (None:
+    no `wt-protocol`, i.e. legacy in-band SETUP). `extra` is copied into SessionInfo.extra."""
+
+    status: int
+    protocol: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+WtSelect = Callable[[str, list[str], dict[str, str]], WtDecision]
+
+
+# --------------------------------------------------------------------------- small codecs
+
+
+def parse_sf_string_list(value: str) -> list[str]:
+    """RFC 8941 List of sf-strings, e.g. `"moq-lite-05", "moq-lite-04"`; parameters ignored,
+    bare tokens tolerated, malformed members skipped."""
+    out: list[str] = []
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i] in " \t,":
+            i += 1
+        if i >= n:
+            break
+        if value[i] == '"':
+            i += 1
+            buf: list[str] = []
+            ok = False
+            while i < n:
+                c = value[i]
+                if c == "\\" and i + 1 < n:
+                    buf.append(value[i + 1])
+                    i += 2
+                    continue
+                if c == '"':
+                    ok = True
+                    i += 1
+                    break
+                buf.append(c)
+                i += 1
+            if ok:
+                out.append("".join(buf))
+        else:
+            j = i
+            while j < n and value[j] not in ",;":
+                j += 1
+            tok = value[i:j].strip()
+            if tok:
+                out.append(tok)
+            i = j
+        while i < n and value[i] != ",":  # skip parameters
+            i += 1
+    return out
+
+
+def sf_string(value: str) -> bytes:
+    return ('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"').encode()
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x40:
+        return bytes([n])
+    if n < 0x4000:
+        return (n | 0x4000).to_bytes(2, "big")
+    if n < 0x40000000:
+        return (n | 0x80000000).to_bytes(4, "big")
+    return (n | 0xC000000000000000).to_bytes(8, "big")
+
+
+def _read_varint(buf: bytes | bytearray, pos: int) -> tuple[int, int] | None:
+    if pos >= len(buf):
+        return None
+    size = 1 << (buf[pos] >> 6)
+    if pos + size > len(buf):
+        return None
+    v = buf[pos] & 0x3F
+    for b in buf[pos + 1 : pos + size]:
+        v = (v << 8) | b
+    return v, pos + size
+
+
+def encode_close_capsule(code: int, reason: str) -> bytes:
+    body = (code & 0xFFFFFFFF).to_bytes(4, "big") + reason.encode()[:MAX_REASON]
+    return _varint(CLOSE_WEBTRANSPORT_SESSION) + _varint(len(body)) + body
+
+
+# --------------------------------------------------------------------------- session
+
+
+class WtSession(BaseQuicSession):
+    """One WebTransport session (session id = CONNECT stream id)."""
+
+    def __init__(self, proto: WtProtocol, session_id: int, info: SessionInfo) -> None:
+        super().__init__(proto.conn, info)
+        self._proto = proto
+        self.session_id = session_id
+        self._capsules = bytearray()
+        self._fin_sent = False
+
+    def _create_stream_id(self, uni: bool) -> int:
+        return self._proto.h3.create_webtransport_stream(self.session_id, is_unidirectional=uni)
+
+    @property
+    def max_datagram_size(self) -> int:
+        conn = self._conn
+        remote = conn.engine.remote_max_datagram_frame_size(conn.quic)
+        if remote <= 0:
+            return 0
+        prefix = len(_varint(self.session_id // 4))
+        return max(0, min(remote - 3, UDP_PAYLOAD_LIMIT - DATAGRAM_OVERHEAD) - prefix)
+
+    def send_datagram(self, data: bytes) -> None:
+        if self._closed is not None or not 0 < len(data) <= self.max_datagram_size:
+            return
+        try:
+            self._conn.engine.send_h3_datagram(self._proto.h3, self.session_id, bytes(data))
+        except Exception:
+            return
+        self._conn.wake()
+
+    def close(self, code: int = 0, reason: str = "") -> None:
+        if self._closed is not None:
+            return
+        self._send_close(code, reason)
+        self._terminate(SessionClosed(code, reason))
+        # Give the capsule a moment to arrive (the peer usually closes first), then close QUIC.
+        self._conn.spawn(self._close_connection_later, code, reason)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self._fin_sent:
+            return
+        self._fin_sent = True
+        try:
+            self._proto.h3.send_data(self.session_id, encode_close_capsule(code, reason), end_stream=True)
+        except Exception:
+            pass
+        self._conn.wake()
+
+    async def _close_connection_later(self, code: int, reason: str) -> None:
+        with trio.move_on_after(CLOSE_GRACE):
+            while not self._conn.terminated:
+                await self._conn.wait_flushed()
+                if self._conn.engine.unsent_bytes(self._conn.quic, self.session_id) == 0:
+                    await trio.sleep(0.05)  # roughly one loopback RTT for the ACK / peer close
+                    break
+        self._conn.close_quic(code_to_wire(code), reason)
+
+    # -- CONNECT stream: capsules
+    def _on_connect_stream_data(self, data: bytes, ended: bool) -> None:
+        self._capsules += data
+        pos = 0
+        while True:
+            t = _read_varint(self._capsules, pos)
+            if t is None:
+                break
+            ln = _read_varint(self._capsules, t[1])
+            if ln is None or ln[1] + ln[0] > len(self._capsules):
+                break
+            body = bytes(self._capsules[ln[1] : ln[1] + ln[0]])
+            pos = ln[1] + ln[0]
+            if t[0] == CLOSE_WEBTRANSPORT_SESSION and len(body) >= 4:
+                code = int.from_bytes(body[:4], "big")
+                self._peer_closed(code, body[4:].decode(errors="replace"))
+                return
+            # DRAIN_WEBTRANSPORT_SESSION and unknown capsules: nothing to do.
+        del self._capsules[:pos]
+        if len(self._capsules) > MAX_CAPSULE_BUFFER:
+            self.close(1, "capsule too large")
+            return
+        if ended:
+            self._peer_closed(0, "")
+
+    def _peer_closed(self, code: int, reason: str) -> None:
+        if self._closed is not None:
+            return
+        self._send_close(code, reason)  # FIN our side of the CONNECT stream too
+        self._terminate(SessionClosed(code, reason))
+        self._conn.spawn(self._close_connection_later, code, reason)
+
+    def _on_connection_terminated(self, error_code: int, reason: str) -> None:
+        code = code_from_wire(error_code)
+        if code is None:
+            code = 0 if error_code == H3_NO_ERROR else error_code
+        self._terminate(SessionClosed(code, reason))
+
+
+# --------------------------------------------------------------------------- H3 layer
+
+
+class WtProtocol:
+    """HTTP/3 on one QUIC connection: CONNECT handling and event routing to the session."""
+
+    def __init__(self, conn: Connection, wt_select: WtSelect | None) -> None:
+        self.conn = conn
+        self.wt_select = wt_select
+        self.h3 = conn.engine.H3Connection(conn.quic, enable_webtransport=True)
+        self.session: WtSession | None = None
+
+    def _handle_quic_event(self, ev: Any) -> None:
+        qe = self.conn.engine.qe
+        s = self.session
+        # Resets/stops of WebTransport streams: the H3 layer does not report them to us.
+        if s is not None and isinstance(ev, qe.StreamReset):
+            if ev.stream_id == s.session_id:
+                s._peer_closed(0, "CONNECT stream reset")
+            else:
+                s._peer_stream_reset(ev.stream_id, ev.error_code)
+        elif s is not None and isinstance(ev, qe.StopSendingReceived):
+            s._peer_stop_sending(ev.stream_id, ev.error_code)
+        elif isinstance(ev, qe.StreamDataReceived) and ev.stream_id & 3 == 1:
+            # Server-initiated bidi streams are always our WebTransport streams, but the H3
+            # layer does not remember that and would parse the peer's bytes as HTTP/3 frames
+            # (closing with H3_FRAME_UNEXPECTED); deliver them straight to the session.
+            st = s._streams.get(ev.stream_id) if s is not None else None
+            if st is not None:
+                st._on_data(ev.data, ev.end_stream)
+            return
+        h3e = self.conn.engine.h3e
+        for hev in self.h3.handle_event(ev):
+            if isinstance(hev, h3e.WebTransportStreamDataReceived):
+                if s is not None and hev.session_id == s.session_id:
+                    s._peer_stream_data(hev.stream_id, hev.data, hev.stream_ended)
+                else:
+                    self._refuse_stream(hev.stream_id)
+            elif isinstance(hev, h3e.DatagramReceived):
+                if s is not None and self.conn.engine.datagram_session_id(hev) == s.session_id:
+                    s._peer_datagram(hev.data)
+            elif isinstance(hev, h3e.HeadersReceived):
+                self._on_headers(hev)
+            elif isinstance(hev, h3e.DataReceived):
+                if s is not None and hev.stream_id == s.session_id:
+                    s._on_connect_stream_data(hev.data, hev.stream_ended)
+            s = self.session
+
+    def _refuse_stream(self, stream_id: int) -> None:
+        quic = self.conn.quic
+        for op in (quic.stop_stream, quic.reset_stream):
+            try:
+                op(stream_id, code_to_wire(0))
+            except Exception:
+                pass
+
+    def _respond(self, stream_id: int, status: int, extra: list[tuple[bytes, bytes]] | None = None, end: bool = True) -> None:
+        headers = [(b":status", str(status).encode())] + (extra or [])
+        self.h3.send_headers(stream_id, headers, end_stream=end)
+        self.conn.wake()
+
+    def _on_headers(self, hev: Any) -> None:
+        sid = hev.stream_id
+        if self.session is not None and sid == self.session.session_id:
+            return  # trailers on the CONNECT stream: ignore
+        headers: dict[str, str] = {}
+        for k, v in hev.headers:
+            headers[k.decode(errors="replace").lower()] = v.decode(errors="replace")
+        if headers.get(":method") != "CONNECT" or headers.get(":protocol") != "webtransport":
+            self._respond(sid, 404)
+            return
+        if self.session is not None:
+            self._respond(sid, 429)  # one session per connection
+            return
+        path = headers.get(":path", "/")
+        offered = parse_sf_string_list(headers.get("wt-available-protocols", ""))
+        decision = WtDecision(200, None)
+        if self.wt_select is not None:
+            try:
+                decision = self.wt_select(path, offered, headers)
+            except Exception:
+                log.exception("conn=%d wt_select failed", self.conn.conn_id)
+                decision = WtDecision(500, None)
+        if decision.status != 200:
+            log.debug("conn=%d CONNECT %s -> %d", self.conn.conn_id, path, decision.status)
+            self._respond(sid, decision.status)
+            return
+        extra = [(b"sec-webtransport-http3-draft", b"draft02")]
+        if decision.protocol is not None:
+            extra.append((b"wt-protocol", sf_string(decision.protocol)))
+        self._respond(sid, 200, extra, end=False)
+        info = SessionInfo(
+            transport="webtransport",
+            protocol=decision.protocol,  # type: ignore[arg-type]  # None = legacy SETUP
+            path=path,
+            remote=_remote(self.conn),
+            conn_id=self.conn.conn_id,
+            extra=dict(decision.extra),
+        )
+        self.session = WtSession(self, sid, info)
+        self.conn.start_handler(self.session)
+
+    def _on_connection_terminated(self, error_code: int, reason: str) -> None:
+        # Called only while no session exists (the connection forwards to the session otherwise).
+        pass
+
+
+def _remote(conn: Connection) -> str:
+    from relay.transport.quic import _fmt_addr
+
+    return _fmt_addr(conn.addr)

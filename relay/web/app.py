@@ -1,0 +1,168 @@
+"""The HTTP side of the relay (relay spec §7): quart-trio under hypercorn, on TCP.
+
+GET /health, /certificate.sha256, /announced[/prefix], /fetch/<broadcast>/<track>[?group=].
+Everything else is a 404 landing page (the WebSocket fallback will claim those paths).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+
+from relay.auth.scope import AuthError, Scope, split_target
+from relay.model.origin import Origin
+from relay.model.track import GroupAborted, TrackClosed
+
+log = logging.getLogger("relay.web")
+
+FETCH_DEADLINE = 30.0
+LANDING = (
+    "<!doctype html><title>moq-relay</title><h1>moq-relay</h1>"
+    "<p>This is a Media over QUIC relay. Connect with a MoQ client.</p>\n"
+)
+
+# authorize(path, jwt_or_None) -> Scope, raising AuthError
+Authorizer = Callable[[str, str | None], Scope]
+
+
+def token_from_query(query: dict[str, list[str]]) -> str | None:
+    """The last non-empty `jwt` value (relay spec §5.1); empty means no token."""
+    values = [v for v in query.get("jwt", []) if v]
+    return values[-1] if values else None
+
+
+def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], str | None]) -> QuartTrio:
+    app = QuartTrio("relay")
+    app.config["RESPONSE_TIMEOUT"] = None  # /fetch bodies stream; our own deadline applies
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        return response
+
+    def text(body: str, status: int = 200) -> Response:
+        return Response(body, status=status, content_type="text/plain; charset=utf-8")
+
+    def authorize_request(raw_path: str) -> Scope:
+        _, query = split_target(request.full_path if "?" in request.full_path else request.path)
+        return authorize(raw_path, token_from_query(query))
+
+    @app.route("/<path:any_path>", methods=["OPTIONS"])
+    @app.route("/", methods=["OPTIONS"])
+    async def preflight(any_path: str = "") -> Response:
+        resp = Response("", status=200)
+        resp.headers["Access-Control-Allow-Methods"] = "GET"
+        return resp
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response("ok\n", content_type="text/plain")
+
+    @app.get("/certificate.sha256")
+    async def certificate() -> Response:
+        fp = fingerprint()
+        if fp is None:
+            return text("no certificate\n", 404)
+        return text(fp)
+
+    @app.get("/announced")
+    @app.get("/announced/<path:prefix>")
+    async def announced(prefix: str = "") -> Response:
+        try:
+            scope = authorize_request("/" + prefix)
+        except AuthError as exc:
+            log.info("announced refused path=/%s reason=%s", prefix, exc.reason)
+            return text(f"unauthorized: {exc.reason}\n", exc.status)
+        if not scope.subscribe:
+            return text("unauthorized: no subscribe scope\n", 401)
+        found: set[str] = set()
+        for watch in scope.watch_prefixes(""):
+            for abs_path, _ in origin.active_under(scope.absolute(watch)):
+                rel = scope.relative(abs_path)
+                if rel is not None:
+                    found.add(rel)
+        return text("\n".join(sorted(found)))
+
+    @app.get("/fetch/<path:target>")
+    async def fetch(target: str) -> Response:
+        parts = [p for p in target.split("/") if p]
+        if len(parts) < 2:
+            return text("need /fetch/<broadcast>/<track>\n", 400)
+        broadcast_rel, track_name = "/".join(parts[:-1]), parts[-1]
+        group_arg = request.args.get("group", "latest")
+        want: int | None
+        if group_arg == "latest":
+            want = None
+        elif group_arg.isdigit() and int(group_arg) < 2**64:
+            want = int(group_arg)
+        else:
+            return text("group must be an integer or 'latest'\n", 400)
+        try:
+            scope = authorize_request("/" + broadcast_rel)
+        except AuthError as exc:
+            return text(f"unauthorized: {exc.reason}\n", exc.status)
+        if not scope.can_subscribe(""):
+            return text("unauthorized: no subscribe scope\n", 401)
+
+        deadline = trio.current_time() + FETCH_DEADLINE
+        broadcast = None
+        with trio.move_on_at(deadline):
+            broadcast = await origin.wait_broadcast(scope.root)
+        if broadcast is None:
+            return text("broadcast not announced\n", 404)
+        return await _serve_group(broadcast, track_name, want, deadline)
+
+    async def _serve_group(broadcast, track_name: str, want: int | None, deadline: float) -> Response:
+        subscription = broadcast.subscribe(track_name)
+        try:
+            track = subscription.__enter__()
+        except TrackClosed:
+            return text("broadcast ended\n", 404)
+        except Exception as exc:  # the broadcast's track table is full
+            return text(f"{exc}\n", 500)
+        entered = True
+        try:
+            group = None
+            with trio.move_on_at(deadline) as cs:
+                while True:
+                    if want is None and track.latest is not None:
+                        group = track.latest
+                    elif want is not None:
+                        group = track.cached(want)
+                        if group is None and (track.latest is not None and track.latest.sequence >= want):
+                            break  # it existed but is no longer cached: not found
+                    if group is not None or track.closed:
+                        break
+                    await track.wait_changed()
+            if cs.cancelled_caught:
+                return text("timed out\n", 504)
+            if group is None:
+                return text("group not found\n", 404)
+
+            async def body() -> AsyncIterator[bytes]:
+                try:
+                    with trio.move_on_at(deadline):
+                        async for frame in group.frames_from(0):
+                            yield frame.payload
+                except GroupAborted:
+                    return  # truncated body: the client sees an incomplete response
+                finally:
+                    subscription.__exit__(None, None, None)
+
+            entered = False  # the body generator releases the subscription
+            return Response(body(), status=200, content_type="application/octet-stream")
+        finally:
+            if entered:
+                subscription.__exit__(None, None, None)
+
+    @app.route("/", methods=["GET"])
+    @app.route("/<path:other>", methods=["GET"])
+    async def landing(other: str = "") -> Response:
+        return Response(LANDING, status=404, content_type="text/html; charset=utf-8")
+
+    return app
+
