@@ -24,7 +24,7 @@ import trio
 from relay.config import load_config
 from relay.server import RelayHandle, run
 
-TRANSPORTS = ["moql"]  # "https" (WebTransport) joins once its transport test passes
+TRANSPORTS = ["moql", "https"]
 VERSIONS = ["moq-lite-03", "moq-lite-04", "moq-lite-05"]
 LONG_MS = 30_000  # a latency window long enough that the client never skips a group
 

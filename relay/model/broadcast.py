@@ -141,12 +141,14 @@ class Broadcast:
         entry.track.close()
         entry.track.drop_cache()
 
-    def close(self) -> None:
-        """The publisher is gone: every track ends for every reader."""
+    def close(self, error: int | None = None) -> None:
+        """The publisher is gone: every track ends for every reader.
+
+        `error` None = a clean unannounce; a code = the publisher was lost (open groups abort)."""
         if self.closed:
             return
         self.closed = True
         for entry in list(self._tracks.values()):
             entry.cancel()
-            entry.track.close()
+            entry.track.close(error)
         self._tracks.clear()

@@ -51,12 +51,14 @@ def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], 
         _, query = split_target(request.full_path if "?" in request.full_path else request.path)
         return authorize(raw_path, token_from_query(query))
 
-    @app.route("/<path:any_path>", methods=["OPTIONS"])
-    @app.route("/", methods=["OPTIONS"])
-    async def preflight(any_path: str = "") -> Response:
-        resp = Response("", status=200)
-        resp.headers["Access-Control-Allow-Methods"] = "GET"
-        return resp
+    @app.before_request
+    async def preflight() -> Response | None:
+        # CORS preflight for every path (Quart's automatic OPTIONS would answer without it).
+        if request.method == "OPTIONS":
+            resp = Response("", status=200)
+            resp.headers["Access-Control-Allow-Methods"] = "GET"
+            return resp
+        return None
 
     @app.get("/health")
     async def health() -> Response:
@@ -133,8 +135,8 @@ def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], 
                         group = track.latest
                     elif want is not None:
                         group = track.cached(want)
-                        if group is None and (track.latest is not None and track.latest.sequence >= want):
-                            break  # it existed but is no longer cached: not found
+                        if group is None and track.latest is not None:
+                            break  # the track is live but does not hold that group: not found
                     if group is not None or track.closed:
                         break
                     await track.wait_changed()

@@ -126,7 +126,7 @@ class LiteSession:
             self._nursery = None
             for broadcast in list(self._published.values()):
                 self.origin.unpublish(broadcast)
-                broadcast.close()
+                broadcast.close(ErrorCode.CANCEL)
             self._published.clear()
             for track in list(self._upstream.values()):
                 track.close(ErrorCode.CANCEL)
@@ -334,6 +334,7 @@ class LiteSession:
         reader = MessageReader(recv, self.limits.max_message + 16)
         mine: dict[str, Broadcast] = {}
         ids: dict[int, str] = {}  # lite-06 announce id -> suffix
+        lost: int | None = ErrorCode.CANCEL
         next_id = 0
         try:
             exclude = self.hop_id if v.has_exclude_hop else 0
@@ -387,11 +388,13 @@ class LiteSession:
         except ProtocolError as exc:
             # Announce-loop errors are session errors, as in the Rust stack.
             self._fail(exc)
+            lost = None
         except (StreamEnded, StreamReset, SessionClosed):
             pass
         finally:
+            # Anything but the publisher's own end of the stream means it was lost.
             for suffix in list(mine):
-                self._unannounced(mine, suffix)
+                self._unannounced(mine, suffix, lost)
 
     def _announced(self, mine: dict[str, Broadcast], suffix: str, hops: tuple[int, ...], cost: int = 0) -> None:
         assert self.scope is not None
@@ -426,15 +429,15 @@ class LiteSession:
         self._published[abs_path] = broadcast
         log.info("%s publishes %s hops=%s", self.name, abs_path, list(hops))
 
-    def _unannounced(self, mine: dict[str, Broadcast], suffix: str) -> None:
+    def _unannounced(self, mine: dict[str, Broadcast], suffix: str, error: int | None = None) -> None:
         broadcast = mine.pop(paths.norm(suffix), None)
         if broadcast is not None:
-            self._drop(broadcast)
-            log.info("%s unpublished %s", self.name, broadcast.path)
+            self._drop(broadcast, error)
+            log.info("%s unpublished %s%s", self.name, broadcast.path, "" if error is None else " (lost)")
 
-    def _drop(self, broadcast: Broadcast) -> None:
+    def _drop(self, broadcast: Broadcast, error: int | None = None) -> None:
         self.origin.unpublish(broadcast)
-        broadcast.close()
+        broadcast.close(error)
         if self._published.get(broadcast.path) is broadcast:
             del self._published[broadcast.path]
 
