@@ -512,7 +512,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"server.tls: {len(tls.cert)} cert files but {len(tls.key)} key files")
     if cfg.server.bind and not tls.cert and not tls.generate:
         raise ConfigError("server.tls: must provide at least one cert/key pair or generate entry")
+    for path in [*tls.cert, *tls.key]:
+        if not os.path.isfile(path):
+            raise ConfigError(f"server.tls: cannot read {path}")
     auth = cfg.auth
+    if auth.key or auth.key_dir:
+        log.warning("auth.key/key_dir: token verification is not implemented yet; tokens are refused")
     if auth.key and auth.key_dir:
         raise ConfigError("auth: cannot combine key and key_dir")
     if not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish or tls.root):

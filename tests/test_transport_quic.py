@@ -56,6 +56,7 @@ class TestClient:
         self.headers: dict[int, dict[bytes, bytes]] = {}
         self.raw_streams: set[int] = set()  # WT streams we opened: aioquic's client H3 cannot parse replies
         self.handshake = trio.Event()
+        self.resets: dict[int, int] = {}
         self.terminated: Any = None
         self._changed = trio.Event()
         self._wake = trio.Event()
@@ -77,6 +78,8 @@ class TestClient:
                 self.handshake.set()
             elif isinstance(ev, qe.ConnectionTerminated):
                 self.terminated = ev
+            elif isinstance(ev, qe.StreamReset):
+                self.resets[ev.stream_id] = ev.error_code
             if isinstance(ev, qe.StreamDataReceived) and ev.stream_id in self.raw_streams:
                 self.data.setdefault(ev.stream_id, bytearray()).extend(ev.data)
                 if ev.end_stream:
