@@ -1,0 +1,137 @@
+"""Bad input from a peer over real sockets: each error is answered on that stream only, the
+peer's session and everyone else carry on, and the relay keeps running."""
+
+from __future__ import annotations
+
+import asyncio
+
+import moq
+import trio
+from harness import Flag, client, in_thread, running_relay
+from test_transport_quic import TestClient
+
+from relay.protocol.lite import messages as m
+from relay.protocol.lite.errors import ErrorCode
+from relay.protocol.lite.version import Version
+from relay.transport.quic import code_to_wire
+
+V5 = Version.LITE_05
+
+
+async def test_bad_streams_are_refused_one_by_one(tmp_path) -> None:
+    async with running_relay(tmp_path, "moq-lite-05") as relay:
+        bad = TestClient(("127.0.0.1", relay.port), ["moq-lite-05"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(bad.run)
+            with trio.fail_after(20):
+                await bad.handshake.wait()
+                q = bad.quic
+                # SETUP with the path (raw QUIC lite-05 carries it there).
+                uni = q.get_next_available_stream_id(is_unidirectional=True)
+                setup = m.Setup({m.SetupParam.PATH: b"/anon", m.SetupParam.ORIGIN: m.varint(77)})
+                q.send_stream_data(uni, m.varint(m.UniStream.SETUP) + setup.encode(V5), True)
+
+                def bidi(data: bytes, end: bool = False) -> int:
+                    sid = q.get_next_available_stream_id()
+                    q.send_stream_data(sid, data, end)
+                    bad.flush()
+                    return sid
+
+                oversized = bidi(m.varint(m.BiStream.SUBSCRIBE) + m.varint(200_000) + b"x" * 1000)
+                unknown = bidi(m.varint(0x3F) + b"\x00")
+                bad_utf8 = bidi(m.varint(m.BiStream.ANNOUNCE) + bytes.fromhex("02 01 ff"))
+                trailing = bidi(m.varint(m.BiStream.TRACK) + bytes.fromhex("05 01 61 01 62 00"))
+                missing = bidi(m.varint(m.BiStream.SUBSCRIBE)
+                               + m.Subscribe(1, "nope", "v", 0, False, 0, None, None).encode(V5))
+                await bad.wait_for(lambda: {oversized, unknown, bad_utf8, trailing, missing} <= set(bad.resets))
+                assert bad.resets[oversized] == code_to_wire(ErrorCode.TOO_LARGE)
+                assert bad.resets[unknown] == code_to_wire(ErrorCode.UNEXPECTED_STREAM)
+                assert bad.resets[bad_utf8] == code_to_wire(ErrorCode.DECODE)
+                assert bad.resets[trailing] == code_to_wire(ErrorCode.DECODE)
+                assert bad.resets[missing] == code_to_wire(ErrorCode.NOT_FOUND)
+
+                # Announce streams are bounded per session: the 65th is refused...
+                ann = [bidi(m.varint(m.BiStream.ANNOUNCE) + m.AnnounceRequest("", 0).encode(V5)) for _ in range(65)]
+                await bad.wait_for(lambda: sum(1 for s in ann if s in bad.resets) >= 1)
+                refused = [s for s in ann if s in bad.resets]
+                assert len(refused) == 1 and bad.resets[refused[0]] == code_to_wire(ErrorCode.BOUNDS_EXCEEDED)
+                # ...while the others are answered (ANNOUNCE_OK with our hop id and 0 active).
+                await bad.wait_for(lambda: all(len(bad.data.get(s, b"")) >= 2 for s in ann if s not in refused))
+                ok = m.AnnounceOk.decode(bytes(bad.data[ann[0]][1:]), V5)
+                assert ok == m.AnnounceOk(relay.handle.hop_id, 0)
+                assert bad.terminated is None  # the session itself survived all of it
+
+            # Everyone else is unaffected: a real publisher and subscriber work meanwhile.
+            await real_clients_still_work(relay)
+            assert bad.terminated is None
+            nursery.cancel_scope.cancel()
+
+
+async def test_duplicate_subscribe_id_is_refused(tmp_path) -> None:
+    async with running_relay(tmp_path, "moq-lite-04") as relay:
+        bad = TestClient(("127.0.0.1", relay.port), ["moq-lite-04"])
+        stop = Flag()
+
+        async def publisher() -> None:
+            async with client(relay.url("moql")) as c:
+                b = c.create_broadcast("live")
+                b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=5_000_000, timescale=1000))
+                b.announce()
+                await stop.wait(30)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(in_thread, publisher)
+            await nursery.start(bad.run)
+            with trio.fail_after(20):
+                await bad.handshake.wait()
+                while relay.handle.origin.best("live") is None:
+                    await trio.sleep(0.05)
+                q = bad.quic
+                sub = m.varint(m.BiStream.SUBSCRIBE) + m.Subscribe(5, "live", "v", 0, False, 1000, None, None).encode(
+                    Version.LITE_04)
+                first = q.get_next_available_stream_id()
+                q.send_stream_data(first, sub, False)
+                second = q.get_next_available_stream_id()
+                q.send_stream_data(second, sub, False)
+                bad.flush()
+                await bad.wait_for(lambda: second in bad.resets and len(bad.data.get(first, b"")) >= 7)
+                assert bad.resets[second] == code_to_wire(ErrorCode.DUPLICATE)
+                # The first subscription got its lite-04 SUBSCRIBE_OK and lives on.
+                assert bytes(bad.data[first][:2]) == b"\x00\x05" and first not in bad.resets
+            stop.set()
+            nursery.cancel_scope.cancel()
+
+
+async def real_clients_still_work(relay) -> None:
+    done = Flag()
+    url = relay.url("moql", "anon")
+
+    async def publisher() -> None:
+        async with client(url) as c:
+            b = c.create_broadcast("ok")
+            t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
+            b.announce()
+            while not done.event.is_set():
+                group = t.append_group()
+                group.write_frame(b"fine")
+                group.finish()
+                await asyncio.sleep(0.1)
+
+    async def subscriber() -> bytes:
+        async with client(url) as c:
+            consumer = await asyncio.wait_for(c.announced_broadcast("ok"), 10)
+            track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+            group = await asyncio.wait_for(track.next_group(), 10)
+            payload = b"".join([f.payload async for f in group])
+            done.set()
+            return payload
+
+    got: list[bytes] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, publisher)
+
+            async def sub() -> None:
+                got.append(await in_thread(subscriber))
+            n.start_soon(sub)
+    assert got == [b"fine"]
