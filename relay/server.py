@@ -30,7 +30,7 @@ from relay.web.app import create_app, token_from_query
 log = logging.getLogger("relay.server")
 
 # Preference order: newest first. (lite-06/01/02 arrive with issue 3.)
-DEFAULT_VERSIONS = [Version.LITE_05, Version.LITE_04, Version.LITE_03]
+DEFAULT_VERSIONS = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03]
 
 
 class StartupError(Exception):

@@ -25,7 +25,7 @@ from relay.config import load_config
 from relay.server import RelayHandle, run
 
 TRANSPORTS = ["moql", "https"]
-VERSIONS = ["moq-lite-03", "moq-lite-04", "moq-lite-05"]
+VERSIONS = ["moq-lite-03", "moq-lite-04", "moq-lite-05", "moq-lite-06"]
 LONG_MS = 30_000  # a latency window long enough that the client never skips a group
 
 
