@@ -535,5 +535,5 @@ def validate(cfg: Config) -> None:
         from relay.protocol.lite.version import Version
 
         for name in cfg.server.version:
-            if Version.from_alpn(name) is None:
+            if name != "moql" and Version.from_alpn(name) is None:
                 raise ConfigError(f"server.version: unsupported version {name!r}")

@@ -18,11 +18,12 @@ from relay.auth.scope import AuthError, Scope, public_scope, split_target
 from relay.config import Config, ConfigError
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
-from relay.protocol.lite.errors import ErrorCode
-from relay.protocol.lite.session import LiteSession
+from relay.protocol.lite.errors import ErrorCode, ProtocolError
+from relay.protocol.lite.session import LiteSession, negotiate_legacy
+from relay.protocol.lite.streams import StreamEnded
 from relay.protocol.lite.version import Version
 from relay.tls import Identity, generate_self_signed, load_identity
-from relay.transport.base import TransportSession
+from relay.transport.base import TransportError, TransportSession
 from relay.transport.quic import QuicEndpoint
 from relay.transport.webtransport import WtDecision
 from relay.web.app import create_app, token_from_query
@@ -30,7 +31,8 @@ from relay.web.app import create_app, token_from_query
 log = logging.getLogger("relay.server")
 
 # Preference order: newest first. (lite-06/01/02 arrive with issue 3.)
-DEFAULT_VERSIONS = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03]
+DEFAULT_VERSIONS = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03,
+                    Version.LITE_02, Version.LITE_01]
 
 
 class StartupError(Exception):
@@ -55,6 +57,9 @@ def select_versions(names: list[str] | None) -> list[Version]:
     chosen = []
     for name in names:
         v = Version.from_alpn(name)
+        if name == "moql":  # the legacy in-band negotiation: lite-01 and lite-02
+            chosen += [Version.LITE_02, Version.LITE_01]
+            continue
         if v is None or v not in DEFAULT_VERSIONS:
             raise ConfigError(f"server.version: {name!r} is not supported by this relay yet")
         chosen.append(v)
@@ -92,22 +97,43 @@ async def run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     origin = Origin(budget=CacheBudget(config.cache.capacity), max_cache_age=config.cache.duration)
     hop_id = config.cluster.id or random.randint(1, 2**53 - 1)
     versions = select_versions(config.server.version)
-    by_alpn = {v.alpn: v for v in versions}
+    by_alpn = {v.alpn: v for v in versions if v >= Version.LITE_03}
+    legacy_versions = [v for v in versions if v <= Version.LITE_02]
+    alpns = list(dict.fromkeys(v.alpn for v in versions))  # lite-01/02 share "moql"
     authorize = Authorizer(config)
     sessions: set[LiteSession] = set()
     if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
 
     async def handle(transport: TransportSession) -> None:
-        version = by_alpn.get(transport.info.protocol or "")
-        if version is None:
-            log.info("conn=%s no supported moq version (%r)", transport.info.conn_id, transport.info.protocol)
-            transport.close(ErrorCode.VERSION, "unsupported version")
-            return
+        protocol = transport.info.protocol or ""
+        legacy = None
+        if protocol in ("moql", ""):
+            # Legacy in-band SETUP: ALPN moql, or WebTransport/WebSocket without a protocol.
+            try:
+                legacy = await negotiate_legacy(transport, legacy_versions)
+            except ProtocolError as exc:
+                log.info("conn=%s legacy SETUP failed: %s", transport.info.conn_id, exc)
+                transport.close(exc.code, str(exc)[:100])
+                return
+            except trio.TooSlowError:
+                transport.close(ErrorCode.TIMEOUT, "no CLIENT_SETUP")
+                return
+            except (TransportError, StreamEnded):
+                return
+            version = legacy.version
+        else:
+            found = by_alpn.get(protocol)
+            if found is None:
+                log.info("conn=%s no supported moq version (%r)", transport.info.conn_id, protocol)
+                transport.close(ErrorCode.VERSION, "unsupported version")
+                return
+            version = found
         scope = None
         if transport.info.transport == "webtransport":
             scope = transport.info.extra.get("scope")
-        session = LiteSession(transport, version, origin, authorize=authorize, hop_id=hop_id, scope=scope)
+        session = LiteSession(transport, version, origin, authorize=authorize, hop_id=hop_id, scope=scope,
+                              legacy=legacy)
         sessions.add(session)
         try:
             await session.run()
@@ -130,7 +156,7 @@ async def run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
     endpoint = QuicEndpoint(
         binds=list(config.server.bind),
         identity=identity,
-        alpns=[v.alpn for v in versions] + ["h3"],  # h3 = WebTransport
+        alpns=alpns + ["h3"],  # h3 = WebTransport
         handler=handle,
         wt_select=wt_select,
         max_streams=quic.max_streams,

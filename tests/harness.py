@@ -25,7 +25,13 @@ from relay.config import load_config
 from relay.server import RelayHandle, run
 
 TRANSPORTS = ["moql", "https"]
-VERSIONS = ["moq-lite-03", "moq-lite-04", "moq-lite-05", "moq-lite-06"]
+# "moql" = the legacy in-band SETUP, where the Rust client picks lite-02.
+VERSIONS = ["moql", "moq-lite-03", "moq-lite-04", "moq-lite-05", "moq-lite-06"]
+
+
+def vnum(version: str) -> int:
+    """The lite version number a relay restricted to `version` ends up speaking with moq-rs."""
+    return 2 if version == "moql" else int(version[-2:])
 LONG_MS = 30_000  # a latency window long enough that the client never skips a group
 
 

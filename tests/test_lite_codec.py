@@ -176,3 +176,28 @@ async def test_reader_limits_and_truncation() -> None:
         await MessageReader(FakeRecv(h("47d0 8010 0000")), 1 << 20).frame(V5, 1 << 16)
     with pytest.raises(StreamEnded):
         await MessageReader(FakeRecv(h("05 0102")), 1 << 20).message(m.Goaway.decode, V5, 64)
+
+
+def test_legacy_setup_captures() -> None:
+    raw = h("20 003a 03 c0000000ff0dad02 c0000000ff0dad01 c0000000ff00000e 04 02 c0000000ffffffff"
+            " 80040b5a 01 80040b5c 01 07 0b 6d6f712d6c6974652d7273")
+    assert raw[0] == m.LEGACY_CLIENT_SETUP and int.from_bytes(raw[1:3], "big") == len(raw) - 3
+    setup = m.LegacyClientSetup.decode(raw[3:])
+    assert setup.versions == [0xFF0DAD02, 0xFF0DAD01, 0xFF00000E]
+    assert setup.params[7] == b"moq-lite-rs" and setup.path is None
+    with_path = h("20 0049 03 c0000000ff0dad02 c0000000ff0dad01 c0000000ff00000e 05 02 c0000000ffffffff"
+                  " 80040b5c 01 80040b5a 01 07 0b 6d6f712d6c6974652d7273 01 0d 2f616e6f6e3f6a77743d616263")
+    assert m.LegacyClientSetup.decode(with_path[3:]).path == "/anon?jwt=abc"
+    assert m.LegacyServerSetup(0xFF0DAD02).encode() == h("21 0009 c0000000ff0dad02 00")
+    assert Version.from_setup_code(0xFF0DAD02) == Version.LITE_02
+    with pytest.raises(ProtocolError):
+        m.LegacyClientSetup.decode(h("01 c0000000ff0dad02 01 01 05 ff"))  # truncated parameter
+
+
+def test_lite02_flow_captures() -> None:
+    v2 = Version.LITE_02
+    assert m.AnnounceInit(["live/cam"]).encode(v2) == h("0a 01 08 6c6976652f63616d")
+    sub = m.Subscribe.decode(h("00 08 6c6976652f63616d 05 766964656f 09"), v2)
+    assert (sub.id, sub.broadcast, sub.track, sub.priority) == (0, "live/cam", "video", 9)
+    assert m.SubscribeOk().encode(v2) == h("00")
+    assert m.GroupHeader(0, 3).encode(v2) == h("02 00 03") and m.encode_frame(v2, b"BB") == h("02 4242")

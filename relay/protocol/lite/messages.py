@@ -737,3 +737,88 @@ class Datagram:
         seq = r.varint("group sequence")
         ts = r.varint("timestamp")
         return cls(sub_id, seq, ts, bytes(data[r.pos :]))
+
+
+# ------------------------------------------------------------------------------- legacy SETUP (01/02)
+LEGACY_CLIENT_SETUP = 0x20
+LEGACY_SERVER_SETUP = 0x21
+LEGACY_PARAM_PATH = 0x01
+
+
+@dataclass
+class LegacyClientSetup:
+    """CLIENT_SETUP of the in-band negotiation (lite §3.5): 0x20, u16 length, body.
+
+    Parameters use the IETF draft-14 encoding: even keys carry a varint, odd keys bytes.
+    """
+
+    versions: list[int]
+    params: dict[int, int | bytes] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str | None:
+        raw = self.params.get(LEGACY_PARAM_PATH)
+        if isinstance(raw, bytes):
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ProtocolError(ErrorCode.DECODE, "CLIENT_SETUP path is not UTF-8") from exc
+        return None
+
+    def encode(self) -> bytes:
+        w = Writer().varint(len(self.versions))
+        for v in self.versions:
+            w.varint(v)
+        w.varint(len(self.params))
+        for key, value in self.params.items():
+            w.varint(key)
+            if key % 2 == 0:
+                assert isinstance(value, int)
+                w.varint(value)
+            else:
+                assert isinstance(value, bytes)
+                w.blob(value)
+        body = bytes(w.buf)
+        return bytes((LEGACY_CLIENT_SETUP,)) + len(body).to_bytes(2, "big") + body
+
+    @classmethod
+    def decode(cls, body: bytes) -> LegacyClientSetup:
+        r = Reader(body)
+        count = r.varint("version count")
+        if count > 64:
+            raise ProtocolError(ErrorCode.BOUNDS_EXCEEDED, f"{count} versions offered")
+        versions = [r.varint("version") for _ in range(count)]
+        params: dict[int, int | bytes] = {}
+        if r.remaining:
+            n = r.varint("parameter count")
+            if n > MAX_PARAMETERS:
+                raise ProtocolError(ErrorCode.TOO_MANY_PARAMETERS, f"{n} SETUP parameters")
+            for _ in range(n):
+                key = r.varint("parameter key")
+                params[key] = r.varint("parameter value") if key % 2 == 0 else r.bytes_("parameter value")
+        r.done("CLIENT_SETUP")
+        return cls(versions, params)
+
+
+@dataclass
+class LegacyServerSetup:
+    version: int
+
+    def encode(self) -> bytes:
+        body = varint(self.version) + b"\x00"  # no parameters
+        return bytes((LEGACY_SERVER_SETUP,)) + len(body).to_bytes(2, "big") + body
+
+    @classmethod
+    def decode(cls, body: bytes) -> LegacyServerSetup:
+        r = Reader(body)
+        version = r.varint("version")
+        if r.remaining:
+            count = r.varint("parameter count")
+            for _ in range(count):
+                key = r.varint("parameter key")
+                if key % 2 == 0:
+                    r.varint("parameter value")
+                else:
+                    r.bytes_("parameter value")
+        r.done("SERVER_SETUP")
+        return cls(version)

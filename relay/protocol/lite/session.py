@@ -68,7 +68,7 @@ class LiteSession:
 
     def __init__(self, transport: TransportSession, version: Version, origin: Origin, *,
                  authorize: Authorizer, hop_id: int, scope: Scope | None = None,
-                 limits: SessionLimits | None = None) -> None:
+                 limits: SessionLimits | None = None, legacy: LegacySetup | None = None) -> None:
         self.transport = transport
         self.version = version
         self.origin = origin
@@ -78,11 +78,12 @@ class LiteSession:
         self.limits = limits or SessionLimits()
         self.id = next(_session_ids)
         info = transport.info
-        self.name = f"session={self.id} conn={info.conn_id} {info.transport}/{version.alpn} peer={info.remote}"
+        self.name = f"session={self.id} conn={info.conn_id} {info.transport}/{version.name_str} peer={info.remote}"
         self.peer_hop: int = 0  # the peer's origin id (SETUP Origin or ANNOUNCE_OK)
         self._ready = trio.Event()  # set once the scope is known (after SETUP on raw QUIC 05+)
         self._peer_setup = trio.Event()
-        self._setup_path: str | None = None
+        self._setup_path: str | None = legacy.path if legacy is not None else None
+        self._legacy = legacy
         self._nursery: trio.Nursery | None = None
         self._bi_active = 0
         self._subscriptions: set[int] = set()
@@ -100,6 +101,8 @@ class LiteSession:
                 nursery.start_soon(self._accept_uni_loop)
                 if self.version.has_setup_stream:
                     nursery.start_soon(self._send_setup)
+                if self._legacy is not None:
+                    nursery.start_soon(self._watch_session_stream, self._legacy)
                 try:
                     await self._establish_scope()
                 except AuthError as exc:
@@ -140,7 +143,7 @@ class LiteSession:
     async def _establish_scope(self) -> None:
         if self.scope is not None:
             return
-        target = self.transport.info.path
+        target = self.transport.info.path or self._setup_path
         if not target and self.version.has_setup_stream and self.transport.info.transport == "quic":
             # Raw QUIC carries the path in the client's SETUP (lite-05+).
             with trio.move_on_after(self.limits.setup_timeout):
@@ -149,6 +152,18 @@ class LiteSession:
                 raise ProtocolError(ErrorCode.TIMEOUT, "no SETUP from the client")
             target = self._setup_path or ""
         self.scope = self.authorize(target or "/")
+
+    async def _watch_session_stream(self, legacy: LegacySetup) -> None:
+        """lite-01/02: the SETUP stream lives as long as the session; its end ends the session."""
+        try:
+            while await legacy.reader.message(_ignore_body, self.version, self.limits.max_message) is not None:
+                pass  # SESSION_INFO (bitrate) messages: nothing to do with them
+            log.info("%s session stream finished by the peer", self.name)
+        except (StreamEnded, StreamReset, ProtocolError):
+            log.info("%s session stream ended", self.name)
+        except SessionClosed:
+            return
+        self.transport.close(ErrorCode.CANCEL, "session stream closed")
 
     async def _expire_at(self, when: float) -> None:
         import time
@@ -654,6 +669,39 @@ class LiteSession:
         await send.finish()
 
 
+def _ignore_body(body: bytes, version: Version) -> bytes:
+    return body
+
+
+@dataclass
+class LegacySetup:
+    """The outcome of the in-band SETUP (lite §3.5): the version and the open session stream."""
+
+    version: Version
+    path: str | None
+    send: SendStream
+    reader: MessageReader
+
+
+async def negotiate_legacy(transport: TransportSession, allowed: list[Version], timeout: float = 10.0) -> LegacySetup:
+    """Serve the legacy CLIENT_SETUP on the client's first bidi stream; reply SERVER_SETUP.
+
+    Raises ProtocolError (VERSION when nothing matches) or TooSlowError."""
+    with trio.fail_after(timeout):
+        send, recv = await transport.accept_bi()
+        reader = MessageReader(recv, 1 << 16)
+        head = await reader.exact(3)
+        if head[0] != m.LEGACY_CLIENT_SETUP:
+            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"expected CLIENT_SETUP, got type {head[0]:#x}")
+        setup = m.LegacyClientSetup.decode(await reader.exact(int.from_bytes(head[1:3], "big")))
+    for code in setup.versions:
+        version = Version.from_setup_code(code)
+        if version is not None and version in allowed:
+            await send.write(m.LegacyServerSetup(version.setup_code).encode())
+            return LegacySetup(version, setup.path, send, reader)
+    raise ProtocolError(ErrorCode.VERSION, f"no common version in {[hex(v) for v in setup.versions]}")
+
+
 class _Downstream:
     """One peer subscription: picks groups from the shared track and sends each on its own stream."""
 
@@ -664,7 +712,10 @@ class _Downstream:
         self.track = track
         self.version = session.version
         self.priority = sub.priority
-        self.max_latency = sub.max_latency_ms / 1000.0
+        if session.version >= Version.LITE_03:
+            self.max_latency = sub.max_latency_ms / 1000.0
+        else:  # lite-01/02 carry no max latency: use the publisher's window
+            self.max_latency = (track.info.max_latency_ms if track.info else 5000) / 1000.0
         self.end_group = sub.end_group  # exclusive, None = unbounded
         self.ok_sent = False
         self.inflight: dict[int, trio.CancelScope] = {}

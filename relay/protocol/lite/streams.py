@@ -80,6 +80,11 @@ class MessageReader:
         return value
 
     # -- API -----------------------------------------------------------------------------------
+    async def exact(self, n: int) -> bytes:
+        """Exactly n raw bytes (the legacy SETUP's fixed header); StreamEnded at FIN."""
+        await self._need(n)
+        return self._take(n)
+
     async def varint(self) -> int:
         """A bare varint (stream types); StreamEnded at FIN."""
         value = await self._varint_or_none()
