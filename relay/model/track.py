@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -24,6 +25,9 @@ DEFAULT_MAX_LATENCY_MS = 5000
 MAX_CACHED_GROUPS = 1024
 # How far back subscribers' arrival cursors can lag before they simply skip ahead.
 ARRIVAL_HISTORY = 256
+
+
+DatagramListener = Callable[[int, int, bytes], None]
 
 
 class TrackClosed(Exception):
@@ -168,6 +172,9 @@ class Track:
         self.end_sequence: int | None = None
         self.groups_total = 0
         self.bytes_total = 0
+        # Datagrams (lite-05+) are not cached: each is handed to the current listeners at once.
+        self._datagram_listeners: set[DatagramListener] = set()
+        self.datagrams_total = 0
 
     # -- info ---------------------------------------------------------------------------
     def set_info(self, info: TrackInfo) -> None:
@@ -275,3 +282,18 @@ class Track:
 
     async def wait_changed(self) -> None:
         await self._changed.wait()
+
+    # -- datagrams ----------------------------------------------------------------------------
+    def push_datagram(self, sequence: int, timestamp: int, payload: bytes) -> None:
+        """A one-frame group that arrived as a datagram: forward to every listener, keep nothing."""
+        if self.closed:
+            return
+        self.datagrams_total += 1
+        for listener in list(self._datagram_listeners):
+            listener(sequence, timestamp, payload)
+
+    def add_datagram_listener(self, listener: DatagramListener) -> None:
+        self._datagram_listeners.add(listener)
+
+    def remove_datagram_listener(self, listener: DatagramListener) -> None:
+        self._datagram_listeners.discard(listener)

@@ -103,6 +103,8 @@ class LiteSession:
                     nursery.start_soon(self._send_setup)
                 if self._legacy is not None:
                     nursery.start_soon(self._watch_session_stream, self._legacy)
+                if self.version.has_datagrams and self.transport.max_datagram_size > 0:
+                    nursery.start_soon(self._recv_datagrams)
                 try:
                     await self._establish_scope()
                 except AuthError as exc:
@@ -152,6 +154,22 @@ class LiteSession:
                 raise ProtocolError(ErrorCode.TIMEOUT, "no SETUP from the client")
             target = self._setup_path or ""
         self.scope = self.authorize(target or "/")
+
+    async def _recv_datagrams(self) -> None:
+        """Datagrams from a publisher (lite-05+): each is a one-frame group for one subscription."""
+        try:
+            while True:
+                data = await self.transport.recv_datagram()
+                try:
+                    dgram = m.Datagram.decode(data)
+                except ProtocolError as exc:
+                    log.debug("%s bad datagram dropped: %s", self.name, exc)
+                    continue
+                track = self._upstream.get(dgram.subscribe_id)
+                if track is not None:  # unknown ids are dropped (lite §5.9)
+                    track.push_datagram(dgram.sequence, dgram.timestamp, dgram.payload)
+        except SessionClosed:
+            pass
 
     async def _watch_session_stream(self, legacy: LegacySetup) -> None:
         """lite-01/02: the SETUP stream lives as long as the session; its end ends the session."""
@@ -733,10 +751,24 @@ class _Downstream:
             # lite-03/04 (and 01/02) expect SUBSCRIBE_OK at once.
             await self._write(m.SubscribeOk(priority=self.priority, ordered=self.sub.ordered).encode(v))
             self.ok_sent = True
-        async with open_nursery() as nursery:
-            nursery.start_soon(self._read_updates, reader, nursery.cancel_scope)
-            await self._fan_out()
-            nursery.cancel_scope.cancel()
+        transport = self.session.transport
+        listener = None
+        if v.has_datagrams and transport.max_datagram_size > 0:
+            sub_id = self.sub.id
+
+            def listener(sequence: int, timestamp: int, payload: bytes) -> None:
+                if self.end_group is None or sequence < self.end_group:
+                    transport.send_datagram(m.Datagram(sub_id, sequence, timestamp, payload).encode())
+
+            self.track.add_datagram_listener(listener)
+        try:
+            async with open_nursery() as nursery:
+                nursery.start_soon(self._read_updates, reader, nursery.cancel_scope)
+                await self._fan_out()
+                nursery.cancel_scope.cancel()
+        finally:
+            if listener is not None:
+                self.track.remove_datagram_listener(listener)
         if self.unsubscribed:
             # The peer FINed (or reset) its side: FIN ours back, without waiting long.
             with trio.move_on_after(1):
