@@ -91,7 +91,11 @@ class Authorizer:
         return public_scope(path, self.public_subscribe, self.public_publish)
 
 
-async def run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
+              task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run the relay until cancelled. `transport_versions` narrows, per transport ("webtransport",
+    "websocket"), the versions that transport may negotiate: tests use it to put clients of
+    different versions on one relay, since moq-rs always offers every version it has."""
     identities = load_identities(config)
     identity = identities[0]
     origin = Origin(budget=CacheBudget(config.cache.capacity), max_cache_age=config.cache.duration)
@@ -147,9 +151,12 @@ async def run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
             log.info("webtransport CONNECT %s refused: %s", path.split("?")[0], exc.reason)
             return WtDecision(status=exc.status, protocol=None)
         # WebTransport: the client's preference order wins (lite §3.2).
+        allowed = (transport_versions or {}).get("webtransport")
         for proto in offered:
-            if proto in by_alpn:
+            if proto in by_alpn and (allowed is None or proto in allowed):
                 return WtDecision(status=200, protocol=proto, extra={"scope": scope})
+        if allowed is not None and "moql" not in allowed:
+            return WtDecision(status=400, protocol=None)
         return WtDecision(status=200, protocol=None, extra={"scope": scope})
 
     quic = config.server.quic

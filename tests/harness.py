@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -84,13 +85,14 @@ class Relay:
 
 
 @contextlib.asynccontextmanager
-async def running_relay(tmp_path: Path, version: str | None = None, **kw: Any) -> AsyncIterator[Relay]:
+async def running_relay(tmp_path: Path, version: str | None = None, *,
+                        transport_versions: dict[str, list[str]] | None = None, **kw: Any) -> AsyncIterator[Relay]:
     port = free_port()
     path = tmp_path / f"relay-{port}.toml"
     path.write_text(relay_toml(port, version, **kw))
     config = load_config([str(path)], {})
     async with trio.open_nursery() as nursery:
-        handle = await nursery.start(run, config)
+        handle = await nursery.start(partial(run, config, transport_versions=transport_versions))
         try:
             yield Relay(handle, port, path)
         finally:

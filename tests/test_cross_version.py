@@ -1,0 +1,82 @@
+"""A publisher on one transport and version reaches subscribers on every other (real moq-rs)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import moq
+import pytest
+import trio
+from harness import Flag, client, in_thread, running_relay
+
+# (publisher transport, subscriber transports, versions WebTransport may pick)
+CASES = [
+    ("moql", ["https", "moql"], ["moql"]),  # lite-06/QUIC -> lite-02/WT and lite-06/QUIC
+    ("https", ["moql"], ["moql"]),  # lite-02/WT -> lite-06/QUIC
+    ("https", ["moql", "https"], ["moq-lite-05"]),  # lite-05/WT -> lite-06/QUIC and lite-05/WT
+    ("moql", ["https"], ["moq-lite-03"]),  # lite-06/QUIC -> lite-03/WT
+]
+
+
+@pytest.mark.parametrize(("pub", "subs", "wt"), CASES, ids=["06q-02w", "02w-06q", "05w-06q", "06q-03w"])
+async def test_cross_version_relaying(tmp_path, pub, subs, wt) -> None:
+    groups = 3
+    ready = Flag()
+    done = Flag()
+    seen_versions: set[tuple[str, str]] = set()
+    async with running_relay(tmp_path, None, transport_versions={"webtransport": wt}) as relay:
+
+        async def publisher() -> None:
+            async with client(relay.url(pub, "anon")) as c:
+                b = c.create_broadcast("x")
+                t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
+                b.announce()
+                await ready.wait(20)
+                await asyncio.sleep(0.5)
+                for g in range(groups):
+                    group = t.append_group()
+                    group.write_frame(b"%d-a" % g)
+                    group.write_frame(b"%d-b" % g)
+                    group.finish()
+                await done.wait(30)
+
+        async def subscribers() -> list[list[bytes]]:
+            started = 0
+
+            async def one(scheme: str) -> list[bytes]:
+                nonlocal started
+                async with client(relay.url(scheme, "anon")) as c:
+                    consumer = await asyncio.wait_for(c.announced_broadcast("x"), 10)
+                    track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+                    first = asyncio.ensure_future(track.next_group())
+                    await asyncio.sleep(0.3)
+                    started += 1
+                    if started == len(subs):
+                        ready.set()
+                    out = [b"|".join([f.payload async for f in await asyncio.wait_for(first, 20)])]
+                    while len(out) < groups:
+                        group = await asyncio.wait_for(track.next_group(), 20)
+                        out.append(b"|".join([f.payload async for f in group]))
+                    return out
+
+            result = await asyncio.gather(*(one(s) for s in subs))
+            done.set()
+            return result
+
+        result: list = []
+        with trio.fail_after(60):
+            async with trio.open_nursery() as n:
+                n.start_soon(in_thread, publisher)
+
+                async def sub() -> None:
+                    result.extend(await in_thread(subscribers))
+                n.start_soon(sub)
+
+                while not result:
+                    for s in list(relay.handle.sessions):
+                        seen_versions.add((s.transport.info.transport, s.version.name_str))
+                    await trio.sleep(0.05)
+    for got in result:
+        assert got == [b"%d-a|%d-b" % (g, g) for g in range(groups)]
+    wt_version = "moq-lite-02" if wt == ["moql"] else wt[0]
+    assert ("quic", "moq-lite-06") in seen_versions and ("webtransport", wt_version) in seen_versions
