@@ -32,6 +32,11 @@ def package_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["token"] or (args[:1] == ["--key"] and "token" not in args and len(args) > 2
+                                 and args[2] in ("generate", "sign", "verify")):
+        from relay.auth.cli import main as token_main
+
+        return token_main(args[1:] if args[0] == "token" else args)
     try:
         inv = parse_args(args)
     except UsageError as exc:
@@ -43,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if inv.show_version:
         print(f"moq-relay {package_version()}")
         return 0
+    # Log before the config is known so that its own warnings (ignored keys) are formatted like
+    # every other line; MOQ_LOG_LEVEL/RUST_LOG already apply, the TOML level only after loading.
+    setup_logging(os.environ.get("MOQ_LOG_LEVEL", "info"))
     try:
         config = build_config(inv, os.environ)
     except UsageError as exc:
@@ -51,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    setup_logging(config.log_level)
+    setup_logging(config.log.level)
     if inv.check:
         print("configuration ok" + (f": {config.source}" if config.source else " (development defaults)"))
         return 0

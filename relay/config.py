@@ -212,8 +212,13 @@ class ClusterConfig:
 
 
 @dataclass
+class LogConfig:
+    level: str = "info"  # trace|debug|info|warn|error (RUST_LOG overrides, see relay.log)
+
+
+@dataclass
 class Config:
-    log_level: str = "info"
+    log: LogConfig = field(default_factory=LogConfig)
     drain_timeout: float = 10.0
     server: ServerConfig = field(default_factory=ServerConfig)
     web: WebConfig = field(default_factory=WebConfig)
@@ -222,6 +227,19 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     source: str | None = None  # the TOML file, if any
     is_dev_defaults: bool = False
+    # Keys that were given but are accepted and ignored (each logged once at load).
+    ignored: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def log_level(self) -> str:
+        return self.log.level
+
+
+def _ignore(cfg: Config, key: str) -> None:
+    """One warning per ignored key per load, whichever layers (TOML, env, flag) gave it."""
+    if key not in cfg.ignored:
+        cfg.ignored.append(key)
+        log.warning("%s is not supported, ignored", key)
 
 
 def dev_defaults() -> Config:
@@ -247,7 +265,7 @@ def _set_public(cfg: Config, value: Any, key: str) -> None:
             elif k == "publish":
                 cfg.auth.public_publish = _list(v, "auth.public.publish")
             elif k == "api":
-                log.warning("auth.public.api is not supported, ignored")
+                _ignore(cfg, "auth.public.api")
             else:
                 log.warning("unknown key auth.public.%s ignored", k)
         cfg.auth.public_subscribe = cfg.auth.public_subscribe or []
@@ -277,6 +295,23 @@ def _level(value: Any, key: str) -> str:
     return v
 
 
+def _versions(cfg: Config, value: Any, key: str) -> list[str]:
+    """Version names as ALPNs. moq-transport is a known protocol we do not speak: warn and drop it
+    (validate() fails if nothing is left); "moql-01" is the seed's name for "moql" (spec 3.2)."""
+    out: list[str] = []
+    for name in _list(value, key):
+        name = name.strip()
+        if re.fullmatch(r"(moq-transport|moqt)-\d+", name):
+            _ignore(cfg, f"{key} {name!r}")
+            continue
+        name = "moql" if name == "moql-01" else name
+        if name not in out:
+            out.append(name)
+    if not out and _list(value, key):
+        raise ConfigError(f"{key}: none of the listed versions is supported by this relay")
+    return out
+
+
 def _cluster_id(value: Any, key: str) -> int:
     n = _int(value, key)
     if not 1 <= n < 2**62:
@@ -299,10 +334,10 @@ def _connect(cfg: Config, value: Any, key: str) -> None:
 SETTERS: dict[str, Setter] = {
     "file": lambda c, v, k: None,
     "drain_timeout": lambda c, v, k: setattr(c, "drain_timeout", parse_duration(v, k)),
-    "log.level": lambda c, v, k: setattr(c, "log_level", _level(v, k)),
+    "log.level": lambda c, v, k: setattr(c.log, "level", _level(v, k)),
     "server.bind": lambda c, v, k: setattr(c.server, "bind", [parse_addr(a, k) for a in _list(v, k)]),
     "server.listen": lambda c, v, k: setattr(c.server, "bind", [parse_addr(a, k) for a in _list(v, k)]),
-    "server.version": lambda c, v, k: setattr(c.server, "version", _list(v, k)),
+    "server.version": lambda c, v, k: setattr(c.server, "version", _versions(c, v, k)),
     "server.tls.cert": lambda c, v, k: setattr(c.server.tls, "cert", _list(v, k)),
     "server.tls.key": lambda c, v, k: setattr(c.server.tls, "key", _list(v, k)),
     "server.tls.generate": lambda c, v, k: setattr(c.server.tls, "generate", _list(v, k)),
@@ -347,13 +382,16 @@ LEAF_TABLES = {"auth.public"}
 
 
 def _apply_table(cfg: Config, table: Mapping[str, Any], prefix: str) -> None:
+    if prefix == "cluster" and table.get("root") and table.get("connect"):
+        # Both in one file is ambiguous (a string `connect` is itself the seed's alias of root).
+        raise ConfigError("cluster: root and connect cannot both be set")
     for raw_key, value in table.items():
         key = f"{prefix}.{raw_key}" if prefix else str(raw_key)
         if key in KNOWN_UNIMPLEMENTED:
-            log.warning("%s is not supported, ignored", key)
+            _ignore(cfg, key)
             continue
         if key in SETTERS and (key in LEAF_TABLES or not isinstance(value, Mapping) or key == "auth.public"):
-            SETTERS[key](cfg, _plain(value), key)
+            _set(cfg, key, _plain(value), key)
             continue
         if isinstance(value, Mapping) and any(s.startswith(key + ".") for s in SETTERS):
             _apply_table(cfg, value, key)
@@ -388,21 +426,73 @@ ENV_KEYS = {
     "MOQ_DRAIN_TIMEOUT": "drain_timeout",
 }
 
+# Keys of spec 2.3 that we accept as env vars and flags but do not implement: one warning each.
+# The value says whether the flag is boolean (may be given bare, `--flag`).
+UNIMPLEMENTED_KEYS: dict[str, bool] = {
+    "server.quic.mtu_discovery": True, "server.quic.gso": True, "server.quic.congestion_control": False,
+    "server.quic.qlog": False, "client.bind": False, "client.timeout": False, "client.tls.root": False,
+    "client.tls.system_roots": True, "client.tls.fingerprint": False, "client.tls.cert": False,
+    "client.tls.key": False, "client.tls.disable_verify": True, "client.tls.host_name": False,
+    "web.https.listen": False, "web.https.cert": False, "web.https.key": False, "web.https.root": False,
+    "auth.domains": False, "auth.auth_api": False, "cluster.connect_api": False, "internal.listen": False,
+}
+UNIMPLEMENTED_ENV = {"MOQ_" + k.upper().replace(".", "_"): k for k in UNIMPLEMENTED_KEYS} | {
+    "MOQ_CLIENT_CONNECT_TIMEOUT": "client.timeout", "MOQ_AUTH_DOMAIN": "auth.domains",
+    "MOQ_AUTH_API": "auth.auth_api",
+}
+
+# Keys we parse and store but that nothing uses yet (clustering, WebSocket, drain, RAM headroom):
+# they warn like the unimplemented ones. Drop a key from here when its feature lands.
+NOT_YET_USED = {
+    "drain_timeout", "web.ws", "cache.headroom", "cluster.connect", "cluster.root", "cluster.node",
+    "cluster.advertise", "cluster.mesh", "cluster.token", "cluster.prefix", "cluster.linger",
+}
+
 FLAG_ALIASES = {
     "--listen": "server.bind", "--tls-cert": "server.tls.cert", "--tls-key": "server.tls.key",
     "--tls-generate": "server.tls.generate", "--cluster-advertise": "cluster.node",
+    # Seed spellings for the outbound client, and the env-style names of two HEAD keys.
+    "--tls-root": "client.tls.root", "--tls-disable-verify": "client.tls.disable_verify",
+    "--client-connect-timeout": "client.timeout", "--auth-domain": "auth.domains", "--auth-api": "auth.auth_api",
 }
-BOOL_KEYS = {"web.ws", "cluster.mesh"}
+BOOL_KEYS = {"web.ws", "cluster.mesh"} | {k for k, b in UNIMPLEMENTED_KEYS.items() if b}
 LIST_KEYS = {"server.bind", "server.version", "server.tls.cert", "server.tls.key", "server.tls.generate",
              "server.tls.root", "web.http.listen", "auth.public.subscribe", "auth.public.publish",
              "cluster.connect"}
+
+
+def _set(cfg: Config, key: str, value: Any, label: str) -> None:
+    """Apply one key from any layer; `label` names the source in errors (TOML key, env var, flag)."""
+    if key in UNIMPLEMENTED_KEYS:
+        _ignore(cfg, key)
+        return
+    try:
+        SETTERS[key](cfg, value, key)
+    except ConfigError as exc:
+        if label == key:
+            raise
+        raise ConfigError(f"{label}: {exc}") from exc
+    # Only a value that would change behaviour is worth a warning (the reference config lists
+    # `connect = []`, `linger = "5s"` ... at their defaults).
+    if key in NOT_YET_USED and _get(cfg, key) != _get(_DEFAULT, key):
+        _ignore(cfg, key)
+
+
+def _get(cfg: Config, key: str) -> Any:
+    obj: Any = cfg
+    for part in {"cluster.advertise": "cluster.node"}.get(key, key).split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+_DEFAULT = Config()
 
 
 def _flag_key(flag: str) -> str | None:
     if flag in FLAG_ALIASES:
         return FLAG_ALIASES[flag]
     name = flag[2:].replace("-", "_")
-    for key in SETTERS:
+    for key in [*SETTERS, *UNIMPLEMENTED_KEYS]:
         if key.replace(".", "_") == name:
             return key
     return None
@@ -411,13 +501,14 @@ def _flag_key(flag: str) -> str | None:
 @dataclass
 class Invocation:
     config_path: str | None = None
-    flags: list[tuple[str, str]] = field(default_factory=list)  # (key, raw value)
+    flags: list[tuple[str, str, str]] = field(default_factory=list)  # (key, raw value, flag as given)
     check: bool = False
     show_version: bool = False
     show_help: bool = False
 
 
 def parse_args(argv: list[str]) -> Invocation:
+    """clap-like parsing of `moq-relay [FLAGS] [CONFIG.toml]`; raises UsageError (status 2)."""
     inv = Invocation()
     positional: list[str] = []
     file_flag: str | None = None
@@ -434,7 +525,12 @@ def parse_args(argv: list[str]) -> Invocation:
         if arg == "--check":
             inv.check = True
             continue
+        if arg == "--":  # everything after is positional
+            positional += argv[i:]
+            break
         if not arg.startswith("--") or arg == "-":
+            if arg.startswith("-") and arg != "-":
+                raise UsageError(f"unexpected argument '{arg}'")
             positional.append(arg)
             continue
         name, eq, value = arg.partition("=")
@@ -457,28 +553,31 @@ def parse_args(argv: list[str]) -> Invocation:
                     raise UsageError(f"{name} needs a value")
                 value = argv[i]
                 i += 1
-        inv.flags.append((key, value))
+        inv.flags.append((key, value, name))
     if len(positional) > 1:
         raise UsageError(f"unexpected argument '{positional[1]}'")
     if positional and file_flag:
         raise UsageError("give the config file either as the argument or with --file/--config, not both")
     inv.config_path = positional[0] if positional else file_flag
-    if any(k == "cluster.root" for k, _ in inv.flags) and any(k == "cluster.connect" for k, _ in inv.flags):
+    keys = {k for k, _, _ in inv.flags}
+    if "cluster.root" in keys and "cluster.connect" in keys:
         raise UsageError("--cluster-root cannot be used with --cluster-connect")
     return inv
 
 
 def load_config(argv: list[str], env: Mapping[str, str]) -> Config:
-    """Build the effective configuration (raises ConfigError / UsageError)."""
+    """Build and validate the effective configuration (raises ConfigError, or UsageError for argv)."""
     inv = parse_args(argv)
     return build_config(inv, env)
 
 
 def build_config(inv: Invocation, env: Mapping[str, str]) -> Config:
-    env_used = {k: v for k, v in env.items() if k in ENV_KEYS}
+    env_used = {k: v for k, v in env.items() if k in ENV_KEYS or k in UNIMPLEMENTED_ENV}
     if inv.config_path is None and not env_used and not inv.flags:
         return dev_defaults()
     cfg = Config()
+    # Layers from weakest to strongest; each only touches the keys it names, so a default never
+    # overwrites TOML (unlike moq-dev/moq#3221).
     if inv.config_path is not None:
         try:
             with open(inv.config_path, encoding="utf-8") as fh:
@@ -491,19 +590,30 @@ def build_config(inv: Invocation, env: Mapping[str, str]) -> Config:
             raise ConfigError(f"failed to parse {inv.config_path}: {exc}") from exc
         _apply_table(cfg, doc, "")
         cfg.source = inv.config_path
-    list_flags: dict[str, list[str]] = {}
     for var, value in env_used.items():
-        key = ENV_KEYS[var]
-        SETTERS[key](cfg, value if key not in BOOL_KEYS else _bool(value, var), key)
-    for key, value in inv.flags:
-        if key in LIST_KEYS:
-            list_flags.setdefault(key, []).append(value)
-            continue
-        SETTERS[key](cfg, value if key not in BOOL_KEYS else _bool(value, "--" + key), key)
-    for key, values in list_flags.items():
-        SETTERS[key](cfg, ",".join(values), key)
+        key = ENV_KEYS.get(var) or UNIMPLEMENTED_ENV[var]
+        _set(cfg, key, _layer_value(key, value, var), var)
+    # Repeated list flags accumulate (`--server-bind a --server-bind b`); other flags: the last wins.
+    merged: dict[str, tuple[Any, str]] = {}
+    for key, value, name in inv.flags:
+        if key in LIST_KEYS and key in merged:
+            merged[key] = ([*merged[key][0], *_layer_value(key, value, name)], name)
+        else:
+            merged[key] = (_layer_value(key, value, name), name)
+    for key, (value, name) in merged.items():
+        _set(cfg, key, value, name)
     validate(cfg)
     return cfg
+
+
+def _layer_value(key: str, value: str, label: str) -> Any:
+    """Env vars and flags are strings: lists are comma-separated (a list, so that a single
+    `cluster.connect` is not read as the seed's TOML `root` alias), booleans are words."""
+    if key in BOOL_KEYS:
+        return _bool(value, label)
+    if key in LIST_KEYS:
+        return _list(value, label)
+    return value
 
 
 def validate(cfg: Config) -> None:
@@ -516,8 +626,15 @@ def validate(cfg: Config) -> None:
         if not os.path.isfile(path):
             raise ConfigError(f"server.tls: cannot read {path}")
     auth = cfg.auth
-    if auth.key or auth.key_dir:
-        log.warning("auth.key/key_dir: token verification is not implemented yet; tokens are refused")
+    if auth.key:
+        from relay.auth.keys import KeyError_, load_key
+
+        try:
+            load_key(auth.key)
+        except KeyError_ as exc:
+            raise ConfigError(f"auth.key: {exc}") from exc
+    if auth.key_dir and not os.path.isdir(auth.key_dir):
+        raise ConfigError(f"auth.key_dir: {auth.key_dir} is not a directory")
     if auth.key and auth.key_dir:
         raise ConfigError("auth: cannot combine key and key_dir")
     if not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish or tls.root):
@@ -527,6 +644,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("cluster: root and connect cannot both be set")
     if cfg.cluster.mesh and not cfg.cluster.node:
         raise ConfigError("cluster: mesh = true needs node")
+    for what, url in [("root", cfg.cluster.root), ("node", cfg.cluster.node),
+                      *(("connect", u) for u in cfg.cluster.connect)]:
+        if url and "://" not in url:
+            # Spec 10.1: a bare host[:port] still works (as https://host:port/) but is deprecated.
+            log.warning("cluster.%s %r has no scheme; read as https://%s/ (deprecated)", what, url, url)
     if cfg.server.quic.max_streams < 1:
         raise ConfigError("server.quic.max_streams must be at least 1")
     if cfg.server.quic.idle_timeout <= 0:

@@ -1,37 +1,99 @@
-"""Logging to stderr, one line per record: `time LEVEL logger: message`."""
+"""Logging to stderr, one line per record: `2026-01-02T03:04:05.678Z INFO relay.server: message k=v`.
+
+The level comes from `log.level`; `RUST_LOG`, when set, wins (relay spec §1.7): a bare level
+(`debug`) and/or `target=level` pairs (`relay.auth=debug,quic=info`). Rust targets such as
+`moq_relay::cluster` are mapped onto our logger names (`relay.cluster`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import time
+from collections.abc import Mapping
 
-_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-           "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+TRACE = 5
+logging.addLevelName(TRACE, "TRACE")
+
+_LEVELS = {"trace": TRACE, "debug": logging.DEBUG, "info": logging.INFO,
+           "warn": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR,
+           "off": logging.CRITICAL + 10}
+# Rust-style short names, so lines look like the Rust relay's (`WARN`, not `WARNING`).
+_NAMES = {TRACE: "TRACE", logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.WARNING: "WARN",
+          logging.ERROR: "ERROR", logging.CRITICAL: "ERROR"}
+# Third-party loggers that are too chatty at info; they stay at warning unless RUST_LOG names them.
+_NOISY = ("quic", "hypercorn.error", "hypercorn.access", "relay.web.hypercorn", "quart.app", "quart.serving")
 
 
-def setup_logging(level: str = "info") -> None:
-    """`RUST_LOG` wins over the config (a bare level, or `target=level` pairs; the last bare one)."""
-    rust_log = os.environ.get("RUST_LOG", "").strip()
-    per_target: dict[str, int] = {}
-    if rust_log:
-        for part in rust_log.split(","):
-            name, _, lvl = part.strip().rpartition("=")
-            if lvl.lower() in _LEVELS:
-                if name:
-                    per_target[name.replace("::", ".")] = _LEVELS[lvl.lower()]
-                else:
-                    level = lvl.lower()
+class LineFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...`; `extra={"kv": {...}}` adds key=value pairs."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        level = _NAMES.get(record.levelno, record.levelname)
+        line = f"{stamp}.{int(record.msecs):03d}Z {level:5} {record.name}: {record.getMessage()}"
+        kv = getattr(record, "kv", None)
+        if isinstance(kv, Mapping):
+            line += "".join(f" {k}={_kv(v)}" for k, v in kv.items())
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def _kv(value: object) -> str:
+    text = str(value)
+    return repr(text) if not text or any(c.isspace() for c in text) else text
+
+
+def _target(name: str) -> str:
+    name = name.replace("::", ".")
+    for rust in ("moq_relay", "moq-relay"):
+        if name == rust or name.startswith(rust + "."):
+            return "relay" + name[len(rust):]
+    return name
+
+
+def parse_rust_log(spec: str) -> tuple[int | None, dict[str, int]]:
+    """`RUST_LOG` -> (default level or None, {logger: level}); unknown parts are skipped."""
+    default: int | None = None
+    targets: dict[str, int] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, lvl = part.rpartition("=")
+        if lvl.lower() not in _LEVELS:
+            if not name and "=" not in part:
+                targets[_target(part)] = TRACE  # a bare target means "everything from it"
+            continue
+        if name:
+            targets[_target(name)] = _LEVELS[lvl.lower()]
+        else:
+            default = _LEVELS[lvl.lower()]
+    return default, targets
+
+
+def level_number(level: str) -> int:
+    return _LEVELS.get(level.lower(), logging.INFO)
+
+
+def setup_logging(level: str = "info", env: Mapping[str, str] | None = None) -> None:
+    """(Re)configure the root logger; safe to call twice (the CLI does: before and after config)."""
+    env = os.environ if env is None else env
+    default, targets = parse_rust_log(env.get("RUST_LOG", ""))
     root = logging.getLogger()
+    # Only replace our own handler: test harnesses (pytest's caplog) attach theirs to the root too.
     for h in list(root.handlers):
-        root.removeHandler(h)
+        if getattr(h, "_relay_handler", False):
+            root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler._relay_handler = True  # type: ignore[attr-defined]
+    handler.setFormatter(LineFormatter())
     root.addHandler(handler)
-    root.setLevel(_LEVELS.get(level, logging.INFO))
-    for name, lvl in per_target.items():
+    root.setLevel(default if default is not None else level_number(level))
+    for name, lvl in targets.items():
         logging.getLogger(name).setLevel(lvl)
-    # Library chatter stays at warning unless asked for by target.
-    for noisy in ("quic", "hypercorn.error", "hypercorn.access", "relay.web.hypercorn"):
-        if noisy not in per_target:
+    for noisy in _NOISY:
+        if noisy not in targets:
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 
 import trio
 
-from relay.auth.scope import AuthError, Scope, public_scope, split_target
+from relay.auth.authorizer import Authorizer
+from relay.auth.keys import KeyError_
+from relay.auth.scope import AuthError
+from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
@@ -26,7 +29,7 @@ from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.base import TransportError, TransportSession
 from relay.transport.quic import QuicEndpoint
 from relay.transport.webtransport import WtDecision
-from relay.web.app import create_app, token_from_query
+from relay.web.app import create_app
 
 log = logging.getLogger("relay.server")
 
@@ -49,6 +52,7 @@ class RelayHandle:
     origin: Origin
     hop_id: int
     sessions: set[LiteSession] = field(default_factory=set)
+    authorizer: Authorizer | None = None
 
 
 def select_versions(names: list[str] | None) -> list[Version]:
@@ -75,22 +79,6 @@ def load_identities(config: Config) -> list[Identity]:
     return identities
 
 
-class Authorizer:
-    """Turns a request target (path + ?jwt=) into a session scope. Tokens arrive with issue 4."""
-
-    def __init__(self, config: Config) -> None:
-        self.public_subscribe = list(config.auth.public_subscribe or [])
-        self.public_publish = list(config.auth.public_publish or [])
-
-    def __call__(self, target: str, token: str | None = None) -> Scope:
-        path, query = split_target(target)
-        if token is None:
-            token = token_from_query(query)
-        if token is not None:
-            raise AuthError("authentication is disabled (no key configured)")
-        return public_scope(path, self.public_subscribe, self.public_publish)
-
-
 async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
               task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the relay until cancelled. `transport_versions` narrows, per transport ("webtransport",
@@ -104,7 +92,11 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     by_alpn = {v.alpn: v for v in versions if v >= Version.LITE_03}
     legacy_versions = [v for v in versions if v <= Version.LITE_02]
     alpns = list(dict.fromkeys(v.alpn for v in versions))  # lite-01/02 share "moql"
-    authorize = Authorizer(config)
+    try:
+        verifier = TokenVerifier(config.auth.key, config.auth.key_dir)
+    except KeyError_ as exc:
+        raise StartupError(str(exc)) from exc
+    authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish)
     sessions: set[LiteSession] = set()
     if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
@@ -186,7 +178,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             hc.graceful_timeout = 1.0
             http_urls = await nursery.start(_serve_http, serve, app, hc)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
-                              origin=origin, hop_id=hop_id, sessions=sessions)
+                              origin=origin, hop_id=hop_id, sessions=sessions,
+                              authorizer=authorize)
         for host, port in endpoint.addresses:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("listening addr=%s (udp: moql://%s https://%s)", hostport, hostport, hostport)

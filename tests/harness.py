@@ -52,7 +52,7 @@ def free_port() -> int:
 
 
 def relay_toml(port: int, version: str | None = None, *, idle: str = "5s", http: bool = True,
-               extra: str = "") -> str:
+               extra: str = "", auth: str = 'public = ""') -> str:
     lines = [
         "[log]", 'level = "debug"',
         "[server]", f'bind = ["127.0.0.1:{port}"]',
@@ -65,7 +65,7 @@ def relay_toml(port: int, version: str | None = None, *, idle: str = "5s", http:
     ]
     if http:
         lines += ["[web.http]", f'listen = "127.0.0.1:{port}"']
-    lines += ["[auth]", 'public = ""', extra]
+    lines += ["[auth]", auth, extra]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from relay.auth.authorizer import token_from_query
 from relay.auth.scope import AuthError, Scope, split_target
 from relay.model.origin import Origin
 from relay.model.track import GroupAborted, TrackClosed
@@ -27,12 +28,6 @@ LANDING = (
 
 # authorize(path, jwt_or_None) -> Scope, raising AuthError
 Authorizer = Callable[[str, str | None], Scope]
-
-
-def token_from_query(query: dict[str, list[str]]) -> str | None:
-    """The last non-empty `jwt` value (relay spec §5.1); empty means no token."""
-    values = [v for v in query.get("jwt", []) if v]
-    return values[-1] if values else None
 
 
 def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], str | None]) -> QuartTrio:

@@ -1,0 +1,47 @@
+"""From a request target (path + ?jwt=) to a session scope (relay spec §5, §6.4, §6.5)."""
+
+from __future__ import annotations
+
+import logging
+
+from relay.auth.scope import AuthError, Scope, public_scope, scope_from_grants, split_target
+from relay.auth.tokens import TokenVerifier, check_path
+
+log = logging.getLogger("relay.auth")
+
+
+def token_from_query(query: dict[str, list[str]]) -> str | None:
+    """The last non-empty `jwt` value (relay spec §5.1); an empty value means no token."""
+    values = [v for v in query.get("jwt", []) if v]
+    return values[-1] if values else None
+
+
+class Authorizer:
+    def __init__(self, verifier: TokenVerifier, public_subscribe: list[str] | None,
+                 public_publish: list[str] | None) -> None:
+        self.verifier = verifier
+        self.public_subscribe = list(public_subscribe or [])
+        self.public_publish = list(public_publish or [])
+        self.rejections: dict[str, int] = {}
+
+    def __call__(self, target: str, token: str | None = None) -> Scope:
+        try:
+            return self._authorize(target, token)
+        except AuthError as exc:
+            reason = exc.reason.split(":")[0][:60]
+            self.rejections[reason] = self.rejections.get(reason, 0) + 1
+            raise
+
+    def _authorize(self, target: str, token: str | None) -> Scope:
+        path, query = split_target(target)
+        check_path(path, "path")
+        if token is None:
+            token = token_from_query(query)
+        if token is None:
+            return public_scope(path, self.public_subscribe, self.public_publish)
+        if not self.verifier.enabled:
+            # A presented token is never softened into public access (§6.5).
+            raise AuthError("authentication is disabled (no key configured)")
+        claims = self.verifier.verify(token)
+        return scope_from_grants(path, claims.root, list(claims.put), list(claims.get),
+                                 expires=None if claims.exp is None else float(claims.exp))

@@ -1,0 +1,181 @@
+"""JWT tokens (relay spec §6.1): claims root/put/get/exp, verified with no leeway."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from relay.auth.keys import KID_PATTERN, Key, KeyError_, load_key
+from relay.auth.scope import AuthError
+from relay.model.path import has_prefix, join, norm
+
+log = logging.getLogger("relay.auth")
+
+MAX_TOKEN = 8192
+
+
+@dataclass(frozen=True)
+class Claims:
+    root: str
+    put: tuple[str, ...]
+    get: tuple[str, ...]
+    exp: int | None
+
+
+def check_path(value: str, what: str) -> str:
+    """Paths are opaque, but never let `.`/`..` segments or encoded separators through."""
+    lowered = value.lower()
+    if "%2f" in lowered or "%2e" in lowered or "%5c" in lowered or "\\" in value or "\x00" in value:
+        raise AuthError(f"{what} {value!r} has an encoded separator or dot")
+    for segment in value.split("/"):
+        if segment in (".", ".."):
+            raise AuthError(f"{what} {value!r} has a '{segment}' segment")
+    return value
+
+
+def _grants(value: Any, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise AuthError(f"claim {name} must be a string or a list of strings")
+    return tuple(norm(check_path(v, f"claim {name}")) for v in value)
+
+
+def claims_from_payload(payload: dict[str, Any], now: float | None = None) -> Claims:
+    if "aud" in payload:
+        raise AuthError("token has an aud claim")  # as the Rust relay's JWT library does
+    exp = payload.get("exp")
+    if exp is not None:
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise AuthError("claim exp must be a number")
+        if exp < (time.time() if now is None else now):
+            raise AuthError("token expired")
+    root = payload.get("root", "") or ""
+    if not isinstance(root, str):
+        raise AuthError("claim root must be a string")
+    put = _grants(payload.get("put"), "put")
+    get = _grants(payload.get("get"), "get")
+    # The seed documented pub/sub: accepted as aliases only where put/get are absent.
+    if "put" not in payload and isinstance(payload.get("pub"), list | str):
+        put = _grants(payload.get("pub"), "pub")
+    if "get" not in payload and isinstance(payload.get("sub"), list):
+        get = _grants(payload.get("sub"), "sub")  # a plain-string `sub` is the JWT subject
+    if not put and not get:
+        raise AuthError("token is useless: it grants neither publish nor subscribe")
+    return Claims(norm(check_path(root, "claim root")), put, get, None if exp is None else int(exp))
+
+
+def _check_key_scope(key: Key, claims: Claims) -> None:
+    """A key's optional scope caps what its tokens may grant; an overreaching token is rejected."""
+    if not key.scope:
+        return
+    scope_root = norm(str(key.scope.get("root", "") or ""))
+    for role, grants in (("put", claims.put), ("get", claims.get)):
+        allowed = _grants(key.scope.get(role), f"key scope {role}")
+        for grant in grants:
+            full = join(claims.root, grant)
+            if not any(has_prefix(full, join(scope_root, a)) for a in allowed):
+                raise AuthError(f"token grants {role} {full!r} beyond its key's scope")
+
+
+class TokenVerifier:
+    """`[auth] key` (one key, reloaded when the file changes) or `key_dir` (a key per kid)."""
+
+    def __init__(self, key_path: str | None = None, key_dir: str | None = None) -> None:
+        self.key_path = key_path
+        self.key_dir = key_dir
+        self._cache: dict[str, tuple[float, Key]] = {}
+        if key_path is not None:
+            self._load(key_path)  # fail fast at startup
+        if key_dir is not None and not os.path.isdir(key_dir):
+            raise KeyError_(f"auth.key_dir {key_dir} is not a directory")
+
+    @property
+    def enabled(self) -> bool:
+        return self.key_path is not None or self.key_dir is not None
+
+    def _load(self, path: str) -> Key:
+        try:
+            mtime = os.stat(path).st_mtime
+        except OSError as exc:
+            cached = self._cache.get(path)
+            if cached is not None and self.key_path == path:
+                return cached[1]  # keep the last good key if the file vanished for a moment
+            raise KeyError_(f"cannot read {path}: {exc.strerror}") from exc
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            key = load_key(path)
+        except KeyError_:
+            if cached is not None and self.key_path == path:
+                log.warning("reloading %s failed; keeping the previous key", path)
+                return cached[1]
+            raise
+        if len(self._cache) > 1024:
+            self._cache.clear()
+        self._cache[path] = (mtime, key)
+        return key
+
+    def key_for(self, kid: Any) -> Key:
+        if self.key_path is not None:
+            return self._load(self.key_path)
+        if self.key_dir is None:
+            raise AuthError("authentication is disabled (no key configured)")
+        if not isinstance(kid, str) or not KID_PATTERN.match(kid):
+            raise AuthError("token has no valid kid (key_dir mode)")
+        try:
+            return self._load(os.path.join(self.key_dir, f"{kid}.jwk"))
+        except KeyError_ as exc:
+            raise AuthError(f"no key for kid {kid}: {exc}") from exc
+
+    def verify(self, token: str, now: float | None = None) -> Claims:
+        if len(token) > MAX_TOKEN:
+            raise AuthError(f"token longer than {MAX_TOKEN} bytes")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"malformed token: {exc}") from exc
+        key = self.key_for(header.get("kid"))
+        if header.get("alg") != key.alg:
+            raise AuthError(f"token alg {header.get('alg')!r} does not match the key's {key.alg}")
+        if not key.can_verify:
+            raise AuthError("key may not verify (key_ops)")
+        try:
+            payload = jwt.decode(token, key.verify_key, algorithms=[key.alg],
+                                 options={"require": [], "verify_exp": False, "verify_iat": False,
+                                          "verify_nbf": False, "verify_aud": False, "verify_sub": False,
+                                          "verify_jti": False, "verify_iss": False})
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {exc}") from exc
+        claims = claims_from_payload(payload, now)
+        _check_key_scope(key, claims)
+        return claims
+
+
+def sign_token(key: Key, root: str = "", put: list[str] | None = None, get: list[str] | None = None,
+               expires: int | None = None, issued: int | None = None, cluster: bool = False) -> str:
+    if not key.can_sign:
+        raise KeyError_("this key cannot sign (public key, or key_ops without sign)")
+    payload: dict[str, Any] = {"root": root}
+    if put:
+        payload["put"] = put if len(put) > 1 else put[0]
+    if get:
+        payload["get"] = get if len(get) > 1 else get[0]
+    if not put and not get:
+        raise KeyError_("a token must grant publish or subscribe (token is useless)")
+    if expires is not None:
+        payload["exp"] = int(expires)
+    if issued is not None:
+        payload["iat"] = int(issued)
+    if cluster:
+        payload["cluster"] = True
+    headers = {"kid": key.kid} if key.kid else None
+    return jwt.encode(payload, key.sign_key, algorithm=key.alg, headers=headers)

@@ -1,0 +1,166 @@
+"""Keys, tokens and the authorizer: the rules of relay spec §6, including the bad inputs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import time
+
+import jwt
+import pytest
+
+from relay.auth.authorizer import Authorizer
+from relay.auth.keys import KeyError_, b64url_encode, generate_key, parse_jwk
+from relay.auth.scope import AuthError
+from relay.auth.tokens import TokenVerifier, sign_token
+
+
+def write_key(path, key, public: bool = False) -> str:
+    data = key.public_jwk() if public else key.jwk
+    path.write_text(b64url_encode(json.dumps(data).encode()))
+    return str(path)
+
+
+@pytest.fixture
+def hs(tmp_path):
+    key = generate_key("HS256", "k1")
+    return key, TokenVerifier(key_path=write_key(tmp_path / "k1.jwk", key))
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512", "ES256", "ES384", "RS256", "PS256", "EdDSA"])
+def test_every_algorithm_round_trips(tmp_path, alg) -> None:
+    key = generate_key(alg)
+    token = sign_token(key, root="room", put=["alice"], get=[""], expires=int(time.time()) + 60)
+    # Asymmetric keys verify with the public half only.
+    verifier = TokenVerifier(key_path=write_key(tmp_path / "k.jwk", key, public=alg not in ("HS256", "HS384", "HS512")))
+    claims = verifier.verify(token)
+    assert (claims.root, claims.put, claims.get) == ("room", ("alice",), ("",))
+
+
+def test_raw_json_and_seed_keys() -> None:
+    secret = b"s" * 16  # seed keys may be short: accepted with a warning
+    seed = {"alg": "HS256", "k": b64url_encode(secret)}  # no kty (seed)
+    assert parse_jwk(json.dumps(seed)).alg == "HS256"
+    assert parse_jwk(base64.urlsafe_b64encode(json.dumps(seed).encode()).decode().rstrip("=")).alg == "HS256"
+    for bad in ("", "{}", '{"alg":"none"}', '{"alg":"ES256","kty":"EC","crv":"P-384","x":"AA","y":"AA"}',
+                "not base64 !!", '{"alg":"HS256","kid":"bad kid!","k":"AA"}'):
+        with pytest.raises(KeyError_):
+            parse_jwk(bad)
+
+
+def test_claim_rules(hs) -> None:
+    key, verifier = hs
+    now = int(time.time())
+
+    def token(payload, alg="HS256", k=None, headers=None):
+        return jwt.encode(payload, k or key.sign_key, algorithm=alg, headers=headers)
+
+    assert verifier.verify(token({"root": "a", "get": "x"})).get == ("x",)
+    bad = {
+        "expired": token({"get": "", "exp": now - 1}),
+        "useless": token({"root": "a"}),
+        "only_sub_string": token({"sub": "user-1"}),  # the JWT subject is never a grant
+        "aud": token({"get": "", "aud": "x"}),
+        "wrong_key": token({"get": ""}, k=b"x" * 32),
+        "garbage": "not.a.token",
+        "none_alg": jwt.encode({"get": ""}, None, algorithm="none"),
+        "other_alg": token({"get": ""}, alg="HS512"),
+        "oversized": token({"get": "", "pad": "x" * 9000}),
+        "traversal_root": token({"root": "a/../b", "get": ""}),
+        "encoded_root": token({"root": "a%2f..", "get": ""}),
+        "bad_exp": token({"get": "", "exp": "tomorrow"}),
+    }
+    for name, tok in bad.items():
+        with pytest.raises(AuthError):
+            verifier.verify(tok)
+        assert name
+    # Seed names: pub/sub lists are accepted where put/get are absent.
+    claims = verifier.verify(token({"pub": ["cam"], "sub": ["room"]}))
+    assert claims.put == ("cam",) and claims.get == ("room",)
+
+
+def test_hmac_public_key_confusion(tmp_path) -> None:
+    key = generate_key("ES256")
+    verifier = TokenVerifier(key_path=write_key(tmp_path / "p.jwk", key, public=True))
+    # The classic forgery: HS256 "signed" with the public key's bytes (built by hand, since
+    # pyjwt refuses to do it).
+    public_bytes = json.dumps(key.public_jwk()).encode()
+    head = b64url_encode(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64url_encode(json.dumps({"get": ""}).encode())
+    mac = hmac.new(public_bytes, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    forged = f"{head}.{body}.{b64url_encode(mac)}"
+    with pytest.raises(AuthError):
+        verifier.verify(forged)
+
+
+def test_key_dir_and_rotation(tmp_path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    a = generate_key("HS256", "a")
+    write_key(keys / "a.jwk", a)
+    verifier = TokenVerifier(key_dir=str(keys))
+    assert verifier.verify(sign_token(a, get=[""])).get == ("",)
+    b = generate_key("HS256", "b")
+    with pytest.raises(AuthError):
+        verifier.verify(sign_token(b, get=[""]))  # not there yet
+    write_key(keys / "b.jwk", b)  # rotation: a new kid appears
+    assert verifier.verify(sign_token(b, get=[""])).get == ("",)
+    (keys / "a.jwk").unlink()  # and the old one is retired
+    with pytest.raises(AuthError):
+        verifier.verify(sign_token(a, get=[""]))
+    with pytest.raises(AuthError):
+        verifier.verify(jwt.encode({"get": ""}, a.sign_key, algorithm="HS256"))  # no kid
+
+
+def test_key_scope_caps_tokens(tmp_path) -> None:
+    key = generate_key("HS256", "s")
+    key.jwk["scope"] = {"root": "org", "put": ["cams"], "get": [""]}
+    verifier = TokenVerifier(key_path=write_key(tmp_path / "s.jwk", key))
+    signer = parse_jwk(json.dumps(key.jwk))
+    assert verifier.verify(sign_token(signer, root="org", put=["cams/1"], get=["x"])).put == ("cams/1",)
+    with pytest.raises(AuthError):
+        verifier.verify(sign_token(signer, root="org", put=["other"]))
+
+
+def test_authorizer_rules(hs) -> None:
+    key, verifier = hs
+    auth = Authorizer(verifier, ["anon"], ["anon"])
+    tok = sign_token(key, root="room/123", put=["alice"], get=[""])
+    s = auth(f"/room/123?jwt={tok}")
+    assert (s.root, s.publish, s.subscribe) == ("room/123", ("alice",), ("",))
+    assert auth(f"/room?jwt=&jwt={tok}").subscribe == ("123",)  # last non-empty jwt wins
+    assert auth("/anon/x?jwt=").publish == ("",)  # empty jwt = no token = public rules
+    for target in ("/secret", f"/secret?jwt={tok}", f"/anon?jwt={tok}x", "/anon/../secret", "/anon/%2e%2e/x"):
+        with pytest.raises(AuthError):
+            auth(target)
+    expiring = sign_token(key, get=[""], expires=int(time.time()) + 30)
+    assert auth(f"/?jwt={expiring}").expires is not None
+    no_keys = Authorizer(TokenVerifier(), ["anon"], ["anon"])
+    with pytest.raises(AuthError, match="disabled"):
+        no_keys(f"/anon?jwt={tok}")  # a token is never softened into public access
+
+
+def test_token_command_round_trip(tmp_path) -> None:
+    key_file = tmp_path / "root.jwk"
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "relay", "token", *args], input=stdin,
+                              capture_output=True, text=True, timeout=30)
+
+    assert run("generate", "--algorithm", "EdDSA", "--out", str(key_file), "--public",
+               str(tmp_path / "root.pub")).returncode == 0
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    signed = run("sign", "--key", str(key_file), "--root", "demo", "--publish", "cam", "--subscribe", "")
+    assert signed.returncode == 0
+    verified = run("verify", "--key", str(tmp_path / "root.pub"), stdin=signed.stdout)
+    assert verified.returncode == 0
+    assert json.loads(verified.stdout) == {"root": "demo", "put": ["cam"], "get": [""], "exp": None}
+    assert run("verify", "--key", str(tmp_path / "root.pub"), stdin="garbage").returncode == 1
+    # The seed's spelling: --key before the subcommand.
+    seed = subprocess.run([sys.executable, "-m", "relay", "--key", str(key_file), "sign", "--subscribe", "x"],
+                          capture_output=True, text=True, timeout=30)
+    assert seed.returncode == 0 and seed.stdout.count(".") == 2
