@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 
 from relay.config import ConfigError, UsageError, build_config, parse_args
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from relay.server import StartupError, run
 
     try:
-        trio.run(run, config)
+        trio.run(partial(run, config, handle_signals=True))
     except KeyboardInterrupt:
         return 0
     except (StartupError, ConfigError) as exc:

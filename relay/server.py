@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import sys
 from dataclasses import dataclass, field
 
@@ -53,6 +54,7 @@ class RelayHandle:
     hop_id: int
     sessions: set[LiteSession] = field(default_factory=set)
     authorizer: Authorizer | None = None
+    draining: bool = False
 
 
 def select_versions(names: list[str] | None) -> list[Version]:
@@ -80,7 +82,7 @@ def load_identities(config: Config) -> list[Identity]:
 
 
 async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
-              task_status=trio.TASK_STATUS_IGNORED) -> None:
+              handle_signals: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the relay until cancelled. `transport_versions` narrows, per transport ("webtransport",
     "websocket"), the versions that transport may negotiate: tests use it to put clients of
     different versions on one relay, since moq-rs always offers every version it has."""
@@ -98,10 +100,14 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         raise StartupError(str(exc)) from exc
     authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish)
     sessions: set[LiteSession] = set()
+    handle_: RelayHandle | None = None
     if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
 
     async def handle(transport: TransportSession) -> None:
+        if handle_ is not None and handle_.draining:
+            transport.close(0, "server shutdown")  # draining: no new sessions
+            return
         protocol = transport.info.protocol or ""
         legacy = None
         if protocol in ("moql", ""):
@@ -194,6 +200,36 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                   f"  http://localhost:{port}/certificate.sha256\n"
                   f"certificate sha256: {identity.fingerprint}", file=sys.stderr, flush=True)
         task_status.started(handle_)
+        if handle_signals:
+            nursery.start_soon(_drain_on_signal, handle_, config.drain_timeout, nursery.cancel_scope)
+
+
+async def _drain_on_signal(handle: RelayHandle, timeout: float, cancel: trio.CancelScope) -> None:
+    """First SIGINT/SIGTERM: refuse new sessions, send GOAWAY, wait for sessions to leave (up to
+    `drain_timeout`), then close what remains. A second signal stops at once (relay spec §11)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        signum = await signals.__anext__()
+        log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
+        handle.draining = True
+        for session in list(handle.sessions):
+            session.send_goaway()
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+
+                async def second_signal() -> None:
+                    async for _ in signals:
+                        log.info("second signal: stopping now")
+                        nursery.cancel_scope.cancel()
+                        return
+                nursery.start_soon(second_signal)
+                while handle.sessions:
+                    await trio.sleep(0.1)
+                nursery.cancel_scope.cancel()
+        for session in list(handle.sessions):
+            session.transport.close(0, "server shutdown")
+        await trio.sleep(0.1)  # let the closes leave
+        log.info("drained; exiting")
+        cancel.cancel()
 
 
 async def _serve_http(serve, app, hc, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

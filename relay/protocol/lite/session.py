@@ -137,6 +137,20 @@ class LiteSession:
                 track.close(ErrorCode.CANCEL)
             self._upstream.clear()
 
+    def send_goaway(self, uri: str = "") -> None:
+        """Ask the peer to leave (lite-04+; older versions simply get closed at the end of a drain)."""
+        if self.version >= Version.LITE_04:
+            self._spawn(self._goaway, uri)
+
+    async def _goaway(self, uri: str) -> None:
+        try:
+            send, recv = await self.transport.open_bi()
+            await send.write(m.encode_bi_type(m.BiStream.GOAWAY) + m.Goaway(uri).encode(self.version))
+            await send.finish()
+            recv.stop(ErrorCode.CANCEL)
+        except TransportError:
+            pass
+
     def _fail(self, exc: ProtocolError) -> None:
         """A session-level protocol violation: close everything with the error's code."""
         log.warning("%s protocol violation: %s", self.name, exc)
