@@ -7,6 +7,7 @@ subscription and each group fan-out below it.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import random
 import signal
@@ -34,6 +35,8 @@ from relay.web.app import create_app
 
 log = logging.getLogger("relay.server")
 
+RENEW_BEFORE = datetime.timedelta(hours=24)
+
 # Preference order: newest first. (lite-06/01/02 arrive with issue 3.)
 DEFAULT_VERSIONS = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03,
                     Version.LITE_02, Version.LITE_01]
@@ -55,6 +58,7 @@ class RelayHandle:
     sessions: set[LiteSession] = field(default_factory=set)
     authorizer: Authorizer | None = None
     draining: bool = False
+    endpoint: QuicEndpoint | None = None
 
 
 def select_versions(names: list[str] | None) -> list[Version]:
@@ -176,7 +180,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             from hypercorn.config import Config as HypercornConfig
             from hypercorn.trio import serve
 
-            app = create_app(origin, lambda path, token: authorize(path, token), lambda: identity.fingerprint)
+            app = create_app(origin, lambda path, token: authorize(path, token),
+                             lambda: endpoint.identity.fingerprint)
             hc = HypercornConfig()
             hc.bind = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.web.http.listen]
             hc.accesslog = None
@@ -185,7 +190,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             http_urls = await nursery.start(_serve_http, serve, app, hc)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, sessions=sessions,
-                              authorizer=authorize)
+                              authorizer=authorize, endpoint=endpoint)
         for host, port in endpoint.addresses:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("listening addr=%s (udp: moql://%s https://%s)", hostport, hostport, hostport)
@@ -200,8 +205,26 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                   f"  http://localhost:{port}/certificate.sha256\n"
                   f"certificate sha256: {identity.fingerprint}", file=sys.stderr, flush=True)
         task_status.started(handle_)
+        if identity.generated:
+            nursery.start_soon(_renew_generated, endpoint, handle_, list(config.server.tls.generate))
         if handle_signals:
             nursery.start_soon(_drain_on_signal, handle_, config.drain_timeout, nursery.cancel_scope)
+
+
+def renewal_delay(identity: Identity, now: datetime.datetime | None = None) -> float:
+    """Seconds until a generated certificate must be replaced: a day before it expires."""
+    now = now or datetime.datetime.now(datetime.UTC)
+    return max(0.0, (identity.not_after - RENEW_BEFORE - now).total_seconds())
+
+
+async def _renew_generated(endpoint: QuicEndpoint, handle: RelayHandle, names: list[str]) -> None:
+    """Browsers pin only certificates valid <= 14 days, and Rust never renews: we do (spec §4.2)."""
+    while True:
+        await trio.sleep(renewal_delay(endpoint.identity))
+        fresh = generate_self_signed(names)
+        endpoint.set_identity(fresh)
+        handle.fingerprint = fresh.fingerprint
+        log.info("generated certificate renewed; certificate sha256=%s", fresh.fingerprint)
 
 
 async def _drain_on_signal(handle: RelayHandle, timeout: float, cancel: trio.CancelScope) -> None:

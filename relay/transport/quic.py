@@ -790,20 +790,20 @@ class QuicEndpoint:
         self.connection_buffer_limit = connection_buffer_limit
         self.accept_backlog = accept_backlog
         self.engine = get_engine(engine)
-        self.configuration = self.engine.server_configuration(
-            identity,
-            self.alpns,
-            idle_timeout=idle_timeout,
-            max_datagram_frame_size=max_datagram_frame_size,
-            max_data=max_data,
-            max_stream_data=max_stream_data,
-        )
+        self._config_args = {"idle_timeout": idle_timeout, "max_datagram_frame_size": max_datagram_frame_size,
+                             "max_data": max_data, "max_stream_data": max_stream_data}
+        self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
         self._supported_versions = set(self.configuration.supported_versions)
         self._sockets: list[_UdpSocket] = []
         self._cids: dict[bytes, Connection] = {}
         self._conns: set[Connection] = set()
         self._nursery: trio.Nursery | None = None
         self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0}
+
+    def set_identity(self, identity: Identity) -> None:
+        """Serve new connections with another certificate (existing ones keep theirs)."""
+        self.identity = identity
+        self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
