@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Protocol
 
 import trio
 
 from relay.model.cache import CacheBudget
-from relay.model.track import Group, Track, TrackClosed, TrackInfo
+from relay.model.track import Frame, Group, Track, TrackClosed, TrackInfo
 
 # A peer can make us create one track (and one upstream subscription) per name it asks for.
 MAX_TRACKS_PER_BROADCAST = 1024
@@ -34,6 +34,10 @@ class TrackSource(Protocol):
 
     async def fetch_track_info(self, broadcast_path: str, name: str) -> TrackInfo:
         """Ask the source for a track's properties (raises if the track does not exist)."""
+        ...
+
+    def fetch_group(self, broadcast_path: str, name: str, sequence: int, priority: int = 0) -> AsyncIterator[Frame]:
+        """Frames of one past group the relay does not hold, asked of the source."""
         ...
 
 

@@ -11,6 +11,7 @@ Codec work (bytes <-> messages) is in `messages`/`coding`; this module only move
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -518,6 +519,33 @@ class LiteSession:
         finally:
             recv.stop(ErrorCode.CANCEL)
 
+    async def fetch_group(self, broadcast_path: str, name: str, sequence: int, priority: int = 0):
+        """TrackSource: one past group from this peer by FETCH (lite-05+), frames as they come.
+
+        Raises ProtocolError(NOT_FOUND) when the peer cannot serve it."""
+        if not self.version.has_fetch:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"{self.version.name_str} peers cannot be fetched from")
+        assert self.scope is not None
+        rel = self.scope.relative(broadcast_path) or ""
+        send, recv = await self.transport.open_bi()
+        reader = MessageReader(recv, self.limits.max_frame + 64)
+        try:
+            await send.write(m.encode_bi_type(m.BiStream.FETCH)
+                             + m.Fetch(rel, name, priority, sequence).encode(self.version))
+            # As with TRACK, moq-rs resets a FETCH whose sender already finished: FIN after.
+            timestamp = 0
+            while True:
+                frame = await reader.frame(self.version, self.limits.max_frame)
+                if frame is None:
+                    await send.finish()
+                    return
+                timestamp += frame[0]
+                yield Frame(frame[1], timestamp)
+        except (StreamReset, StreamEnded, SessionClosed) as exc:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"upstream fetch failed: {exc}") from exc
+        finally:
+            recv.stop(ErrorCode.CANCEL)
+
     async def _pull_track(self, track: Track, cancel_scope: trio.CancelScope) -> None:
         v = self.version
         assert self.scope is not None
@@ -679,22 +707,28 @@ class LiteSession:
         if fetch is None:
             return
         broadcast = self._lookup(fetch.broadcast)
-        group = broadcast.cached_group(fetch.track, fetch.group) if broadcast is not None else None
-        if group is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"group {fetch.group} of {fetch.track!r} not cached")
+        if broadcast is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {fetch.broadcast!r}")
+        group = broadcast.cached_group(fetch.track, fetch.group)
+        if group is not None:
+            frames = group.frames_from(0)
+        else:
+            # Not cached here: ask the publisher once, stream its answer through (lite §7.4).
+            frames = broadcast.source.fetch_group(broadcast.path, fetch.track, fetch.group, fetch.priority)
         start = getattr(fetch, "start_frame", 0) or 0
         end = getattr(fetch, "end_frame", 0) or 0
         previous = 0
         index = 0
         try:
-            async for frame in group.frames_from(0):
-                if index >= start and (end == 0 or index < end):
-                    await send.write(m.frame_header(v, frame.timestamp - previous, len(frame.payload)))
-                    await send.write(frame.payload)
-                    previous = frame.timestamp
-                index += 1
-                if end and index >= end:
-                    break
+            async with contextlib.aclosing(frames):  # closed here even when we stop early
+                async for frame in frames:
+                    if index >= start and (end == 0 or index < end):
+                        await send.write(m.frame_header(v, frame.timestamp - previous, len(frame.payload)))
+                        await send.write(frame.payload)
+                        previous = frame.timestamp
+                    index += 1
+                    if end and index >= end:
+                        break
         except GroupAborted as exc:
             send.reset(exc.code)
             return
