@@ -212,6 +212,14 @@ class ClusterConfig:
 
 
 @dataclass
+class ClientConfig:
+    """The outbound side (cluster dials): how peers' certificates are checked."""
+
+    root: list[str] = field(default_factory=list)  # CA PEM files; empty = system roots
+    disable_verify: bool = False  # DANGER: development clusters with self-signed certificates
+
+
+@dataclass
 class LogConfig:
     level: str = "info"  # trace|debug|info|warn|error (RUST_LOG overrides, see relay.log)
 
@@ -225,6 +233,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     source: str | None = None  # the TOML file, if any
     is_dev_defaults: bool = False
     # Keys that were given but are accepted and ignored (each logged once at load).
@@ -359,6 +368,8 @@ SETTERS: dict[str, Setter] = {
     "cache.headroom": lambda c, v, k: setattr(c.cache, "headroom", parse_size(v, k)),
     "cache.duration": lambda c, v, k: setattr(c.cache, "duration", parse_duration(v, k)),
     "cluster.connect": _connect,
+    "client.tls.disable_verify": lambda c, v, k: setattr(c.client, "disable_verify", _bool(v, k)),
+    "client.tls.root": lambda c, v, k: setattr(c.client, "root", _list(v, k)),
     "cluster.root": _root,
     "cluster.node": lambda c, v, k: setattr(c.cluster, "node", _str(v, k)),
     "cluster.advertise": lambda c, v, k: setattr(c.cluster, "node", _str(v, k)),
@@ -374,7 +385,9 @@ KNOWN_UNIMPLEMENTED = {
     "server.backend", "server.quic.mtu_discovery", "server.quic.gso", "server.quic.congestion_control",
     "server.quic.qlog", "server.quic.preferred_v4", "server.quic.preferred_v6", "server.quic.quic_lb_id",
     "server.quic.quic_lb_nonce", "server.tcp", "server.unix",
-    "client", "web.https", "auth.auth_api", "auth.mtls_tier", "auth.domain", "auth.domains",
+    "client.bind", "client.timeout", "client.failover_delay", "client.resolution_delay", "client.version",
+    "client.quic", "client.tls.system_roots", "client.tls.fingerprint", "client.tls.cert", "client.tls.key",
+    "client.tls.host_name", "web.https", "auth.auth_api", "auth.mtls_tier", "auth.domain", "auth.domains",
     "cluster.connect_api", "cluster.tier", "internal", "stats", "iroh",
 }
 # Tables whose contents are whole keys (no recursion into them).
@@ -430,9 +443,9 @@ ENV_KEYS = {
 # The value says whether the flag is boolean (may be given bare, `--flag`).
 UNIMPLEMENTED_KEYS: dict[str, bool] = {
     "server.quic.mtu_discovery": True, "server.quic.gso": True, "server.quic.congestion_control": False,
-    "server.quic.qlog": False, "client.bind": False, "client.timeout": False, "client.tls.root": False,
+    "server.quic.qlog": False, "client.bind": False, "client.timeout": False,
     "client.tls.system_roots": True, "client.tls.fingerprint": False, "client.tls.cert": False,
-    "client.tls.key": False, "client.tls.disable_verify": True, "client.tls.host_name": False,
+    "client.tls.key": False, "client.tls.host_name": False,
     "web.https.listen": False, "web.https.cert": False, "web.https.key": False, "web.https.root": False,
     "auth.domains": False, "auth.auth_api": False, "cluster.connect_api": False, "internal.listen": False,
 }
@@ -443,10 +456,7 @@ UNIMPLEMENTED_ENV = {"MOQ_" + k.upper().replace(".", "_"): k for k in UNIMPLEMEN
 
 # Keys we parse and store but that nothing uses yet (clustering, WebSocket, drain, RAM headroom):
 # they warn like the unimplemented ones. Drop a key from here when its feature lands.
-NOT_YET_USED = {
-    "drain_timeout", "web.ws", "cache.headroom", "cluster.connect", "cluster.root", "cluster.node",
-    "cluster.advertise", "cluster.mesh", "cluster.token", "cluster.prefix", "cluster.linger",
-}
+NOT_YET_USED = {"web.ws", "cache.headroom", "cluster.linger"}
 
 FLAG_ALIASES = {
     "--listen": "server.bind", "--tls-cert": "server.tls.cert", "--tls-key": "server.tls.key",
@@ -455,7 +465,7 @@ FLAG_ALIASES = {
     "--tls-root": "client.tls.root", "--tls-disable-verify": "client.tls.disable_verify",
     "--client-connect-timeout": "client.timeout", "--auth-domain": "auth.domains", "--auth-api": "auth.auth_api",
 }
-BOOL_KEYS = {"web.ws", "cluster.mesh"} | {k for k, b in UNIMPLEMENTED_KEYS.items() if b}
+BOOL_KEYS = {"web.ws", "cluster.mesh", "client.tls.disable_verify"} | {k for k, b in UNIMPLEMENTED_KEYS.items() if b}
 LIST_KEYS = {"server.bind", "server.version", "server.tls.cert", "server.tls.key", "server.tls.generate",
              "server.tls.root", "web.http.listen", "auth.public.subscribe", "auth.public.publish",
              "cluster.connect"}

@@ -13,6 +13,7 @@ import random
 import signal
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
@@ -59,6 +60,7 @@ class RelayHandle:
     authorizer: Authorizer | None = None
     draining: bool = False
     endpoint: QuicEndpoint | None = None
+    cluster: Any = None
 
 
 def select_versions(names: list[str] | None) -> list[Version]:
@@ -204,11 +206,54 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                   f"  https://localhost:{port}/anon  (WebTransport; pin the certificate below)\n"
                   f"  http://localhost:{port}/certificate.sha256\n"
                   f"certificate sha256: {identity.fingerprint}", file=sys.stderr, flush=True)
+        cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id)
+        handle_.cluster = cluster
         task_status.started(handle_)
         if identity.generated:
             nursery.start_soon(_renew_generated, endpoint, handle_, list(config.server.tls.generate))
         if handle_signals:
             nursery.start_soon(_drain_on_signal, handle_, config.drain_timeout, nursery.cancel_scope)
+
+
+def cluster_plan(config: Config) -> tuple[list[str], str | None, bool]:
+    """(peers to dial, own node URL, gossip) from HEAD keys and the seed's root/node (spec §10.1)."""
+    c = config.cluster
+    connect, node, mesh = list(c.connect), c.node, c.mesh
+    if c.root:
+        if node and c.root != node:
+            connect, mesh = [c.root], True  # a leaf: dial the rendezvous, gossip
+        elif node:
+            mesh = True  # root == node: this is the rendezvous
+        else:
+            connect = [c.root]
+    elif node and not connect:
+        mesh = True  # the seed's root relay: advertise itself, accept peers
+    return connect, node, mesh
+
+
+async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, endpoint: QuicEndpoint,
+                         hop_id: int):
+    connect, node, mesh = cluster_plan(config)
+    if not connect and not mesh:
+        return None
+    from relay.routing.cluster import Cluster
+
+    token = None
+    if config.cluster.token:
+        try:
+            with open(config.cluster.token) as fh:
+                token = fh.read().strip() or None
+        except OSError as exc:
+            raise StartupError(f"cluster.token: cannot read {config.cluster.token}: {exc.strerror}") from exc
+    try:
+        cluster = Cluster(origin=origin, endpoint=endpoint, hop_id=hop_id, node=node, connect=connect, mesh=mesh,
+                          prefix=config.cluster.prefix, token=token, verify=not config.client.disable_verify,
+                          cafile=config.client.root[0] if config.client.root else None)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from exc
+    await nursery.start(cluster.run)
+    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d", node, connect, mesh, hop_id)
+    return cluster
 
 
 def renewal_delay(identity: Identity, now: datetime.datetime | None = None) -> float:

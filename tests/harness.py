@@ -86,8 +86,9 @@ class Relay:
 
 @contextlib.asynccontextmanager
 async def running_relay(tmp_path: Path, version: str | None = None, *,
-                        transport_versions: dict[str, list[str]] | None = None, **kw: Any) -> AsyncIterator[Relay]:
-    port = free_port()
+                        transport_versions: dict[str, list[str]] | None = None, port: int | None = None,
+                        **kw: Any) -> AsyncIterator[Relay]:
+    port = port or free_port()
     path = tmp_path / f"relay-{port}.toml"
     path.write_text(relay_toml(port, version, **kw))
     config = load_config([str(path)], {})

@@ -151,10 +151,12 @@ def test_reference_config_loads_with_one_warning_per_ignored_key(tmp_path, caplo
     assert cfg.cache.capacity is None and cfg.cache.headroom is None and cfg.cache.duration is None
     assert cfg.drain_timeout == 10 and cfg.log.level == "info" and cfg.log_level == "info"
     msgs = warnings(caplog)
-    for key in ("server.quic.mtu_discovery", "server.quic.gso", "client", "web.https", "auth.domains",
-                "internal", "stats"):
+    for key in ("server.quic.mtu_discovery", "server.quic.gso", "client.bind", "client.timeout", "web.https",
+                "auth.domains", "internal", "stats"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
-    assert set(cfg.ignored) >= {"client", "web.https", "stats"}
+    assert set(cfg.ignored) >= {"client.bind", "web.https", "stats"}
+    # [client.tls] root and disable_verify are implemented (cluster dials).
+    assert "client.tls.disable_verify is not supported, ignored" not in msgs
 
 
 def test_every_implemented_key(tmp_path) -> None:
@@ -180,7 +182,7 @@ def test_stored_but_unused_keys_warn(tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     load_config([write(tmp_path, FULL)], {"MOQ_CLUSTER_LINGER": "1s"})
     msgs = warnings(caplog)
-    for key in ("drain_timeout", "web.ws", "cache.headroom", "cluster.linger"):
+    for key in ("web.ws", "cache.headroom", "cluster.linger"):
         assert key in NOT_YET_USED
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
 
@@ -257,8 +259,7 @@ def test_unimplemented_env_and_flags_warn_once(tmp_path, caplog) -> None:
     load_config([path, "--tls-disable-verify", "--web-https-listen", "[::]:443", "--server-quic-gso=false"],
                 {"MOQ_CLIENT_CONNECT_TIMEOUT": "1s", "MOQ_AUTH_API": "https://x", "MOQ_INTERNAL_LISTEN": "x"})
     msgs = warnings(caplog)
-    for key in ("client.tls.disable_verify", "web.https.listen", "client.timeout", "auth.auth_api",
-                "internal.listen"):
+    for key in ("web.https.listen", "client.timeout", "auth.auth_api", "internal.listen"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
     assert msgs.count("server.quic.gso is not supported, ignored") == 1  # TOML and flag: one line
 

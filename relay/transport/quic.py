@@ -17,11 +17,12 @@ its reader gets StreamReset; a connection whose unread total exceeds
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -467,6 +468,7 @@ class Connection:
         self._last_rx = trio.current_time()
         self._ping_uid = 0
         self._handler_started = False
+        self.handler: Handler | None = None  # outbound dials bring their own session handler
 
     # -- called by the endpoint's socket reader (synchronous, batched)
     def receive(self, data: bytes, addr: Any, now: float) -> None:
@@ -609,7 +611,7 @@ class Connection:
 
     async def _run_handler(self, session: BaseQuicSession) -> None:
         try:
-            await self.ep.handler(session)
+            await (self.handler or self.ep.handler)(session)
         except Exception:
             log.exception("conn=%d session handler failed", self.conn_id)
             session.close(HANDLER_ERROR_CODE, "internal error")
@@ -804,6 +806,59 @@ class QuicEndpoint:
         """Serve new connections with another certificate (existing ones keep theirs)."""
         self.identity = identity
         self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
+
+    @contextlib.asynccontextmanager
+    async def dial(self, host: str, port: int, alpns: list[str], handler: Handler, *,
+                   server_name: str | None = None, verify: bool = True, cafile: str | None = None,
+                   timeout: float = 10.0) -> AsyncIterator[Connection]:
+        """An outbound raw-QUIC connection from one of our own sockets (cluster links).
+
+        `handler` runs the session once the handshake completes, inside the connection's task
+        tree, which lives exactly as long as this context: leaving it closes the connection."""
+        import ssl
+
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        sock = addr = None
+        for family, _, _, _, sockaddr in infos:
+            for candidate in self._sockets:
+                if candidate.sock.family == family:
+                    sock = candidate
+                    addr = sockaddr if family == socket.AF_INET else sockaddr[:2]
+                    break
+            if sock is not None:
+                break
+        if sock is None or addr is None:
+            raise OSError(f"no local socket can reach {host}:{port}")
+        cfg = self.engine.client_configuration(alpns)
+        cfg.server_name = server_name or host
+        cfg.idle_timeout = self.configuration.idle_timeout
+        if verify:
+            cfg.verify_mode = ssl.CERT_REQUIRED
+            if cafile:
+                cfg.load_verify_locations(cafile)
+        quic = self.engine.QuicConnection(configuration=cfg)
+        self.engine.set_local_max_streams(quic, self.max_streams)
+        conn = Connection(self, sock, quic, addr)
+        conn.handler = handler
+        self._conns.add(conn)
+        self._add_cid(quic.host_cid, conn)
+        quic.connect(addr, trio.current_time())
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                conn.transmit()
+                with trio.fail_after(timeout):
+                    while conn.session is None or not conn._handler_started:
+                        if conn.terminated:
+                            raise ConnectionError(f"connection to {host}:{port} closed during the handshake")
+                        await trio.sleep(0.01)
+                yield conn
+                nursery.cancel_scope.cancel()
+        finally:
+            if not conn.terminated:
+                conn.close_quic(0, "link closed")
+                conn.transmit()
+            self._forget(conn)
 
     @property
     def addresses(self) -> list[tuple[str, int]]:

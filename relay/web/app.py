@@ -67,6 +67,7 @@ def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], 
         return text(fp)
 
     @app.get("/announced")
+    @app.get("/announced/")
     @app.get("/announced/<path:prefix>")
     async def announced(prefix: str = "") -> Response:
         try:

@@ -69,7 +69,8 @@ class LiteSession:
 
     def __init__(self, transport: TransportSession, version: Version, origin: Origin, *,
                  authorize: Authorizer, hop_id: int, scope: Scope | None = None,
-                 limits: SessionLimits | None = None, legacy: LegacySetup | None = None) -> None:
+                 limits: SessionLimits | None = None, legacy: LegacySetup | None = None,
+                 dial_path: str | None = None, link_cost: int = 0) -> None:
         self.transport = transport
         self.version = version
         self.origin = origin
@@ -85,6 +86,10 @@ class LiteSession:
         self._peer_setup = trio.Event()
         self._setup_path: str | None = legacy.path if legacy is not None else None
         self._legacy = legacy
+        # Outbound (cluster) sessions: the path+query we ask for in our SETUP, and the price of
+        # this link added to every route learned over it.
+        self.dial_path = dial_path
+        self.link_cost = link_cost
         self._nursery: trio.Nursery | None = None
         self._bi_active = 0
         self._subscriptions: set[int] = set()
@@ -208,8 +213,10 @@ class LiteSession:
     async def _send_setup(self) -> None:
         try:
             stream = await self.transport.open_uni()
-            await stream.write(m.encode_uni_type(m.UniStream.SETUP)
-                               + m.Setup(params={m.SetupParam.ORIGIN: m.varint(self.hop_id)}).encode(self.version))
+            params = {m.SetupParam.ORIGIN: m.varint(self.hop_id)}
+            if self.dial_path is not None:
+                params[m.SetupParam.PATH] = self.dial_path.encode()
+            await stream.write(m.encode_uni_type(m.UniStream.SETUP) + m.Setup(params=params).encode(self.version))
             await stream.finish()
         except TransportError:
             pass
@@ -463,7 +470,7 @@ class LiteSession:
                         self.limits.max_published, rel)
             return
         broadcast = Broadcast(abs_path, self, hops, budget=self.origin.budget,
-                              max_cache_age=self.origin.max_cache_age, cost=cost)
+                              max_cache_age=self.origin.max_cache_age, cost=min(cost + self.link_cost, 2**62 - 1))
         try:
             self.origin.publish(broadcast)
         except LimitExceeded as exc:

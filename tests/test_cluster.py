@@ -1,0 +1,242 @@
+"""Clusters of relays on loopback with real moq-rs clients (relay spec §10).
+
+In-process relays where the test needs the relays' own counters; relay subprocesses where a node
+must die abruptly (SIGKILL) and come back with the same config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import moq
+import trio
+from harness import Flag, client, free_port, in_thread, relay_toml, running_relay, wait_until
+
+
+def cluster_extra(port: int, root: int | None = None, connect: list[int] | None = None) -> str:
+    lines = ["[client.tls]", "disable_verify = true", "[cluster]"]
+    if connect is not None:
+        lines.append("connect = [" + ", ".join(f'"https://127.0.0.1:{p}/"' for p in connect) + "]")
+    else:
+        lines.append(f'node = "https://127.0.0.1:{port}/"')
+        if root is not None:
+            lines.append(f'root = "https://127.0.0.1:{root}/"')
+    return "\n".join(lines)
+
+
+def has_loop(relay) -> bool:
+    return any(relay.handle.hop_id in b.hops for _, b in relay.handle.origin.active_under(""))
+
+
+async def publish_until(url: str, name: str, stop: Flag, period: float = 0.1) -> None:
+    async with client(url) as c:
+        b = c.create_broadcast(name)
+        t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
+        b.announce()
+        n = 0
+        while not stop.event.is_set():
+            group = t.append_group()
+            group.write_frame(b"%s-%d" % (name.encode(), n))
+            group.finish()
+            n += 1
+            await asyncio.sleep(period)
+
+
+async def read_groups(url: str, name: str, count: int, timeout: float = 15) -> list[bytes]:
+    async with client(url) as c:
+        consumer = await asyncio.wait_for(c.announced_broadcast(name), timeout)
+        track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+        out = []
+        for _ in range(count):
+            group = await asyncio.wait_for(track.next_group(), timeout)
+            out.append(b"".join([f.payload async for f in group]))
+        return out
+
+
+async def test_leaf_to_leaf_and_root_one_upstream_per_link_no_loops(tmp_path) -> None:
+    pr, pa, pb = free_port(), free_port(), free_port()
+    stop = Flag()
+    async with contextlib.AsyncExitStack() as stack:
+        root = await stack.enter_async_context(running_relay(tmp_path, port=pr, extra=cluster_extra(pr)))
+        a = await stack.enter_async_context(running_relay(tmp_path, port=pa, extra=cluster_extra(pa, pr)))
+        b = await stack.enter_async_context(running_relay(tmp_path, port=pb, extra=cluster_extra(pb, pr)))
+        # Gossip turns the star into a triangle: every node ends up linked to the two others.
+        await wait_until(lambda: len(root.handle.origin.active_under(".internal/origins")) == 3, 15)
+        await wait_until(lambda: len(a.handle.cluster.link_sessions) + len(b.handle.cluster.link_sessions) == 3, 15)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(a.url("moql", "anon"), "cam", stop))
+            try:
+                with trio.fail_after(60):
+                    await wait_until(lambda: b.handle.origin.best("anon/cam") is not None, 15)
+
+                    async def ten_viewers() -> list[list[bytes]]:
+                        return await asyncio.gather(*(read_groups(b.url("moql", "anon"), "cam", 3) for _ in range(10)))
+                    viewers = await in_thread(ten_viewers)
+                    on_root = await in_thread(lambda: read_groups(root.url("https", "anon"), "cam", 2))
+            finally:
+                stop.set()
+        assert len(viewers) == 10 and all(len(v) == 3 and v[0].startswith(b"cam-") for v in viewers)
+        assert len(on_root) == 2 and on_root[0].startswith(b"cam-")
+        route_b = b.handle.origin.best("anon/cam")
+        # B's 10 viewers caused exactly one upstream subscription on its route (the direct A link:
+        # the shortest chain), and A served it from its own single pull from the publisher.
+        assert route_b is not None and route_b.upstream_subscriptions_total == 1
+        assert len(route_b.hops) == 2 and route_b.hops[-1] == a.handle.hop_id
+        route_a = a.handle.origin.best("anon/cam")
+        assert route_a is not None and route_a.upstream_subscriptions_total == 1
+        # The triangle does not loop: no node holds a route through itself, and every node's
+        # advertisement is known exactly once at each node.
+        for relay in (root, a, b):
+            assert not has_loop(relay)
+            assert len(relay.handle.origin.active_under(".internal/origins")) == 3
+        await stack.aclose()
+
+
+async def test_static_connect_star_of_five(tmp_path) -> None:
+    """HEAD-style static `connect`: four leaves dial one hub; a broadcast crosses hub-leaf links."""
+    hub_port = free_port()
+    stop = Flag()
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(running_relay(tmp_path, port=hub_port, http=False))
+        leaves = []
+        for _ in range(4):
+            port = free_port()
+            leaves.append(await stack.enter_async_context(
+                running_relay(tmp_path, port=port, http=False, extra=cluster_extra(port, connect=[hub_port]))))
+        await wait_until(lambda: all(len(x.handle.cluster.link_sessions) == 1 for x in leaves), 15)
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(leaves[0].url("moql", "anon"), "star", stop))
+            try:
+                with trio.fail_after(60):
+                    got = await in_thread(lambda: read_groups(leaves[3].url("moql", "anon"), "star", 2))
+            finally:
+                stop.set()
+        assert len(got) == 2 and got[0].startswith(b"star-")
+        route = leaves[3].handle.origin.best("anon/star")
+        assert route is not None and route.hops[-1] == hub.handle.hop_id and route.cost >= 1
+        for relay in (hub, *leaves):
+            assert not has_loop(relay)
+        await stack.aclose()
+
+
+# ------------------------------------------------------------------ relay processes
+
+
+class RelayProcess:
+    def __init__(self, tmp_path, name: str, port: int, extra: str) -> None:
+        self.path = tmp_path / f"{name}.toml"
+        self.path.write_text(relay_toml(port, None, extra=extra, idle="3s"))
+        self.port = port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "relay", str(self.path)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError("relay did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def announced(self, prefix: str = "") -> list[str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/announced/{prefix}", timeout=2) as r:
+                body = r.read().decode()
+        except OSError:
+            return []
+        return [line for line in body.split("\n") if line]
+
+
+async def wait_http(predicate, timeout: float) -> float:
+    """Poll a blocking predicate from trio; returns how long it took."""
+    start = trio.current_time()
+    with trio.fail_after(timeout):
+        while not await trio.to_thread.run_sync(predicate):
+            await trio.sleep(0.1)
+    return trio.current_time() - start
+
+
+async def test_node_loss_and_healing(tmp_path) -> None:
+    pr, pa, pb = free_port(), free_port(), free_port()
+    root = RelayProcess(tmp_path, "root", pr, cluster_extra(pr))
+    a = RelayProcess(tmp_path, "a", pa, cluster_extra(pa, pr))
+    b = RelayProcess(tmp_path, "b", pb, cluster_extra(pb, pr))
+    stop = Flag()
+    timings: dict[str, float] = {}
+    try:
+        for node in (root, a, b):
+            node.start()
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(f"moql://127.0.0.1:{pa}/anon", "live", stop))
+            try:
+                await wait_http(lambda: "anon/live" in b.announced(), 20)
+
+                # 1. The root dies: A and B keep their direct link, the broadcast keeps flowing.
+                root.kill()
+                got = await in_thread(lambda: read_groups(f"moql://127.0.0.1:{pb}/anon", "live", 2))
+                assert len(got) == 2
+                # 2. The root comes back with the same config: the cluster heals.
+                await trio.to_thread.run_sync(root.start)
+                timings["root restart -> healed"] = await wait_http(
+                    lambda: "anon/live" in root.announced() and len(root.announced(".internal/origins")) == 3, 30)
+                # 3. A leaf restarted with the same config rejoins (B restarts; A still publishes).
+                b.kill()
+                restart = trio.current_time()
+                await trio.to_thread.run_sync(b.start)
+                await wait_http(lambda: "anon/live" in b.announced(), 30)
+                timings["leaf restart -> broadcast visible again"] = trio.current_time() - restart
+                got = await in_thread(lambda: read_groups(f"moql://127.0.0.1:{pb}/anon", "live", 2))
+                assert len(got) == 2
+                # 4. The publisher's relay dies: B's viewers see the track end, B withdraws it.
+                viewer_done = Flag()
+
+                async def viewer() -> float:
+                    async with client(f"moql://127.0.0.1:{pb}/anon") as c:
+                        consumer = await asyncio.wait_for(c.announced_broadcast("live"), 15)
+                        track = await consumer.subscribe_track("v", moq.Subscription(priority=1,
+                                                                                     max_age_us=30_000_000))
+                        await asyncio.wait_for(track.next_group(), 10)
+                        viewer_done.set()
+                        start = time.monotonic()
+                        try:
+                            while await asyncio.wait_for(track.next_group(), 20) is not None:
+                                pass
+                        except moq.Error:
+                            pass
+                        return time.monotonic() - start
+
+                result: list[float] = []
+
+                async def run_viewer() -> None:
+                    result.append(await in_thread(viewer))
+                async with trio.open_nursery() as vn:
+                    vn.start_soon(run_viewer)
+                    await trio.to_thread.run_sync(viewer_done.event.wait, 20)
+                    await trio.sleep(0.3)
+                    a.kill()
+                timings["publisher relay lost -> viewer ended"] = result[0]
+                timings["publisher relay lost -> withdrawn"] = await wait_http(
+                    lambda: "anon/live" not in b.announced(), 20)
+            finally:
+                stop.set()
+    finally:
+        for node in (root, a, b):
+            node.kill()
+    print("cluster timings (s):", {k: round(v, 2) for k, v in timings.items()})
+    assert timings["publisher relay lost -> viewer ended"] < 3 + 5  # idle timeout 3 s here
