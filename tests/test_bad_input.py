@@ -7,7 +7,7 @@ import asyncio
 
 import moq
 import trio
-from harness import Flag, client, in_thread, running_relay
+from harness import Flag, client, in_thread, running_relay, wait_until
 from test_transport_quic import TestClient
 
 from relay.protocol.lite import messages as m
@@ -135,3 +135,32 @@ async def real_clients_still_work(relay) -> None:
                 got.append(await in_thread(subscriber))
             n.start_soon(sub)
     assert got == [b"fine"]
+
+
+async def test_overlong_and_looping_routes_are_refused_one_by_one(tmp_path) -> None:
+    """A peer announcing a 33-hop chain or a chain through us loses only those announcements."""
+    async with running_relay(tmp_path, "moq-lite-05") as relay:
+        peer = TestClient(("127.0.0.1", relay.port), ["moq-lite-05"])
+        async with trio.open_nursery() as nursery:
+            await nursery.start(peer.run)
+            with trio.fail_after(20):
+                await peer.handshake.wait()
+                q = peer.quic
+                uni = q.get_next_available_stream_id(is_unidirectional=True)
+                setup = m.Setup({m.SetupParam.PATH: b"/", m.SetupParam.ORIGIN: m.varint(4242)})
+                q.send_stream_data(uni, m.varint(m.UniStream.SETUP) + setup.encode(V5), True)
+                peer.flush()
+                # The relay asks what we publish on its first bidi stream (id 1).
+                await peer.wait_for(lambda: len(peer.data.get(1, b"")) >= 3)
+                own = relay.handle.hop_id
+                too_long = bytes([1]) + m.varint(4) + b"long" + m.varint(33) + bytes(33)  # 33 hops
+                answer = (m.AnnounceOk(4242, 0).encode(V5) + m.varint(len(too_long)) + too_long
+                          + m.Announce(True, "looped", [7, own]).encode(V5)  # through the relay itself
+                          + m.Announce(True, "fine", [7]).encode(V5))
+                q.send_stream_data(1, answer, False)
+                peer.flush()
+                await wait_until(lambda: relay.handle.origin.best("fine") is not None, 10)
+                assert relay.handle.origin.best("long") is None
+                assert relay.handle.origin.best("looped") is None
+                assert peer.terminated is None and 1 not in peer.resets
+            nursery.cancel_scope.cancel()

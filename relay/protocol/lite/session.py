@@ -409,10 +409,19 @@ class LiteSession:
                 for suffix in init.suffixes:
                     self._announced(mine, suffix, ())
             while True:
-                if v.has_typed_announce:
-                    msg = await reader.typed(m.decode_announce_06, v, self.limits.max_message)
-                else:
-                    msg = await reader.message(m.Announce.decode, v, self.limits.max_message)
+                try:
+                    if v.has_typed_announce:
+                        msg = await reader.typed(m.decode_announce_06, v, self.limits.max_message)
+                    else:
+                        msg = await reader.message(m.Announce.decode, v, self.limits.max_message)
+                except ProtocolError as exc:
+                    if exc.code != ErrorCode.BOUNDS_EXCEEDED or v.has_typed_announce:
+                        raise
+                    # A hop chain over 32 (or a path over 32 parts): refuse that announcement
+                    # only; its bytes are already consumed (relay spec §13). On lite-06 an
+                    # unparsed START would shift every later announce id, so it stays fatal.
+                    log.info("%s announcement refused: %s", self.name, exc)
+                    continue
                 if msg is None:
                     break
                 if isinstance(msg, m.AnnounceStart):
