@@ -1,0 +1,242 @@
+"""Relay benchmark: our relay (aioquic, qh3) side by side with a baseline made of the Rust stack.
+
+    .venv/bin/python benchmarks/bench.py                     # default matrix, prints a table
+    .venv/bin/python benchmarks/bench.py --subscribers 1 10 50 --seconds 10 --mbps 2
+
+For each relay and each subscriber count: one publisher (real moq-rs client) sends a track at
+a set bitrate in frames of a set size, one group per second; N subscribers (real clients, one
+connection each) read it. Every payload starts with the publish time, so subscribers measure
+latency. The relay runs as its own process: its CPU seconds and peak RSS come from /proc.
+Relays alternate within one run so both see the same machine state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import moq
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+def proc_peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Relay:
+    name: str
+    proc: subprocess.Popen
+    port: int
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def start_ours(engine: str, tmp: Path) -> Relay:
+    port = free_port()
+    cfg = tmp / f"bench-{engine}.toml"
+    cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\n[server.tls]\n'
+                   f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\nengine = "{engine}"\n'
+                   f'[auth]\npublic = ""\n')
+    proc = subprocess.Popen([sys.executable, "-m", "relay", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    wait_listening(proc, "listening addr=")
+    return Relay(f"ours ({engine})", proc, port)
+
+
+def start_baseline() -> Relay:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks/baseline_relay.py"), f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    wait_listening(proc, "baseline listening", stream="stdout")
+    return Relay("baseline (moq-rs Server)", proc, port)
+
+
+def wait_listening(proc: subprocess.Popen, marker: str, stream: str = "stderr") -> None:
+    pipe = proc.stderr if stream == "stderr" else proc.stdout
+    deadline = time.monotonic() + 30
+    assert pipe is not None
+    while time.monotonic() < deadline:
+        line = pipe.readline()
+        if not line:
+            raise RuntimeError(f"relay exited: {proc.poll()}")
+        if marker in line:
+            # Keep draining the pipe so the relay never blocks on a full pipe.
+            import threading
+
+            threading.Thread(target=lambda: [None for _ in pipe], daemon=True).start()
+            return
+    raise RuntimeError("relay did not start")
+
+
+@dataclass
+class Result:
+    relay: str
+    subscribers: int
+    mbps_delivered: float = 0.0
+    delivered_pct: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    cpu_s_per_gbit: float = 0.0
+    peak_rss_mib: float = 0.0
+    latencies: list[float] = field(default_factory=list, repr=False)
+
+
+async def run_load(relay: Relay, subscribers: int, seconds: float, mbps: float, frame_size: int,
+                   fps: int) -> Result:
+    url = f"moql://127.0.0.1:{relay.port}/bench"
+    frames_per_second = max(1, int(mbps * 1e6 / 8 / frame_size))
+    interval = 1.0 / frames_per_second
+    total_frames = int(frames_per_second * seconds)
+    received = [0] * subscribers
+    nbytes = [0] * subscribers
+    latencies: list[float] = []
+    ready = asyncio.Event()
+    subscribed = 0
+    done = asyncio.Event()
+
+    def make_client():
+        return moq.Client(url, tls_verify=False, websocket_enabled=False, reconnect=False)
+
+    async def publisher() -> None:
+        async with make_client() as c:
+            b = c.create_broadcast("b")
+            t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=10_000_000, timescale=1000))
+            b.announce()
+            await asyncio.wait_for(ready.wait(), 60)
+            await asyncio.sleep(1.0)
+            pad = os.urandom(max(0, frame_size - 8))
+            group = None
+            start = time.perf_counter()
+            for i in range(total_frames):
+                if i % frames_per_second == 0:
+                    if group is not None:
+                        group.finish()
+                    group = t.append_group()
+                group.write_frame(struct.pack(">d", time.time()) + pad)
+                next_at = start + (i + 1) * interval
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if group is not None:
+                group.finish()
+            await asyncio.sleep(2.0)
+            done.set()
+
+    async def subscriber(k: int) -> None:
+        nonlocal subscribed
+        async with make_client() as c:
+            consumer = await asyncio.wait_for(c.announced_broadcast("b"), 30)
+            track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=10_000_000))
+            subscribed += 1
+            if subscribed == subscribers:
+                ready.set()
+
+            async def read() -> None:
+                async for group in track.groups_as_arrived():
+                    async for frame in group:
+                        now = time.time()
+                        received[k] += 1
+                        nbytes[k] += len(frame.payload)
+                        latencies.append((now - struct.unpack(">d", frame.payload[:8])[0]) * 1000)
+
+            reader = asyncio.ensure_future(read())
+            await done.wait()
+            reader.cancel()
+
+    cpu0 = proc_cpu_seconds(relay.proc.pid)
+    t0 = time.perf_counter()
+    await asyncio.gather(publisher(), *(subscriber(k) for k in range(subscribers)))
+    elapsed = time.perf_counter() - t0
+    cpu = proc_cpu_seconds(relay.proc.pid) - cpu0
+    delivered_bits = sum(nbytes) * 8
+    res = Result(relay.name, subscribers)
+    res.mbps_delivered = delivered_bits / seconds / 1e6
+    res.delivered_pct = 100.0 * sum(received) / (total_frames * subscribers)
+    if latencies:
+        lat = sorted(latencies)
+        res.p50_ms = statistics.median(lat)
+        res.p99_ms = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    res.cpu_s_per_gbit = cpu / (delivered_bits / 1e9) if delivered_bits else float("inf")
+    res.peak_rss_mib = proc_peak_rss_mib(relay.proc.pid)
+    del elapsed
+    return res
+
+
+def table(results: list[Result]) -> str:
+    head = "| relay | subs | Mbit/s delivered | frames delivered | p50 ms | p99 ms | CPU s/Gbit | peak RSS MiB |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.relay} | {r.subscribers} | {r.mbps_delivered:.1f} | {r.delivered_pct:.1f} % | "
+                     f"{r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.cpu_s_per_gbit:.1f} | {r.peak_rss_mib:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subscribers", type=int, nargs="+", default=[1, 10, 50])
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--mbps", type=float, default=2.0)
+    ap.add_argument("--frame-size", type=int, default=1200)
+    ap.add_argument("--engines", nargs="+", default=["aioquic", "qh3"])
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    results: list[Result] = []
+    for n in args.subscribers:
+        # Alternate: each relay gets the same load right after the other, fresh process each time.
+        for make in [*(lambda e=e: start_ours(e, tmp) for e in args.engines), start_baseline]:
+            relay = make()
+            try:
+                res = asyncio.run(run_load(relay, n, args.seconds, args.mbps, args.frame_size, 30))
+            finally:
+                relay.stop()
+            results.append(res)
+            print(f"{res.relay:28s} subs={n:3d} {res.mbps_delivered:7.1f} Mbit/s {res.delivered_pct:6.1f} % "
+                  f"p50={res.p50_ms:6.1f} ms p99={res.p99_ms:7.1f} ms cpu={res.cpu_s_per_gbit:6.1f} s/Gbit "
+                  f"rss={res.peak_rss_mib:5.0f} MiB", flush=True)
+    print()
+    print(table(results))
+    print()
+    base = {r.subscribers: r for r in results if r.relay.startswith("baseline")}
+    for r in results:
+        b = base.get(r.subscribers)
+        if b is None or r is b:
+            continue
+        cpu_ratio = r.cpu_s_per_gbit / b.cpu_s_per_gbit if b.cpu_s_per_gbit else float("inf")
+        p99_ratio = r.p99_ms / b.p99_ms if b.p99_ms else float("inf")
+        print(f"{r.relay} vs baseline, {r.subscribers} subs: CPU/Gbit x{cpu_ratio:.2f}, p99 latency x{p99_ratio:.2f}, "
+              f"delivered {r.delivered_pct:.1f} % vs {b.delivered_pct:.1f} %")
+
+
+if __name__ == "__main__":
+    main()
