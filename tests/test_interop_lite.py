@@ -78,6 +78,9 @@ async def test_publish_subscribe_bytes_and_order(tmp_path, transport, version) -
                     for f in range(frames):
                         group.write_frame(f"g{g}f{f}".encode(), (g * frames + f) * 1000)
                     group.finish()
+                    # Live pacing: each group rides its own stream, and a group overtaken by a newer
+                    # one may be skipped by the client's in-order reader.
+                    await asyncio.sleep(0.02)
                 await done.wait()
 
         async def subscriber() -> list[tuple[int, list[bytes], list[int]]]:
