@@ -29,10 +29,11 @@ from relay.protocol.lite.session import LiteSession, negotiate_legacy
 from relay.protocol.lite.streams import StreamEnded
 from relay.protocol.lite.version import Version
 from relay.tls import Identity, generate_self_signed, load_identity
-from relay.transport.base import TransportError, TransportSession
+from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
 from relay.transport.quic import QuicEndpoint
+from relay.transport.websocket import WebSocketSession, select_subprotocol
 from relay.transport.webtransport import WtDecision
-from relay.web.app import create_app
+from relay.web.app import WsDecision, create_app
 
 log = logging.getLogger("relay.server")
 
@@ -137,9 +138,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                 transport.close(ErrorCode.VERSION, "unsupported version")
                 return
             version = found
-        scope = None
-        if transport.info.transport == "webtransport":
-            scope = transport.info.extra.get("scope")
+        # WebTransport and WebSocket authorised the request before accepting it.
+        scope = transport.info.extra.get("scope")
         session = LiteSession(transport, version, origin, authorize=authorize, hop_id=hop_id, scope=scope,
                               legacy=legacy)
         sessions.add(session)
@@ -163,6 +163,35 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             return WtDecision(status=400, protocol=None)
         return WtDecision(status=200, protocol=None, extra={"scope": scope})
 
+    def ws_select(target: str, offered: list[str]) -> WsDecision:
+        alpns = [alpn for alpn in by_alpn]
+        allowed = (transport_versions or {}).get("websocket")
+        if allowed is not None:
+            alpns = [a for a in alpns if a in allowed]
+        legacy_ok = bool(legacy_versions) and (allowed is None or "moql" in allowed)
+        subprotocol, alpn, status = select_subprotocol(offered, alpns, legacy_ok)
+        if status != 200:
+            return WsDecision(status, reason=f"no supported subprotocol in {offered[:8]}")
+        try:
+            scope = authorize(target)
+        except AuthError as exc:
+            return WsDecision(exc.status, reason=exc.reason)
+        info = SessionInfo(transport="websocket", protocol=alpn or "", path=target, conn_id=next_conn_id(),
+                           extra={"scope": scope, "subprotocol": subprotocol})
+        return WsDecision(200, subprotocol, info)
+
+    async def ws_run(channel, info: SessionInfo) -> None:
+        session = WebSocketSession(channel, info)
+        async with trio.open_nursery() as ws_nursery:
+            ws_nursery.start_soon(session.run)
+            try:
+                await handle(session)
+            finally:
+                session.close(0, "")
+                with trio.CancelScope(shield=True):
+                    await session.flush_and_close()
+                ws_nursery.cancel_scope.cancel()
+
     quic = config.server.quic
     endpoint = QuicEndpoint(
         binds=list(config.server.bind),
@@ -183,7 +212,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             from hypercorn.trio import serve
 
             app = create_app(origin, lambda path, token: authorize(path, token),
-                             lambda: endpoint.identity.fingerprint)
+                             lambda: endpoint.identity.fingerprint,
+                             ws_select=ws_select if config.web.ws else None, ws_run=ws_run)
             hc = HypercornConfig()
             hc.bind = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.web.http.listen]
             hc.accesslog = None

@@ -25,7 +25,7 @@ import trio
 from relay.config import load_config
 from relay.server import RelayHandle, run
 
-TRANSPORTS = ["moql", "https"]
+TRANSPORTS = ["moql", "https", "ws"]
 # "moql" = the legacy in-band SETUP, where the Rust client picks lite-02.
 VERSIONS = ["moql", "moq-lite-03", "moq-lite-04", "moq-lite-05", "moq-lite-06"]
 
@@ -103,7 +103,10 @@ async def running_relay(tmp_path: Path, version: str | None = None, *,
 def client(url: str, **kw: Any):
     import moq
 
-    return moq.Client(url, tls_verify=False, websocket_enabled=False, reconnect=False, **kw)
+    opts: dict[str, Any] = {"tls_verify": False, "reconnect": False,
+                            "websocket_enabled": url.startswith(("ws://", "wss://"))}
+    opts.update(kw)
+    return moq.Client(url, **opts)
 
 
 async def in_thread(job: Callable[[], Awaitable[Any]]) -> Any:

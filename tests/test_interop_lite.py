@@ -279,7 +279,8 @@ async def test_announce_discovery_and_end(tmp_path, transport, version) -> None:
 PUBLISHER_SCRIPT = """
 import asyncio, sys, moq
 async def main():
-    async with moq.Client(sys.argv[1], tls_verify=False, websocket_enabled=False, reconnect=False) as c:
+    url = sys.argv[1]
+    async with moq.Client(url, tls_verify=False, websocket_enabled=url.startswith("ws"), reconnect=False) as c:
         b = c.create_broadcast("doomed")
         t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
         b.announce()

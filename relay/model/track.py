@@ -207,8 +207,10 @@ class Track:
         return group
 
     def _too_old(self, sequence: int) -> bool:
-        # A straggler older than everything cached is not worth caching or forwarding.
-        return bool(self.groups) and sequence < min(self.groups)
+        # Groups travel on parallel streams, so a slightly older one may arrive after a newer
+        # one and is still wanted; only one far behind the cache's reach is not.
+        assert self.latest is not None
+        return self.latest.sequence - sequence > MAX_CACHED_GROUPS
 
     def _retention(self) -> float:
         ms = self.info.max_latency_ms if self.info is not None else DEFAULT_MAX_LATENCY_MS

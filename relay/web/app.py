@@ -7,16 +7,19 @@ Everything else is a 404 landing page (the WebSocket fallback will claim those p
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import trio
-from quart import Response, request
+from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from relay.auth.authorizer import token_from_query
 from relay.auth.scope import AuthError, Scope, split_target
 from relay.model.origin import Origin
 from relay.model.track import GroupAborted, TrackClosed
+from relay.transport.base import SessionInfo
+from relay.transport.websocket import QuartChannel
 
 log = logging.getLogger("relay.web")
 
@@ -30,7 +33,20 @@ LANDING = (
 Authorizer = Callable[[str, str | None], Scope]
 
 
-def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], str | None]) -> QuartTrio:
+WsSelect = Callable[[str, list[str]], "WsDecision"]
+
+
+@dataclass
+class WsDecision:
+    status: int
+    subprotocol: str | None = None
+    info: SessionInfo | None = None
+    reason: str = ""
+
+
+def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], str | None], *,
+               ws_select: WsSelect | None = None,
+               ws_run: Callable[[QuartChannel, SessionInfo], Awaitable[None]] | None = None) -> QuartTrio:
     app = QuartTrio("relay")
     app.config["RESPONSE_TIMEOUT"] = None  # /fetch bodies stream; our own deadline applies
 
@@ -156,6 +172,22 @@ def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], 
         finally:
             if entered:
                 subscription.__exit__(None, None, None)
+
+    if ws_select is not None and ws_run is not None:
+        # The WebSocket fallback on every path (relay spec §7): QMux carrying a moq-lite session.
+        @app.websocket("/")
+        @app.websocket("/<path:ws_path>")
+        async def ws_entry(ws_path: str = "") -> Response | None:
+            target = websocket.full_path if "?" in websocket.full_path else websocket.path
+            offered = [p for header in websocket.requested_subprotocols for p in header.split(",")]
+            decision = ws_select(target, [p.strip() for p in offered if p.strip()])
+            if decision.status != 200 or decision.info is None:
+                log.info("websocket upgrade %s refused (%d): %s", websocket.path, decision.status, decision.reason)
+                return Response(decision.reason + "\n", status=decision.status, content_type="text/plain")
+            decision.info.remote = str(websocket.remote_addr or "")
+            await websocket.accept(subprotocol=decision.subprotocol)
+            await ws_run(QuartChannel(websocket._get_current_object()), decision.info)
+            return None
 
     @app.route("/", methods=["GET"])
     @app.route("/<path:other>", methods=["GET"])

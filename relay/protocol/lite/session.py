@@ -942,19 +942,25 @@ class _Downstream:
             # lite-05/06: SUBSCRIBE_OK names the first group delivered, just before its stream.
             await self._write(m.SubscribeStart(group=group.sequence).encode(self.version))
             self.ok_sent = True
+        log.debug("%s sub %d: sending group %d", self.session.name, self.sub.id, group.sequence)
+        # Open the stream and send its header here, in order: groups then leave in sequence
+        # order on every transport (one TCP stream for WebSocket), and a client reading in
+        # sequence order does not skip an older group that merely lost a scheduling race.
+        try:
+            stream = await self.session.transport.open_uni()
+            stream.set_priority(_send_order(self.priority, group.sequence))
+            await stream.write(m.encode_uni_type(m.UniStream.GROUP)
+                               + m.GroupHeader(subscribe_id=self.sub.id, sequence=group.sequence).encode(self.version))
+        except (StreamReset, SessionClosed):
+            return
         scope = trio.CancelScope()
         self.inflight[group.sequence] = scope
-        nursery.start_soon(self._send_group, group, scope)
+        nursery.start_soon(self._send_group, group, scope, stream)
 
-    async def _send_group(self, group, scope: trio.CancelScope) -> None:
+    async def _send_group(self, group, scope: trio.CancelScope, stream: SendStream) -> None:
         v = self.version
-        stream: SendStream | None = None
         try:
             with scope:
-                stream = await self.session.transport.open_uni()
-                stream.set_priority(_send_order(self.priority, group.sequence))
-                await stream.write(m.encode_uni_type(m.UniStream.GROUP)
-                                   + m.GroupHeader(subscribe_id=self.sub.id, sequence=group.sequence).encode(v))
                 previous = 0
                 async for frame in group.frames_from(0):
                     await stream.write(m.frame_header(v, frame.timestamp - previous, len(frame.payload)))
@@ -962,11 +968,10 @@ class _Downstream:
                         await stream.write(frame.payload)
                     previous = frame.timestamp
                 await stream.finish()
-            if scope.cancelled_caught and stream is not None:
+            if scope.cancelled_caught:
                 stream.reset(self.cancel_code)
         except GroupAborted as exc:
-            if stream is not None:
-                stream.reset(exc.code)
+            stream.reset(exc.code)
         except (StreamReset, SessionClosed):
             pass
         finally:
