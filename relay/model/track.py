@@ -162,8 +162,9 @@ class Track:
         self._max_cache_age = max_cache_age
         self.groups: dict[int, Group] = {}
         self.latest: Group | None = None
-        # Arrival order (not sequence order): subscribers follow it with an integer cursor.
-        self._arrivals: collections.deque[Group] = collections.deque(maxlen=ARRIVAL_HISTORY)
+        # Arrival order (not sequence order): subscribers follow it with an integer cursor. Only
+        # sequence numbers are kept, so an evicted group is not held alive by the history.
+        self._arrivals: collections.deque[int] = collections.deque(maxlen=ARRIVAL_HISTORY)
         self._arrival_count = 0
         self._changed = _Notifier()
         self.closed = False
@@ -199,7 +200,7 @@ class Track:
         self.groups[sequence] = group
         if self.latest is None or sequence > self.latest.sequence:
             self.latest = group
-        self._arrivals.append(group)
+        self._arrivals.append(sequence)
         self._arrival_count += 1
         self.groups_total += 1
         self._evict()
@@ -273,14 +274,14 @@ class Track:
 
     def cached_in_arrival_order(self) -> tuple[int, list[Group]]:
         """(cursor after them, cached groups still in arrival history) for a new subscriber."""
-        return self._arrival_count, [g for g in self._arrivals if self.groups.get(g.sequence) is g]
+        return self._arrival_count, [self.groups[s] for s in self._arrivals if s in self.groups]
 
     def arrivals_since(self, cursor: int) -> tuple[int, list[Group]]:
         """Groups that arrived at or after `cursor` (older history is skipped), and the new cursor."""
         first = self._arrival_count - len(self._arrivals)
         start = max(cursor, first)
-        items = list(self._arrivals)[start - first :] if start < self._arrival_count else []
-        return self._arrival_count, items
+        seqs = list(self._arrivals)[start - first :] if start < self._arrival_count else []
+        return self._arrival_count, [self.groups[s] for s in seqs if s in self.groups]
 
     async def wait_changed(self) -> None:
         await self._changed.wait()

@@ -170,7 +170,7 @@ class _SendState:
 
 
 class _RecvState:
-    __slots__ = ("received", "consumed", "limit", "window", "fin", "done")
+    __slots__ = ("received", "consumed", "limit", "window", "fin", "done", "stopped")
 
     def __init__(self, window: int) -> None:
         self.received = 0  # highest offset received
@@ -179,6 +179,7 @@ class _RecvState:
         self.limit = window  # what we advertised
         self.fin = False
         self.done = False  # FIN read or reset: no more data
+        self.stopped = False  # we sent STOP_SENDING: data is discarded but still policed
 
 
 class QmuxConnection:
@@ -273,7 +274,10 @@ class QmuxConnection:
         elif kind == 0x04:
             sid, code, _final = buf.varint(), buf.varint(), buf.varint()
             state = self._recv_state(sid, opening=True)
-            if state is not None and not state.done:
+            if state is not None and state.stopped:
+                state.fin = True  # the peer answered our STOP_SENDING
+                self._maybe_forget(sid)
+            elif state is not None and not state.done:
                 state.done = True
                 self._stream_finished(sid)
                 self._events.append(StreamReset(sid, code))
@@ -365,9 +369,20 @@ class QmuxConnection:
 
     def _on_stream(self, sid: int, offset: int, data: bytes, fin: bool) -> None:
         state = self._recv_state(sid, opening=True)
-        if state is None or state.done:
+        if state is None:
             return
         end = offset + len(data)
+        if state.stopped:
+            # We asked the peer to stop: discard, but a peer that keeps pushing past the window
+            # it was granted is flooding us (a session error, not a memory cost).
+            if end > state.limit:
+                raise QmuxError(FLOW_CONTROL_ERROR, f"stream {sid}: data past the window after STOP_SENDING")
+            if fin:
+                state.fin = True
+                self._maybe_forget(sid)
+            return
+        if state.done:
+            return
         if offset > state.received:
             raise QmuxError(PROTOCOL_VIOLATION, f"stream {sid}: data out of order (gap at {state.received})")
         if end > state.limit:
@@ -458,9 +473,11 @@ class QmuxConnection:
         if state is None or state.done:
             return
         state.done = True
+        state.stopped = True
         self._out.append(enc(0x05) + enc(sid) + enc(code))
         self._stream_finished(sid)
-        self._maybe_forget(sid)
+        # What was received but not read is credited back to the connection window.
+        self.consumed(-1, state.received - state.consumed)
 
     def close(self, code: int, reason: str = "") -> None:
         if self.closed:
@@ -470,10 +487,12 @@ class QmuxConnection:
         self._out.append(enc(0x1D) + enc(code) + enc(len(raw)) + raw)
 
     def _maybe_forget(self, sid: int) -> None:
-        """Drop a stream's state once both directions are over (bounds the tables)."""
+        """Drop a stream's state once both directions are over (bounds the tables). A stream we
+        stopped is kept until the peer's FIN or RESET, to police its flow control."""
         send = self._send.get(sid)
         recv = self._recv.get(sid)
-        if (send is None or send.reset or send.fin_sent) and (recv is None or recv.done):
+        recv_over = recv is None or (recv.done and (not recv.stopped or recv.fin))
+        if (send is None or send.reset or send.fin_sent) and recv_over:
             self._send.pop(sid, None)
             self._recv.pop(sid, None)
 

@@ -942,7 +942,6 @@ class _Downstream:
             # lite-05/06: SUBSCRIBE_OK names the first group delivered, just before its stream.
             await self._write(m.SubscribeStart(group=group.sequence).encode(self.version))
             self.ok_sent = True
-        log.debug("%s sub %d: sending group %d", self.session.name, self.sub.id, group.sequence)
         # Open the stream and send its header here, in order: groups then leave in sequence
         # order on every transport (one TCP stream for WebSocket), and a client reading in
         # sequence order does not skip an older group that merely lost a scheduling race.
