@@ -9,22 +9,25 @@ import pytest
 import trio
 from harness import Flag, client, in_thread, running_relay
 
-# (publisher transport, subscriber transports, versions WebTransport may pick)
+# (publisher transport, subscriber transports, versions WebTransport may pick, WebSocket may pick)
 CASES = [
-    ("moql", ["https", "moql"], ["moql"]),  # lite-06/QUIC -> lite-02/WT and lite-06/QUIC
-    ("https", ["moql"], ["moql"]),  # lite-02/WT -> lite-06/QUIC
-    ("https", ["moql", "https"], ["moq-lite-05"]),  # lite-05/WT -> lite-06/QUIC and lite-05/WT
-    ("moql", ["https"], ["moq-lite-03"]),  # lite-06/QUIC -> lite-03/WT
+    ("moql", ["https", "ws"], ["moql"], ["moq-lite-05"]),  # lite-06/QUIC -> lite-02/WT + lite-05/WS
+    ("ws", ["moql", "https"], ["moql"], ["moq-lite-05"]),  # lite-05/WS -> lite-06/QUIC + lite-02/WT
+    ("https", ["moql", "ws"], ["moql"], ["moql"]),  # lite-02/WT -> lite-06/QUIC + lite-02/WS
+    ("https", ["moql", "https"], ["moq-lite-05"], None),  # lite-05/WT -> lite-06/QUIC + lite-05/WT
+    ("moql", ["https", "ws"], ["moq-lite-03"], ["moq-lite-04"]),  # lite-06/QUIC -> lite-03/WT + lite-04/WS
 ]
 
 
-@pytest.mark.parametrize(("pub", "subs", "wt"), CASES, ids=["06q-02w", "02w-06q", "05w-06q", "06q-03w"])
-async def test_cross_version_relaying(tmp_path, pub, subs, wt) -> None:
+@pytest.mark.parametrize(("pub", "subs", "wt", "ws"), CASES,
+                         ids=["06q-02w-05s", "05s-06q-02w", "02w-06q-02s", "05w-06q", "06q-03w-04s"])
+async def test_cross_version_relaying(tmp_path, pub, subs, wt, ws) -> None:
     groups = 3
     ready = Flag()
     done = Flag()
     seen_versions: set[tuple[str, str]] = set()
-    async with running_relay(tmp_path, None, transport_versions={"webtransport": wt}) as relay:
+    versions = {"webtransport": wt} | ({"websocket": ws} if ws else {})
+    async with running_relay(tmp_path, None, transport_versions=versions) as relay:
 
         async def publisher() -> None:
             async with client(relay.url(pub, "anon")) as c:
@@ -78,5 +81,13 @@ async def test_cross_version_relaying(tmp_path, pub, subs, wt) -> None:
                     await trio.sleep(0.05)
     for got in result:
         assert got == [b"%d-a|%d-b" % (g, g) for g in range(groups)]
-    wt_version = "moq-lite-02" if wt == ["moql"] else wt[0]
-    assert ("quic", "moq-lite-06") in seen_versions and ("webtransport", wt_version) in seen_versions
+    def name(v: list[str]) -> str:
+        return "moq-lite-02" if v == ["moql"] else v[0]
+
+    used = {pub, *subs}
+    if "moql" in used:
+        assert ("quic", "moq-lite-06") in seen_versions
+    if "https" in used:
+        assert ("webtransport", name(wt)) in seen_versions
+    if "ws" in used:
+        assert ("websocket", name(ws)) in seen_versions, seen_versions
