@@ -62,6 +62,7 @@ def test_claim_rules(hs) -> None:
     assert verifier.verify(token({"root": "a", "get": "x"})).get == ("x",)
     bad = {
         "expired": token({"get": "", "exp": now - 1}),
+        "not_yet_valid": token({"get": "", "nbf": now + 60}),
         "useless": token({"root": "a"}),
         "only_sub_string": token({"sub": "user-1"}),  # the JWT subject is never a grant
         "aud": token({"get": "", "aud": "x"}),

@@ -57,6 +57,14 @@ def claims_from_payload(payload: dict[str, Any], now: float | None = None) -> Cl
             raise AuthError("claim exp must be a number")
         if exp < (time.time() if now is None else now):
             raise AuthError("token expired")
+    nbf = payload.get("nbf")
+    if nbf is not None:
+        # Rust does not check nbf; the operator's requirement here is that a not-yet-valid
+        # token grants nothing, so it is refused (no leeway, like exp).
+        if isinstance(nbf, bool) or not isinstance(nbf, int | float):
+            raise AuthError("claim nbf must be a number")
+        if nbf > (time.time() if now is None else now):
+            raise AuthError("token not valid yet (nbf)")
     root = payload.get("root", "") or ""
     if not isinstance(root, str):
         raise AuthError("claim root must be a string")
