@@ -11,6 +11,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from relay.varint import encode_varint
+
 QX_TRANSPORT_PARAMETERS = 0x3F5153300D0A0D0A
 QX_PING_REQUEST = 0x348C67529EF8C7BD
 QX_PING_RESPONSE = 0x348C67529EF8C7BE
@@ -48,14 +50,7 @@ class QmuxError(Exception):
 
 
 # ----------------------------------------------------------------------------- varints
-def enc(value: int) -> bytes:
-    if value < 0x40:
-        return bytes((value,))
-    if value < 0x4000:
-        return (value | 0x4000).to_bytes(2, "big")
-    if value < 0x4000_0000:
-        return (value | 0x8000_0000).to_bytes(4, "big")
-    return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
+enc = encode_varint
 
 
 class _Buf:

@@ -17,11 +17,11 @@ from enum import IntEnum
 
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.version import Version
+from relay.varint import encode_varint
 
 MAX_HOPS = 32
 MAX_PATH_PARTS = 32
 MAX_PARAMETERS = 64
-MAX_VARINT = (1 << 62) - 1
 
 
 class BiStream(IntEnum):
@@ -48,16 +48,7 @@ class SetupParam(IntEnum):
 
 
 # ------------------------------------------------------------------------------- primitives
-def varint(value: int) -> bytes:
-    if value < 0x40:
-        return bytes((value,))
-    if value < 0x4000:
-        return (value | 0x4000).to_bytes(2, "big")
-    if value < 0x4000_0000:
-        return (value | 0x8000_0000).to_bytes(4, "big")
-    if value <= MAX_VARINT:
-        return (value | 0xC000_0000_0000_0000).to_bytes(8, "big")
-    raise ValueError(f"varint out of range: {value}")
+varint = encode_varint
 
 
 def zigzag(n: int) -> int:
