@@ -30,15 +30,12 @@ class TrackSource(Protocol):
 
         The upstream work runs in the source's own nursery, so it dies with the source. It must
         eventually call track.close() (with an error code if it failed)."""
-        ...
 
     async def fetch_track_info(self, broadcast_path: str, name: str) -> TrackInfo:
         """Ask the source for a track's properties (raises if the track does not exist)."""
-        ...
 
     def fetch_group(self, broadcast_path: str, name: str, sequence: int, priority: int = 0) -> AsyncIterator[Frame]:
         """Frames of one past group the relay does not hold, asked of the source."""
-        ...
 
 
 class _TrackEntry:
