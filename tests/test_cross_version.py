@@ -41,6 +41,7 @@ async def test_cross_version_relaying(tmp_path, pub, subs, wt, ws) -> None:
                     group.write_frame(b"%d-a" % g)
                     group.write_frame(b"%d-b" % g)
                     group.finish()
+                    await asyncio.sleep(0.05)  # paced like live media (see the order test)
                 await done.wait(30)
 
         async def subscribers() -> list[list[bytes]]:
