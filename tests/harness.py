@@ -51,8 +51,13 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+# The QUIC engine of relays under test: RELAY_TEST_ENGINE=qh3 runs the whole suite on qh3;
+# test_interop_lite also parametrises a slice of its cases over qh3 by setting this.
+ENGINE = os.environ.get("RELAY_TEST_ENGINE", "aioquic")
+
+
 def relay_toml(port: int, version: str | None = None, *, idle: str = "5s", http: bool = True,
-               extra: str = "", auth: str = 'public = ""') -> str:
+               extra: str = "", auth: str = 'public = ""', engine: str | None = None) -> str:
     lines = [
         "[log]", 'level = "debug"',
         "[server]", f'bind = ["127.0.0.1:{port}"]',
@@ -61,7 +66,7 @@ def relay_toml(port: int, version: str | None = None, *, idle: str = "5s", http:
         lines.append(f'version = ["{version}"]')
     lines += [
         "[server.tls]", 'generate = ["localhost", "127.0.0.1"]',
-        "[server.quic]", f'idle_timeout = "{idle}"', 'keep_alive = "1s"',
+        "[server.quic]", f'idle_timeout = "{idle}"', 'keep_alive = "1s"', f'engine = "{engine or ENGINE}"',
     ]
     if http:
         lines += ["[web.http]", f'listen = "127.0.0.1:{port}"']

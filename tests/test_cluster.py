@@ -20,10 +20,10 @@ import trio
 from harness import Flag, client, free_port, in_thread, relay_toml, running_relay, wait_until
 
 
-def cluster_extra(port: int, root: int | None = None, connect: list[int] | None = None) -> str:
+def cluster_extra(port: int, root: int | None = None, connect: list[int] | None = None, query: str = "") -> str:
     lines = ["[client.tls]", "disable_verify = true", "[cluster]"]
     if connect is not None:
-        lines.append("connect = [" + ", ".join(f'"https://127.0.0.1:{p}/"' for p in connect) + "]")
+        lines.append("connect = [" + ", ".join(f'"https://127.0.0.1:{p}/{query}"' for p in connect) + "]")
     else:
         lines.append(f'node = "https://127.0.0.1:{port}/"')
         if root is not None:
@@ -75,22 +75,26 @@ async def test_leaf_to_leaf_and_root_one_upstream_per_link_no_loops(tmp_path) ->
             n.start_soon(in_thread, lambda: publish_until(a.url("moql", "anon"), "cam", stop))
             try:
                 with trio.fail_after(60):
-                    await wait_until(lambda: b.handle.origin.best("anon/cam") is not None, 15)
+                    # The direct A-B announce normally lands first; the copy via the root may too.
+                    await wait_until(lambda: len(getattr(b.handle.origin.best("anon/cam"), "hops", ())) == 2, 15)
 
                     async def ten_viewers() -> list[list[bytes]]:
                         return await asyncio.gather(*(read_groups(b.url("moql", "anon"), "cam", 3) for _ in range(10)))
                     viewers = await in_thread(ten_viewers)
                     on_root = await in_thread(lambda: read_groups(root.url("https", "anon"), "cam", 2))
+                    # Read the routes while the publisher is still live: once it stops, the
+                    # unannounce reaches B over the direct link before the copy via the root, and
+                    # for that moment B's best route is the longer one.
+                    route_b = b.handle.origin.best("anon/cam")
+                    route_a = a.handle.origin.best("anon/cam")
             finally:
                 stop.set()
         assert len(viewers) == 10 and all(len(v) == 3 and v[0].startswith(b"cam-") for v in viewers)
         assert len(on_root) == 2 and on_root[0].startswith(b"cam-")
-        route_b = b.handle.origin.best("anon/cam")
         # B's 10 viewers caused exactly one upstream subscription on its route (the direct A link:
         # the shortest chain), and A served it from its own single pull from the publisher.
         assert route_b is not None and route_b.upstream_subscriptions_total == 1
         assert len(route_b.hops) == 2 and route_b.hops[-1] == a.handle.hop_id
-        route_a = a.handle.origin.best("anon/cam")
         assert route_a is not None and route_a.upstream_subscriptions_total == 1
         # The triangle does not loop: no node holds a route through itself, and every node's
         # advertisement is known exactly once at each node.
@@ -124,6 +128,97 @@ async def test_static_connect_star_of_five(tmp_path) -> None:
         assert route is not None and route.hops[-1] == hub.handle.hop_id and route.cost >= 1
         for relay in (hub, *leaves):
             assert not has_loop(relay)
+        await stack.aclose()
+
+
+async def test_subscription_fails_over_to_the_next_route(tmp_path) -> None:
+    """Triangle: B's viewer pulls over the direct A-B link; when that link dies, the viewer's
+    subscription carries on over A-root-B without ending (relay spec §10.3)."""
+    pr, pa, pb = free_port(), free_port(), free_port()
+    stop, three, killed = Flag(), Flag(), Flag()
+    async with contextlib.AsyncExitStack() as stack:
+        root = await stack.enter_async_context(running_relay(tmp_path, port=pr, extra=cluster_extra(pr)))
+        a = await stack.enter_async_context(running_relay(tmp_path, port=pa, extra=cluster_extra(pa, pr)))
+        b = await stack.enter_async_context(running_relay(tmp_path, port=pb, extra=cluster_extra(pb, pr)))
+        await wait_until(lambda: len(a.handle.cluster.link_sessions) + len(b.handle.cluster.link_sessions) == 3, 15)
+
+        async def viewer() -> list[bytes]:
+            async with client(b.url("moql", "anon")) as c:
+                consumer = await asyncio.wait_for(c.announced_broadcast("cam"), 15)
+                track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+                out = []
+                while len(out) < 10:
+                    group = await asyncio.wait_for(track.next_group(), 10)
+                    assert group is not None, f"track ended after {out}"
+                    out.append(b"".join([f.payload async for f in group]))
+                    if len(out) == 3:
+                        three.set()
+                        await killed.wait()
+                return out
+
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(a.url("moql", "anon"), "cam", stop, period=0.05))
+            try:
+                with trio.fail_after(60):
+                    await wait_until(lambda: len(getattr(b.handle.origin.best("anon/cam"), "hops", ())) == 2, 15)
+                    async with trio.open_nursery() as inner:
+                        result: list[list[bytes]] = []
+
+                        async def run_viewer() -> None:
+                            result.append(await in_thread(viewer))
+                        inner.start_soon(run_viewer)
+                        await wait_until(lambda: three.event.is_set(), 15)
+                        direct = b.handle.origin.best("anon/cam")
+                        assert direct is not None and len(direct.hops) == 2
+                        # Cut the A-B link, whichever side dialed it.
+                        link = b.handle.cluster.link_sessions.get(f"https://127.0.0.1:{pa}/") or \
+                            a.handle.cluster.link_sessions.get(f"https://127.0.0.1:{pb}/")
+                        assert link is not None
+                        link.transport.close(0, "test cuts the link")
+                        await wait_until(lambda: direct.closed, 5)
+                        killed.set()
+                    via_root = root.handle.origin.best("anon/cam")
+                    # The viewer's subscription moved rather than ended (moq-rs would quietly
+                    # resubscribe after an end, so the relay's own counter is the witness).
+                    failovers = sum(x.failovers_total for x in b.handle.sessions)
+            finally:
+                stop.set()
+                three.set()
+                killed.set()
+        got = result[0]
+        numbers = [int(p.split(b"-")[1]) for p in got]
+        assert len(got) == 10 and numbers == sorted(set(numbers)), numbers
+        # Before the cut B pulled over the direct link; after it, over the root.
+        assert direct.upstream_subscriptions_total == 1
+        assert via_root is not None and via_root.upstream_subscriptions_total == 1
+        assert failovers == 1
+        await stack.aclose()
+
+
+async def test_link_cost_prices_both_directions(tmp_path) -> None:
+    """A dialer's `?cost=5` is declared in its lite-06 SETUP, so both ends price the link alike."""
+    hub_port, leaf_port = free_port(), free_port()
+    stop = Flag()
+    async with contextlib.AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(running_relay(tmp_path, port=hub_port, http=False))
+        leaf = await stack.enter_async_context(running_relay(
+            tmp_path, port=leaf_port, http=False, extra=cluster_extra(leaf_port, connect=[hub_port], query="?cost=5")))
+        await wait_until(lambda: len(leaf.handle.cluster.link_sessions) == 1, 15)
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(leaf.url("moql", "anon"), "up", stop))
+            n.start_soon(in_thread, lambda: publish_until(hub.url("moql", "anon"), "down", stop))
+            try:
+                await wait_until(lambda: hub.handle.origin.best("anon/up") is not None
+                                 and leaf.handle.origin.best("anon/down") is not None, 15)
+                up, down = hub.handle.origin.best("anon/up"), leaf.handle.origin.best("anon/down")
+                local = leaf.handle.origin.best("anon/up")
+            finally:
+                stop.set()
+        # A client's broadcast costs 1 where it lands (the client's link); the cluster link adds 5
+        # whichever side dialed it.
+        assert local is not None and local.cost == 1
+        assert up is not None and up.cost == 6
+        assert down is not None and down.cost == 6
         await stack.aclose()
 
 

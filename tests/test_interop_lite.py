@@ -12,6 +12,7 @@ import os
 import signal
 import time
 
+import harness
 import moq
 import pytest
 import trio
@@ -28,9 +29,23 @@ from harness import (
     wait_until,
 )
 
+from relay.transport.engines import available
+
 LONG_US = LONG_MS * 1000
-CASES = [(t, v) for t in TRANSPORTS for v in VERSIONS]
-pytestmark = pytest.mark.parametrize(("transport", "version"), CASES, ids=[f"{t}-{v[-2:] if v != 'moql' else '02'}" for t, v in CASES])
+# Every transport x version on the default engine, plus a slice on qh3 (`[server.quic] engine`):
+# both QUIC transports, the newest versions and the legacy in-band SETUP. WebSocket has no QUIC.
+QH3_CASES = [("moql", "moq-lite-06"), ("moql", "moql"), ("https", "moq-lite-06"), ("https", "moq-lite-05")]
+CASES = [(t, v, harness.ENGINE) for t in TRANSPORTS for v in VERSIONS]
+if harness.ENGINE != "qh3" and available("qh3"):
+    CASES += [(t, v, "qh3") for t, v in QH3_CASES if t in TRANSPORTS and v in VERSIONS]
+pytestmark = pytest.mark.parametrize(
+    ("transport", "version", "engine"), CASES,
+    ids=[f"{t}-{v[-2:] if v != 'moql' else '02'}{'-qh3' if e == 'qh3' else ''}" for t, v, e in CASES])
+
+
+@pytest.fixture(autouse=True)
+def _relay_engine(engine: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(harness, "ENGINE", engine)
 
 
 def track_info() -> moq.TrackInfo:

@@ -70,7 +70,7 @@ class LiteSession:
     def __init__(self, transport: TransportSession, version: Version, origin: Origin, *,
                  authorize: Authorizer, hop_id: int, scope: Scope | None = None,
                  limits: SessionLimits | None = None, legacy: LegacySetup | None = None,
-                 dial_path: str | None = None, link_cost: int = 0) -> None:
+                 dial_path: str | None = None, link_cost: int | None = None) -> None:
         self.transport = transport
         self.version = version
         self.origin = origin
@@ -86,13 +86,18 @@ class LiteSession:
         self._peer_setup = trio.Event()
         self._setup_path: str | None = legacy.path if legacy is not None else None
         self._legacy = legacy
-        # Outbound (cluster) sessions: the path+query we ask for in our SETUP, and the price of
-        # this link added to every route learned over it.
+        # Outbound (cluster) sessions: the path+query we ask for in our SETUP. Every session
+        # adds its link's price to the routes learned over it (default 1, as the Rust stack does
+        # on receipt): a dialer's `?cost=`, or the Cost its peer declared in SETUP. Pricing
+        # only one side of a link made a two-hop route through an inbound link cheaper than
+        # the direct one.
         self.dial_path = dial_path
-        self.link_cost = link_cost
+        self._declared_cost = link_cost
+        self.link_cost = 1 if link_cost is None else link_cost
         self._nursery: trio.Nursery | None = None
         self._bi_active = 0
         self._subscriptions: set[int] = set()
+        self.failovers_total = 0  # subscriptions moved to another route (relay spec §10.3)
         self._announce_streams = 0
         self._published: dict[str, Broadcast] = {}
         self._upstream: dict[int, Track] = {}
@@ -216,6 +221,8 @@ class LiteSession:
             params = {m.SetupParam.ORIGIN: m.varint(self.hop_id)}
             if self.dial_path is not None:
                 params[m.SetupParam.PATH] = self.dial_path.encode()
+            if self._declared_cost not in (None, 1) and self.version >= Version.LITE_06:
+                params[m.SetupParam.COST] = m.varint(self._declared_cost)
             await stream.write(m.encode_uni_type(m.UniStream.SETUP) + m.Setup(params=params).encode(self.version))
             await stream.finish()
         except TransportError:
@@ -287,6 +294,9 @@ class LiteSession:
         origin = setup.params.get(m.SetupParam.ORIGIN)
         if origin is not None:
             self.peer_hop = m.decode_varint_param(origin)
+        cost = setup.params.get(m.SetupParam.COST)
+        if cost is not None and self._declared_cost is None:
+            self.link_cost = min(m.decode_varint_param(cost), 2**62 - 1)
         self._peer_setup.set()
 
     async def _handle_bi(self, send: SendStream, recv: RecvStream) -> None:
@@ -709,8 +719,9 @@ class LiteSession:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {sub.broadcast!r}")
         self._subscriptions.add(sub.id)
         try:
-            with broadcast.subscribe(sub.track) as track:
-                state = _Downstream(self, sub, send, track)
+            with contextlib.ExitStack() as routes:
+                track = routes.enter_context(broadcast.subscribe(sub.track))
+                state = _Downstream(self, sub, send, track, routes, broadcast)
                 await state.run(reader)
         except (TrackClosed, LimitExceeded) as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
@@ -787,11 +798,18 @@ async def negotiate_legacy(transport: TransportSession, allowed: list[Version], 
 class _Downstream:
     """One peer subscription: picks groups from the shared track and sends each on its own stream."""
 
-    def __init__(self, session: LiteSession, sub: m.Subscribe, send: SendStream, track: Track) -> None:
+    def __init__(self, session: LiteSession, sub: m.Subscribe, send: SendStream, track: Track,
+                 routes: contextlib.ExitStack, broadcast: Broadcast) -> None:
         self.session = session
         self.sub = sub
         self.send = send
         self.track = track
+        # Failover (relay spec §10.3): when the route we pull over goes away while another
+        # route of the same path is live, the subscription moves there without the peer noticing.
+        self.routes = routes
+        self.broadcast = broadcast
+        self.failovers = 0
+        self.last_sequence: int | None = None  # the newest group we started sending
         self.version = session.version
         self.priority = sub.priority
         if session.version >= Version.LITE_03:
@@ -829,6 +847,14 @@ class _Downstream:
             async with open_nursery() as nursery:
                 nursery.start_soon(self._read_updates, reader, nursery.cancel_scope)
                 await self._fan_out()
+                while not self.unsubscribed:
+                    old = self.track
+                    if not self._fail_over():
+                        break
+                    if listener is not None:
+                        old.remove_datagram_listener(listener)
+                        self.track.add_datagram_listener(listener)
+                    await self._fan_out()
                 nursery.cancel_scope.cancel()
         finally:
             if listener is not None:
@@ -879,6 +905,29 @@ class _Downstream:
             scope.cancel()
         cancel.cancel()
 
+    def _fail_over(self) -> bool:
+        """The track ended: if its route went away and another is live, continue over that one."""
+        if not self.broadcast.closed or self.failovers >= MAX_FAILOVERS:
+            return False  # the publisher ended the track itself (or we have moved too often)
+        nxt = self.session._lookup(self.sub.broadcast)
+        if nxt is None or nxt is self.broadcast:
+            return False
+        # Only another path to the same publisher (the first hop is the publisher's origin id)
+        # continues our group numbering; another publisher of the path starts its own.
+        first = self.broadcast.hops[0] if self.broadcast.hops else 0
+        if not first or not nxt.hops or nxt.hops[0] != first:
+            return False
+        try:
+            track = self.routes.enter_context(nxt.subscribe(self.sub.track))
+        except (TrackClosed, LimitExceeded):
+            return False
+        self.failovers += 1
+        self.session.failovers_total += 1
+        log.info("%s subscription %d to %s/%s fails over to hops=%s after group %s", self.session.name,
+                 self.sub.id, nxt.path, self.sub.track, list(nxt.hops), self.last_sequence)
+        self.broadcast, self.track = nxt, track
+        return True
+
     def _wanted(self, sequence: int, start: int | None) -> bool:
         if start is not None and sequence < start:
             return False
@@ -889,7 +938,13 @@ class _Downstream:
         v = self.version
         start = self.sub.start_group
         cursor, cached = track.cached_in_arrival_order()
-        if v.start_is_lower_bound:
+        resume = None if self.last_sequence is None else self.last_sequence + 1
+        if resume is not None:
+            # After a failover: continue after the last group sent (older ones the new route
+            # replays from its cache are skipped).
+            start = resume
+            initial = [g for g in cached if g.sequence >= start]
+        elif v.start_is_lower_bound:
             # lite-06: a plain lower bound; every cached group still fresh, then live.
             start = start or 0
             latest = track.latest
@@ -954,6 +1009,8 @@ class _Downstream:
             return
         scope = trio.CancelScope()
         self.inflight[group.sequence] = scope
+        if self.last_sequence is None or group.sequence > self.last_sequence:
+            self.last_sequence = group.sequence
         nursery.start_soon(self._send_group, group, scope, stream)
 
     async def _send_group(self, group, scope: trio.CancelScope, stream: SendStream) -> None:
@@ -976,6 +1033,9 @@ class _Downstream:
         finally:
             if self.inflight.get(group.sequence) is scope:
                 del self.inflight[group.sequence]
+
+
+MAX_FAILOVERS = 64  # route changes one subscription follows before it simply ends
 
 
 def _send_order(priority: int, sequence: int) -> int:
