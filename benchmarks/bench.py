@@ -62,16 +62,19 @@ class Relay:
         self.proc.wait(10)
 
 
-def start_ours(engine: str, tmp: Path) -> Relay:
+def start_ours(variant: str, tmp: Path) -> Relay:
+    """`aioquic`, `qh3`, or either with `-nogso` (plain sendto per datagram, for comparison)."""
     port = free_port()
-    cfg = tmp / f"bench-{engine}.toml"
+    engine, _, flag = variant.partition("-")
+    gso = "false" if flag == "nogso" else "true"
+    cfg = tmp / f"bench-{variant}.toml"
     cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\n[server.tls]\n'
-                   f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\nengine = "{engine}"\n'
+                   f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\nengine = "{engine}"\ngso = {gso}\n'
                    f'[auth]\npublic = ""\n')
     proc = subprocess.Popen([sys.executable, "-m", "relay", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     wait_listening(proc, "listening addr=")
-    return Relay(f"ours ({engine})", proc, port)
+    return Relay(f"ours ({variant})", proc, port)
 
 
 def start_baseline() -> Relay:
@@ -208,7 +211,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--mbps", type=float, default=2.0)
     ap.add_argument("--frame-size", type=int, default=1200)
-    ap.add_argument("--engines", nargs="+", default=["aioquic", "qh3"])
+    ap.add_argument("--engines", nargs="+", default=["aioquic", "qh3"],
+                    help="our relay variants: aioquic, qh3, aioquic-nogso, qh3-nogso")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     results: list[Result] = []

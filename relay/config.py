@@ -163,6 +163,7 @@ class QuicConfig:
     idle_timeout: float = 30.0
     keep_alive: float | None = 5.0  # None = off
     engine: str = "aioquic"  # ours: "aioquic" | "qh3"
+    gso: bool = True  # UDP generic segmentation offload on send, where the kernel has it
 
 
 @dataclass
@@ -355,6 +356,7 @@ SETTERS: dict[str, Setter] = {
     "server.quic.idle_timeout": lambda c, v, k: setattr(c.server.quic, "idle_timeout", parse_duration(v, k)),
     "server.quic.keep_alive": lambda c, v, k: setattr(c.server.quic, "keep_alive", _keep_alive(v, k)),
     "server.quic.engine": lambda c, v, k: setattr(c.server.quic, "engine", _engine(v, k)),
+    "server.quic.gso": lambda c, v, k: setattr(c.server.quic, "gso", _bool(v, k)),
     "web.ws": lambda c, v, k: setattr(c.web, "ws", _bool(v, k)),
     "web.http.listen": lambda c, v, k: setattr(c.web.http, "listen", [parse_addr(a, k) for a in _list(v, k)]),
     "auth.key": lambda c, v, k: setattr(c.auth, "key", _str(v, k)),
@@ -382,7 +384,7 @@ SETTERS: dict[str, Setter] = {
 
 # Keys the Rust relay knows that we accept with a warning (not implemented yet).
 KNOWN_UNIMPLEMENTED = {
-    "server.backend", "server.quic.mtu_discovery", "server.quic.gso", "server.quic.congestion_control",
+    "server.backend", "server.quic.mtu_discovery", "server.quic.congestion_control",
     "server.quic.qlog", "server.quic.preferred_v4", "server.quic.preferred_v6", "server.quic.quic_lb_id",
     "server.quic.quic_lb_nonce", "server.tcp", "server.unix",
     "client.bind", "client.timeout", "client.failover_delay", "client.resolution_delay", "client.version",
@@ -428,6 +430,7 @@ ENV_KEYS = {
     "MOQ_SERVER_QUIC_MAX_STREAMS": "server.quic.max_streams",
     "MOQ_SERVER_QUIC_IDLE_TIMEOUT": "server.quic.idle_timeout",
     "MOQ_SERVER_QUIC_KEEP_ALIVE": "server.quic.keep_alive", "MOQ_SERVER_QUIC_ENGINE": "server.quic.engine",
+    "MOQ_SERVER_QUIC_GSO": "server.quic.gso",
     "MOQ_WEB_WS": "web.ws", "MOQ_WEB_HTTP_LISTEN": "web.http.listen", "MOQ_AUTH_KEY": "auth.key",
     "MOQ_AUTH_KEY_DIR": "auth.key_dir", "MOQ_AUTH_PUBLIC": "auth.public",
     "MOQ_AUTH_PUBLIC_SUBSCRIBE": "auth.public.subscribe", "MOQ_AUTH_PUBLIC_PUBLISH": "auth.public.publish",
@@ -442,7 +445,7 @@ ENV_KEYS = {
 # Keys of spec 2.3 that we accept as env vars and flags but do not implement: one warning each.
 # The value says whether the flag is boolean (may be given bare, `--flag`).
 UNIMPLEMENTED_KEYS: dict[str, bool] = {
-    "server.quic.mtu_discovery": True, "server.quic.gso": True, "server.quic.congestion_control": False,
+    "server.quic.mtu_discovery": True, "server.quic.congestion_control": False,
     "server.quic.qlog": False, "client.bind": False, "client.timeout": False,
     "client.tls.system_roots": True, "client.tls.fingerprint": False, "client.tls.cert": False,
     "client.tls.key": False, "client.tls.host_name": False,
@@ -465,7 +468,7 @@ FLAG_ALIASES = {
     "--tls-root": "client.tls.root", "--tls-disable-verify": "client.tls.disable_verify",
     "--client-connect-timeout": "client.timeout", "--auth-domain": "auth.domains", "--auth-api": "auth.auth_api",
 }
-BOOL_KEYS = {"web.ws", "cluster.mesh", "client.tls.disable_verify"} | {k for k, b in UNIMPLEMENTED_KEYS.items() if b}
+BOOL_KEYS = {"web.ws", "cluster.mesh", "client.tls.disable_verify", "server.quic.gso"} | {k for k, b in UNIMPLEMENTED_KEYS.items() if b}
 LIST_KEYS = {"server.bind", "server.version", "server.tls.cert", "server.tls.key", "server.tls.generate",
              "server.tls.root", "web.http.listen", "auth.public.subscribe", "auth.public.publish",
              "cluster.connect"}

@@ -203,6 +203,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         idle_timeout=quic.idle_timeout,
         keep_alive=quic.keep_alive,
         engine=quic.engine,
+        gso=quic.gso,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.serve)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import harness
 import moq
 import trio
 from harness import Flag, client, in_thread, running_relay, wait_until
@@ -20,7 +21,7 @@ V5 = Version.LITE_05
 
 async def test_bad_streams_are_refused_one_by_one(tmp_path) -> None:
     async with running_relay(tmp_path, "moq-lite-05") as relay:
-        bad = TestClient(("127.0.0.1", relay.port), ["moq-lite-05"])
+        bad = TestClient(("127.0.0.1", relay.port), ["moq-lite-05"], engine=harness.ENGINE)
         async with trio.open_nursery() as nursery:
             await nursery.start(bad.run)
             with trio.fail_after(20):
@@ -69,7 +70,7 @@ async def test_bad_streams_are_refused_one_by_one(tmp_path) -> None:
 
 async def test_duplicate_subscribe_id_is_refused(tmp_path) -> None:
     async with running_relay(tmp_path, "moq-lite-04") as relay:
-        bad = TestClient(("127.0.0.1", relay.port), ["moq-lite-04"])
+        bad = TestClient(("127.0.0.1", relay.port), ["moq-lite-04"], engine=harness.ENGINE)
         stop = Flag()
 
         async def publisher() -> None:
@@ -140,7 +141,7 @@ async def real_clients_still_work(relay) -> None:
 async def test_overlong_and_looping_routes_are_refused_one_by_one(tmp_path) -> None:
     """A peer announcing a 33-hop chain or a chain through us loses only those announcements."""
     async with running_relay(tmp_path, "moq-lite-05") as relay:
-        peer = TestClient(("127.0.0.1", relay.port), ["moq-lite-05"])
+        peer = TestClient(("127.0.0.1", relay.port), ["moq-lite-05"], engine=harness.ENGINE)
         async with trio.open_nursery() as nursery:
             await nursery.start(peer.run)
             with trio.fail_after(20):

@@ -151,7 +151,7 @@ def test_reference_config_loads_with_one_warning_per_ignored_key(tmp_path, caplo
     assert cfg.cache.capacity is None and cfg.cache.headroom is None and cfg.cache.duration is None
     assert cfg.drain_timeout == 10 and cfg.log.level == "info" and cfg.log_level == "info"
     msgs = warnings(caplog)
-    for key in ("server.quic.mtu_discovery", "server.quic.gso", "client.bind", "client.timeout", "web.https",
+    for key in ("server.quic.mtu_discovery", "client.bind", "client.timeout", "web.https",
                 "auth.domains", "internal", "stats"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
     assert set(cfg.ignored) >= {"client.bind", "web.https", "stats"}
@@ -261,7 +261,15 @@ def test_unimplemented_env_and_flags_warn_once(tmp_path, caplog) -> None:
     msgs = warnings(caplog)
     for key in ("web.https.listen", "client.timeout", "auth.auth_api", "internal.listen"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
-    assert msgs.count("server.quic.gso is not supported, ignored") == 1  # TOML and flag: one line
+    assert not any("server.quic.gso" in m for m in msgs)  # implemented: no warning
+
+
+def test_gso_key_env_and_flag(tmp_path) -> None:
+    path = write(tmp_path, "[server.quic]\ngso = false\n")
+    assert load_config([path], {}).server.quic.gso is False
+    assert load_config([path, "--server-quic-gso"], {}).server.quic.gso is True
+    assert load_config([], {"MOQ_SERVER_QUIC_GSO": "false"}).server.quic.gso is False
+    assert load_config([], {}).server.quic.gso is True
 
 
 def test_unknown_keys_name_key_and_section(tmp_path, caplog) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import socket
 import struct
 from collections import deque
@@ -83,7 +82,6 @@ SOCKET_BACKLOG = 4096  # datagrams queued when the kernel send buffer is full; b
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 GSO_MAX_SEGMENTS = 64  # kernel limit (UDP_MAX_SEGMENTS)
 GSO_MAX_BYTES = 65000  # one UDP payload's worth
-GSO_ENABLED = os.environ.get("RELAY_GSO", "1") != "0"  # RELAY_GSO=0: plain sendto (benchmarks)
 DATAGRAM_BACKLOG = 256  # unread received datagrams; beyond: newest dropped
 UDP_PAYLOAD_LIMIT = 1200  # we never send larger QUIC packets (aioquic default)
 DATAGRAM_OVERHEAD = 40  # short header + packet number + AEAD tag + DATAGRAM frame header
@@ -620,7 +618,9 @@ class Connection:
     async def _run_handler(self, session: BaseQuicSession) -> None:
         try:
             await (self.handler or self.ep.handler)(session)
-        except Exception:
+        except* Exception:
+            # Failures stay in this connection, also when they arrive grouped with a Cancelled
+            # (the relay shutting down): that part propagates, the rest is logged here.
             log.exception("conn=%d session handler failed", self.conn_id)
             session.close(HANDLER_ERROR_CODE, "internal error")
         else:
@@ -708,7 +708,7 @@ class _UdpSocket:
         self.address: tuple[str, int] = s.getsockname()[:2]
         self._backlog: deque[tuple[bytes, Any]] = deque()
         self._want_write = trio.Event()
-        self.gso = GSO_ENABLED and _probe_gso(s)
+        self.gso = ep.gso and _probe_gso(s)
         self.stats = {"sendmsg_gso": 0, "datagrams_gso": 0}
 
     def send_batch(self, datagrams: list[tuple[bytes, Any]]) -> None:
@@ -849,6 +849,7 @@ class QuicEndpoint:
         accept_backlog: int = 1024,
         max_data: int = 16 << 20,
         max_stream_data: int = 4 << 20,
+        gso: bool = True,
     ) -> None:
         self.binds = list(binds)
         self.identity = identity
@@ -861,6 +862,7 @@ class QuicEndpoint:
         self.stream_buffer_limit = stream_buffer_limit
         self.connection_buffer_limit = connection_buffer_limit
         self.accept_backlog = accept_backlog
+        self.gso = gso
         self.engine = get_engine(engine)
         self._config_args = {"idle_timeout": idle_timeout, "max_datagram_frame_size": max_datagram_frame_size,
                              "max_data": max_data, "max_stream_data": max_stream_data}

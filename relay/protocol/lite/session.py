@@ -273,7 +273,7 @@ class LiteSession:
                 recv.stop(ErrorCode.UNEXPECTED_STREAM)
         except StreamEnded:
             pass
-        except (StreamReset, SessionClosed):
+        except TransportError:
             pass
         except ProtocolError as exc:
             if kind == m.UniStream.SETUP:
@@ -329,7 +329,7 @@ class LiteSession:
                 recv.stop(ErrorCode.UNEXPECTED_STREAM)
         except StreamEnded:
             send.reset(ErrorCode.CANCEL)
-        except (StreamReset, SessionClosed):
+        except TransportError:  # reset, stopped, or the connection went away mid-write
             send.reset(ErrorCode.CANCEL)
             recv.stop(ErrorCode.CANCEL)
         except ProtocolError as exc:
@@ -463,7 +463,7 @@ class LiteSession:
             # Announce-loop errors are session errors, as in the Rust stack.
             self._fail(exc)
             lost = None
-        except (StreamEnded, StreamReset, SessionClosed):
+        except (StreamEnded, TransportError):
             pass
         finally:
             # Anything but the publisher's own end of the stream means it was lost.
@@ -567,7 +567,7 @@ class LiteSession:
                     return
                 timestamp += frame[0]
                 yield Frame(frame[1], timestamp)
-        except (StreamReset, StreamEnded, SessionClosed) as exc:
+        except (StreamEnded, TransportError) as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"upstream fetch failed: {exc}") from exc
         finally:
             recv.stop(ErrorCode.CANCEL)
@@ -896,7 +896,7 @@ class _Downstream:
                 self.end_group = update.end_group
         except ProtocolError as exc:
             log.info("%s bad SUBSCRIBE_UPDATE: %s", self.session.name, exc)
-        except (StreamReset, StreamEnded, SessionClosed):
+        except (StreamEnded, TransportError):
             pass
         # Unsubscribed: stop sending groups (their streams are reset with Cancel).
         self.unsubscribed = True
@@ -1005,7 +1005,7 @@ class _Downstream:
             stream.set_priority(_send_order(self.priority, group.sequence))
             await stream.write(m.encode_uni_type(m.UniStream.GROUP)
                                + m.GroupHeader(subscribe_id=self.sub.id, sequence=group.sequence).encode(self.version))
-        except (StreamReset, SessionClosed):
+        except TransportError:
             return
         scope = trio.CancelScope()
         self.inflight[group.sequence] = scope
@@ -1028,7 +1028,7 @@ class _Downstream:
                 stream.reset(self.cancel_code)
         except GroupAborted as exc:
             stream.reset(exc.code)
-        except (StreamReset, SessionClosed):
+        except TransportError:
             pass
         finally:
             if self.inflight.get(group.sequence) is scope:
