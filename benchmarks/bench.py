@@ -63,13 +63,21 @@ class Relay:
 
 
 def start_ours(variant: str, tmp: Path) -> Relay:
-    """`aioquic`, `qh3`, or either with `-nogso` (plain sendto per datagram, for comparison)."""
+    """`aioquic` or `qh3`, optionally suffixed `-nogso` (one sendto per datagram) and/or `-NNNN`
+    (`max_datagram_size`, e.g. `qh3-1452`)."""
     port = free_port()
-    engine, _, flag = variant.partition("-")
-    gso = "false" if flag == "nogso" else "true"
+    engine, *flags = variant.split("-")
+    quic = f'engine = "{engine}"\n'
+    for flag in flags:
+        if flag == "nogso":
+            quic += "gso = false\n"
+        elif flag.isdigit():
+            quic += f"max_datagram_size = {flag}\n"
+        else:
+            raise SystemExit(f"unknown relay variant {variant!r}")
     cfg = tmp / f"bench-{variant}.toml"
     cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\n[server.tls]\n'
-                   f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\nengine = "{engine}"\ngso = {gso}\n'
+                   f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\n{quic}'
                    f'[auth]\npublic = ""\n')
     proc = subprocess.Popen([sys.executable, "-m", "relay", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -212,7 +220,7 @@ def main() -> None:
     ap.add_argument("--mbps", type=float, default=2.0)
     ap.add_argument("--frame-size", type=int, default=1200)
     ap.add_argument("--engines", nargs="+", default=["aioquic", "qh3"],
-                    help="our relay variants: aioquic, qh3, aioquic-nogso, qh3-nogso")
+                    help="our relay variants: aioquic, qh3, with -nogso and/or -NNNN (max_datagram_size)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     results: list[Result] = []

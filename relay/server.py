@@ -204,6 +204,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         keep_alive=quic.keep_alive,
         engine=quic.engine,
         gso=quic.gso,
+        max_datagram_size=quic.max_datagram_size,
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.serve)

@@ -57,7 +57,7 @@ ENGINE = os.environ.get("RELAY_TEST_ENGINE", "aioquic")
 
 
 def relay_toml(port: int, version: str | None = None, *, idle: str = "5s", http: bool = True,
-               extra: str = "", auth: str = 'public = ""', engine: str | None = None) -> str:
+               extra: str = "", auth: str = 'public = ""', engine: str | None = None, quic: str = "") -> str:
     lines = [
         "[log]", 'level = "debug"',
         "[server]", f'bind = ["127.0.0.1:{port}"]',
@@ -66,7 +66,7 @@ def relay_toml(port: int, version: str | None = None, *, idle: str = "5s", http:
         lines.append(f'version = ["{version}"]')
     lines += [
         "[server.tls]", 'generate = ["localhost", "127.0.0.1"]',
-        "[server.quic]", f'idle_timeout = "{idle}"', 'keep_alive = "1s"', f'engine = "{engine or ENGINE}"',
+        "[server.quic]", f'idle_timeout = "{idle}"', 'keep_alive = "1s"', f'engine = "{engine or ENGINE}"', quic,
     ]
     if http:
         lines += ["[web.http]", f'listen = "127.0.0.1:{port}"']

@@ -264,11 +264,25 @@ def test_unimplemented_env_and_flags_warn_once(tmp_path, caplog) -> None:
     assert not any("server.quic.gso" in m for m in msgs)  # implemented: no warning
 
 
+TLS = '[server.tls]\ngenerate = ["localhost"]\n[auth]\npublic = ""\n'
+
+
+def test_max_datagram_size(tmp_path) -> None:
+    assert load_config([], {}).server.quic.max_datagram_size is None
+    path = write(tmp_path, TLS + "[server.quic]\nmax_datagram_size = 1452\n")
+    assert load_config([path], {}).server.quic.max_datagram_size == 1452
+    assert load_config([path], {"MOQ_SERVER_QUIC_MAX_DATAGRAM_SIZE": "1350"}).server.quic.max_datagram_size == 1350
+    for bad in ("1199", "1500"):
+        with pytest.raises(ConfigError, match="max_datagram_size"):
+            load_config([path, "--server-quic-max-datagram-size", bad], {})
+
+
 def test_gso_key_env_and_flag(tmp_path) -> None:
-    path = write(tmp_path, "[server.quic]\ngso = false\n")
+    path = write(tmp_path, TLS + "[server.quic]\ngso = false\n")
     assert load_config([path], {}).server.quic.gso is False
     assert load_config([path, "--server-quic-gso"], {}).server.quic.gso is True
-    assert load_config([], {"MOQ_SERVER_QUIC_GSO": "false"}).server.quic.gso is False
+    assert load_config([path, "--server-quic-gso=true"], {"MOQ_SERVER_QUIC_GSO": "false"}).server.quic.gso is True
+    assert load_config([write(tmp_path, TLS, "b.toml")], {"MOQ_SERVER_QUIC_GSO": "false"}).server.quic.gso is False
     assert load_config([], {}).server.quic.gso is True
 
 

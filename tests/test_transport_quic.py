@@ -457,3 +457,50 @@ async def test_send_batch_segments_runs_and_keeps_order() -> None:
         sender.close()
         for r in rx:
             r.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("scheme", ["moql", "https"])
+async def test_larger_datagrams_with_the_rust_client(tmp_path, engine: str, scheme: str) -> None:
+    """`[server.quic] max_datagram_size = 1452`: the relay sends full-size datagrams and the real
+    client takes them (a 1400-byte frame then fits one QUIC packet)."""
+    import moq
+    from harness import Flag, client, in_thread, running_relay
+
+    payloads = [bytes([i]) * 1400 for i in range(1, 256)]
+    stop = Flag()
+    async with running_relay(tmp_path, "moq-lite-06", engine=engine, quic="max_datagram_size = 1452") as relay:
+        url = relay.url(scheme, "anon")
+
+        async def publish() -> None:
+            async with client(url) as c:
+                b = c.create_broadcast("big")
+                t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
+                b.announce()
+                for p in payloads:
+                    if stop.event.is_set():
+                        break
+                    g = t.append_group()
+                    g.write_frame(p)
+                    g.finish()
+                    await asyncio.sleep(0.02)
+
+        async def watch() -> list[bytes]:
+            async with client(url) as c:
+                consumer = await asyncio.wait_for(c.announced_broadcast("big"), 10)
+                track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+                out = []
+                for _ in range(10):
+                    group = await asyncio.wait_for(track.next_group(), 10)
+                    out.append(b"".join([f.payload async for f in group]))
+                return out
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as n:
+                n.start_soon(in_thread, publish)
+                try:
+                    got = await in_thread(watch)
+                finally:
+                    stop.set()
+        assert len(got) == 10 and all(p in payloads for p in got)
+        assert relay.handle.endpoint._sockets[0].largest_sent > 1300

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -48,11 +48,15 @@ class TooLarge(Exception):
     """A frame or group above the 32 MiB limit."""
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Frame:
     payload: bytes
     # Absolute timestamp in the track's timescale; 0 when the version carries none (<= lite-04).
     timestamp: int = 0
+    # The encoded frame header within its group, made by the first subscriber that sends it and
+    # shared by the rest (one with a timestamp delta for lite-05+, one without).
+    header_ts: bytes | None = field(default=None, compare=False, repr=False)
+    header_plain: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)

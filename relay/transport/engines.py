@@ -61,6 +61,7 @@ class Engine:
         max_datagram_frame_size: int | None,
         max_data: int,
         max_stream_data: int,
+        max_datagram_size: int | None = None,
     ) -> Any:
         cfg = self.QuicConfiguration(
             is_client=False,
@@ -68,6 +69,8 @@ class Engine:
             idle_timeout=idle_timeout,
             max_datagram_frame_size=max_datagram_frame_size,
         )
+        if max_datagram_size is not None:
+            cfg.max_datagram_size = max_datagram_size
         cfg.max_data = max_data
         cfg.max_stream_data = max_stream_data
         if self.name == "aioquic":

@@ -710,6 +710,7 @@ class _UdpSocket:
         self._want_write = trio.Event()
         self.gso = ep.gso and _probe_gso(s)
         self.stats = {"sendmsg_gso": 0, "datagrams_gso": 0}
+        self.largest_sent = 0  # bytes of the largest UDP payload sent (max_datagram_size at work)
 
     def send_batch(self, datagrams: list[tuple[bytes, Any]]) -> None:
         """Send one connection's flush: runs of equal-sized datagrams go out as one GSO send."""
@@ -755,9 +756,13 @@ class _UdpSocket:
             return False
         self.stats["sendmsg_gso"] += 1
         self.stats["datagrams_gso"] += len(segments)
+        if size > self.largest_sent:
+            self.largest_sent = size
         return True
 
     def send(self, data: bytes, addr: Any) -> None:
+        if len(data) > self.largest_sent:
+            self.largest_sent = len(data)
         if self._backlog:
             if len(self._backlog) < SOCKET_BACKLOG:
                 self._backlog.append((data, addr))
@@ -850,6 +855,7 @@ class QuicEndpoint:
         max_data: int = 16 << 20,
         max_stream_data: int = 4 << 20,
         gso: bool = True,
+        max_datagram_size: int | None = None,
     ) -> None:
         self.binds = list(binds)
         self.identity = identity
@@ -865,7 +871,8 @@ class QuicEndpoint:
         self.gso = gso
         self.engine = get_engine(engine)
         self._config_args = {"idle_timeout": idle_timeout, "max_datagram_frame_size": max_datagram_frame_size,
-                             "max_data": max_data, "max_stream_data": max_stream_data}
+                             "max_data": max_data, "max_stream_data": max_stream_data,
+                             "max_datagram_size": max_datagram_size}
         self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
         self._supported_versions = set(self.configuration.supported_versions)
         self._sockets: list[_UdpSocket] = []
@@ -904,6 +911,7 @@ class QuicEndpoint:
         cfg = self.engine.client_configuration(alpns)
         cfg.server_name = server_name or host
         cfg.idle_timeout = self.configuration.idle_timeout
+        cfg.max_datagram_size = self.configuration.max_datagram_size
         if verify:
             cfg.verify_mode = ssl.CERT_REQUIRED
             if cafile:

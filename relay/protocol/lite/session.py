@@ -1018,8 +1018,18 @@ class _Downstream:
         try:
             with scope:
                 previous = 0
+                stamped = v.has_timestamps
                 async for frame in group.frames_from(0):
-                    await stream.write(m.frame_header(v, frame.timestamp - previous, len(frame.payload)))
+                    # Every subscriber sends the group from its first frame, so the header (with
+                    # its delta from the previous frame) is the same for all: encode it once.
+                    header = frame.header_ts if stamped else frame.header_plain
+                    if header is None:
+                        header = m.frame_header(v, frame.timestamp - previous, len(frame.payload))
+                        if stamped:
+                            frame.header_ts = header
+                        else:
+                            frame.header_plain = header
+                    await stream.write(header)
                     if frame.payload:
                         await stream.write(frame.payload)
                     previous = frame.timestamp
