@@ -17,6 +17,7 @@ its reader gets StreamReset; a connection whose unread total exceeds
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import math
@@ -391,14 +392,13 @@ class BaseQuicSession(TransportSession):
         assert self._closed is not None
         return self._closed
 
+    @abc.abstractmethod
     def _create_stream_id(self, uni: bool) -> int:
-        raise NotImplementedError
+        """The next id for a stream we open (WebTransport also announces it to the peer)."""
 
-    def _handle_quic_event(self, ev: Any) -> None:
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def _on_connection_terminated(self, error_code: int, reason: str) -> None:
-        raise NotImplementedError
+        """The QUIC connection is gone: fail every stream and mark the session closed."""
 
 
 class RawQuicSession(BaseQuicSession):
