@@ -126,6 +126,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                 transport.close(exc.code, str(exc)[:100])
                 return
             except trio.TooSlowError:
+                log.info("conn=%s %s peer=%s sent no CLIENT_SETUP in time; closing", transport.info.conn_id,
+                         transport.info.transport, transport.info.remote)
                 transport.close(ErrorCode.TIMEOUT, "no CLIENT_SETUP")
                 return
             except (TransportError, StreamEnded):

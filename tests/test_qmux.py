@@ -60,6 +60,33 @@ def test_captured_client_bytes() -> None:
     assert out.endswith(bytes.fromhex("0f03000301 0100".replace(" ", "")))
 
 
+def test_moq_lite_js_stream_frames_without_offsets_continue_the_stream() -> None:
+    """@moq/lite 0.2 (npm @moq/qmux 0.0.6) sends every STREAM frame without an Offset; the
+    WebSocket keeps them in order, so each continues where the last ended. These are the bytes
+    its CLIENT_SETUP came out as, captured through a proxy (one write per field)."""
+    server = qmux.QmuxConnection()
+    server.receive_message(CAPTURED_PARAMS)
+    server.receive_message(bytes.fromhex("0a000120"))
+    server.receive_message(bytes.fromhex("0a0002002c"))
+    server.receive_message(bytes.fromhex("0a0003c0ffee"))
+    data = b"".join(ev.data for ev in server.events() if isinstance(ev, qmux.StreamData))
+    assert data == bytes.fromhex("20002cc0ffee")
+
+
+def test_one_frame_per_message() -> None:
+    """@moq/qmux decodes only the first frame of a message (and moq-rs sends one per message)."""
+    server, peer = pair()
+    sids = [server.open_stream(uni=True) for _ in range(3)]
+    for sid in sids:
+        server.send_stream_data(sid, b"x" * 10, fin=True)
+    messages = server.messages_to_send()
+    assert len(messages) == 3
+    for m in messages:
+        peer.receive_message(m)
+    got = [ev for ev in peer.events() if isinstance(ev, qmux.StreamData)]
+    assert sorted(ev.stream_id for ev in got) == sids and all(ev.data == b"x" * 10 and ev.fin for ev in got)
+
+
 def test_ping_is_answered_and_close_reported() -> None:
     server, peer = pair()
     server.receive_message(qmux.enc(qmux.QX_PING_REQUEST) + qmux.enc(7))

@@ -263,7 +263,10 @@ class QmuxConnection:
             return
         if 0x08 <= kind <= 0x0F:
             sid = buf.varint()
-            offset = buf.varint() if kind & 0x04 else 0
+            # No Offset means 0 in QUIC. @moq/lite 0.2 (npm @moq/qmux 0.0.6) omits it on every
+            # frame of a stream, relying on the WebSocket's order: read it as "continues the
+            # stream". A conforming peer only omits it at offset 0, where the two agree.
+            offset = buf.varint() if kind & 0x04 else None
             data = buf.take(buf.varint()) if kind & 0x02 else buf.rest()
             self._on_stream(sid, offset, data, bool(kind & 0x01))
         elif kind == 0x04:
@@ -362,10 +365,12 @@ class QmuxConnection:
         self._peer_streams_opened[uni] = index + 1
         return self._recv[sid]
 
-    def _on_stream(self, sid: int, offset: int, data: bytes, fin: bool) -> None:
+    def _on_stream(self, sid: int, offset: int | None, data: bytes, fin: bool) -> None:
         state = self._recv_state(sid, opening=True)
         if state is None:
             return
+        if offset is None:
+            offset = state.received
         end = offset + len(data)
         if state.stopped:
             # We asked the peer to stop: discard, but a peer that keeps pushing past the window
@@ -492,19 +497,13 @@ class QmuxConnection:
             self._recv.pop(sid, None)
 
     def messages_to_send(self) -> list[bytes]:
-        """Frames ready to go, packed into messages no larger than the peer's record size."""
+        """Frames ready to go, one per message.
+
+        A message may carry several frames, but @moq/lite 0.2 (npm @moq/qmux) decodes only the
+        first of each and moq-rs sends one per message, so we do too."""
         if self.peer_params is not None:
             self._pack_streams()
-        messages: list[bytes] = []
-        current = b""
-        for frame in self._out:
-            if current and len(current) + len(frame) > self._max_record:
-                messages.append(current)
-                current = b""
-            current += frame
-        if current:
-            messages.append(current)
-        self._out = []
+        messages, self._out = self._out, []
         return messages
 
     def _pack_streams(self) -> None:

@@ -165,6 +165,7 @@ class WebSocketSession(TransportSession):
         self._arrived = trio.Event()
         self._kick = trio.Event()
         self.progress = trio.Event()
+        self._last_activity = trio.current_time()
         self.unread = 0
         self._credit = trio.Event()
 
@@ -181,15 +182,21 @@ class WebSocketSession(TransportSession):
 
     async def _reader(self) -> None:
         while self.closed is None:
-            with trio.move_on_after(IDLE_TIMEOUT) as idle:
+            # Idle means nothing moved either way: @moq/lite sends nothing while it only
+            # receives (no keep-alives), and a peer we keep writing to is not idle.
+            with trio.move_on_at(self._last_activity + IDLE_TIMEOUT) as idle:
                 try:
                     message = await self.channel.receive()
                 except Exception as exc:  # the WebSocket is gone (close frame or TCP reset)
                     log.debug("conn=%s websocket ended: %s", self.info.conn_id, exc)
                     return
             if idle.cancelled_caught:
+                if trio.current_time() < self._last_activity + IDLE_TIMEOUT:
+                    continue
+                log.info("conn=%s websocket idle for %.0fs; closing", self.info.conn_id, IDLE_TIMEOUT)
                 self._fail(0x1, "idle timeout")
                 return
+            self._last_activity = trio.current_time()
             if isinstance(message, str):
                 self._fail(qmux.PROTOCOL_VIOLATION, "text message")
                 return
@@ -219,8 +226,11 @@ class WebSocketSession(TransportSession):
             rounds += 1
             if rounds % 512 == 0:
                 self._forget_finished()
-            for message in self.conn.messages_to_send():
+            messages = self.conn.messages_to_send()
+            for message in messages:
                 await self.channel.send(message)
+            if messages:
+                self._last_activity = trio.current_time()
             self.progress.set()
             self.progress = trio.Event()
             if self.conn.closed and self.closed is not None:

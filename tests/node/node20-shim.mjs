@@ -1,0 +1,27 @@
+// What @moq/lite 0.2 expects from its runtime and Node 20 lacks. Import before "@moq/lite".
+// (Its QMux wire quirks are handled by the relay itself, not here.)
+if (typeof Promise.withResolvers !== "function") {
+	Promise.withResolvers = function withResolvers() {
+		let resolve, reject;
+		const promise = new this((res, rej) => {
+			resolve = res;
+			reject = rej;
+		});
+		return { promise, resolve, reject };
+	};
+}
+if (typeof Set.prototype.difference !== "function") {
+	Object.defineProperty(Set.prototype, "difference", {
+		configurable: true,
+		writable: true,
+		value: function difference(other) {
+			const out = new Set();
+			for (const v of this) if (!other.has(v)) out.add(v);
+			return out;
+		},
+	});
+}
+if (typeof globalThis.WebSocket !== "function") {
+	globalThis.WebSocket = (await import("ws")).WebSocket;
+}
+if (!process.env.MOQ_DEBUG) console.debug = () => {};
