@@ -105,6 +105,7 @@ class LiteSession:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
+        said_closed = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -137,8 +138,12 @@ class LiteSession:
                     nursery.start_soon(self._expire_at, self.scope.expires)
                 closed = await self.transport.wait_closed()
                 log.info("%s closed code=%s reason=%s", self.name, closed.code, closed.reason)
+                said_closed = True
                 nursery.cancel_scope.cancel()
         finally:
+            if not said_closed and self.scope is not None:
+                # Cancelled from outside, e.g. a WebSocket whose TCP connection simply went away.
+                log.info("%s ended (its connection went away, or the relay is stopping)", self.name)
             self._nursery = None
             for broadcast in list(self._published.values()):
                 self.origin.unpublish(broadcast)
