@@ -114,6 +114,46 @@ def client(url: str, **kw: Any):
     return moq.Client(url, **opts)
 
 
+async def publish_until(url: str, name: str, stop: Flag, *, period: float = 0.1, track: str = "v",
+                        frames: Callable[[int], list[bytes]] | None = None) -> None:
+    """Publish `name` with the Rust client: group n holds `frames(n)` (default b"<name>-<n>"),
+    one group every `period` seconds, until `stop` is set. Run it with in_thread()."""
+    import moq
+
+    async with client(url) as c:
+        b = c.create_broadcast(name)
+        t = b.publish_track(track, moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
+        b.announce()
+        n = 0
+        while not stop.event.is_set():
+            group = t.append_group()
+            for payload in frames(n) if frames else [b"%s-%d" % (name.encode(), n)]:
+                group.write_frame(payload)
+            group.finish()
+            n += 1
+            await asyncio.sleep(period)
+
+
+async def read_group_frames(url: str, name: str, count: int, *, track: str = "v",
+                            timeout: float = 15) -> list[list[bytes]]:
+    """Wait for `name` to be announced, subscribe to `track`, return the frames of `count` groups."""
+    import moq
+
+    async with client(url) as c:
+        consumer = await asyncio.wait_for(c.announced_broadcast(name), timeout)
+        sub = await consumer.subscribe_track(track, moq.Subscription(priority=1, max_age_us=30_000_000))
+        out = []
+        for _ in range(count):
+            group = await asyncio.wait_for(sub.next_group(), timeout)
+            out.append([f.payload async for f in group])
+        return out
+
+
+async def read_groups(url: str, name: str, count: int, *, track: str = "v", timeout: float = 15) -> list[bytes]:
+    """read_group_frames(), each group's frames joined."""
+    return [b"".join(g) for g in await read_group_frames(url, name, count, track=track, timeout=timeout)]
+
+
 async def in_thread(job: Callable[[], Awaitable[Any]]) -> Any:
     """Run an asyncio job (a coroutine function) in a worker thread; return its result."""
     return await trio.to_thread.run_sync(asyncio.run, job())

@@ -17,7 +17,17 @@ import urllib.request
 
 import moq
 import trio
-from harness import Flag, client, free_port, in_thread, relay_toml, running_relay, wait_until
+from harness import (
+    Flag,
+    client,
+    free_port,
+    in_thread,
+    publish_until,
+    read_groups,
+    relay_toml,
+    running_relay,
+    wait_until,
+)
 
 
 def cluster_extra(port: int, root: int | None = None, connect: list[int] | None = None, query: str = "") -> str:
@@ -33,31 +43,6 @@ def cluster_extra(port: int, root: int | None = None, connect: list[int] | None 
 
 def has_loop(relay) -> bool:
     return any(relay.handle.hop_id in b.hops for _, b in relay.handle.origin.active_under(""))
-
-
-async def publish_until(url: str, name: str, stop: Flag, period: float = 0.1) -> None:
-    async with client(url) as c:
-        b = c.create_broadcast(name)
-        t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
-        b.announce()
-        n = 0
-        while not stop.event.is_set():
-            group = t.append_group()
-            group.write_frame(b"%s-%d" % (name.encode(), n))
-            group.finish()
-            n += 1
-            await asyncio.sleep(period)
-
-
-async def read_groups(url: str, name: str, count: int, timeout: float = 15) -> list[bytes]:
-    async with client(url) as c:
-        consumer = await asyncio.wait_for(c.announced_broadcast(name), timeout)
-        track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
-        out = []
-        for _ in range(count):
-            group = await asyncio.wait_for(track.next_group(), timeout)
-            out.append(b"".join([f.payload async for f in group]))
-        return out
 
 
 async def test_leaf_to_leaf_and_root_one_upstream_per_link_no_loops(tmp_path) -> None:

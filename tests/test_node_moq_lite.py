@@ -7,15 +7,13 @@ tests are skipped, saying why.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import subprocess
 from pathlib import Path
 
-import moq
 import pytest
 import trio
-from harness import Flag, client, in_thread, running_relay, wait_until
+from harness import Flag, in_thread, publish_until, read_group_frames, running_relay, wait_until
 
 NODE_DIR = Path(__file__).parent / "node"
 NODE = shutil.which("node")
@@ -36,19 +34,9 @@ async def test_moq_lite_js_subscribes_to_a_rust_publisher(tmp_path) -> None:
     stop = Flag()
     async with running_relay(tmp_path) as relay:
 
-        async def publish() -> None:
-            async with client(relay.url("moql", "anon")) as c:
-                b = c.create_broadcast("cam")
-                t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
-                b.announce()
-                n = 0
-                while not stop.event.is_set():
-                    g = t.append_group()
-                    g.write_frame(b"cam-%d-a" % n)
-                    g.write_frame(b"cam-%d-b" % n)
-                    g.finish()
-                    n += 1
-                    await asyncio.sleep(0.2)
+        def publish():
+            return publish_until(relay.url("moql", "anon"), "cam", stop, period=0.2,
+                                 frames=lambda n: [b"cam-%d-a" % n, b"cam-%d-b" % n])
 
         async with trio.open_nursery() as n:
             n.start_soon(in_thread, publish)
@@ -75,17 +63,10 @@ async def test_rust_subscriber_reads_a_moq_lite_js_publisher(tmp_path) -> None:
     async with running_relay(tmp_path) as relay:
         url = relay.url("ws", "anon")
 
-        async def watch() -> list[bytes]:
-            async with client(relay.url("moql", "anon")) as c:
-                consumer = await asyncio.wait_for(c.announced_broadcast("nodecam"), 20)
-                track = await consumer.subscribe_track("seconds", moq.Subscription(priority=1, max_age_us=30_000_000))
-                out = []
-                for _ in range(2):
-                    group = await asyncio.wait_for(track.next_group(), 10)
-                    out.append(b"|".join([f.payload async for f in group]))
-                return out
+        def watch():
+            return read_group_frames(relay.url("moql", "anon"), "nodecam", 2, track="seconds", timeout=20)
 
-        got: list[list[bytes]] = []
+        got: list[list[list[bytes]]] = []
 
         async def run_watch() -> None:
             got.append(await in_thread(watch))
@@ -96,8 +77,7 @@ async def test_rust_subscriber_reads_a_moq_lite_js_publisher(tmp_path) -> None:
                               "--frames", "2", "--interval", "500")
         assert done.returncode == 0, done.stderr.decode()[-2000:]
         assert len(got) == 1 and len(got[0]) == 2
-        for group in got[0]:
-            frames = group.split(b"|")
+        for frames in got[0]:
             # publish.mjs writes "<ISO time> g<group> f<frame>" frames.
             assert len(frames) == 2 and frames[0].endswith(b" f0") and frames[1].endswith(b" f1")
             assert frames[0].split(b" ")[1] == frames[1].split(b" ")[1]

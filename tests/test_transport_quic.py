@@ -464,36 +464,18 @@ async def test_send_batch_segments_runs_and_keeps_order() -> None:
 async def test_larger_datagrams_with_the_rust_client(tmp_path, engine: str, scheme: str) -> None:
     """`[server.quic] max_datagram_size = 1452`: the relay sends full-size datagrams and the real
     client takes them (a 1400-byte frame then fits one QUIC packet)."""
-    import moq
-    from harness import Flag, client, in_thread, running_relay
+    from harness import Flag, in_thread, publish_until, read_groups, running_relay
 
     payloads = [bytes([i]) * 1400 for i in range(1, 256)]
     stop = Flag()
     async with running_relay(tmp_path, "moq-lite-06", engine=engine, quic="max_datagram_size = 1452") as relay:
         url = relay.url(scheme, "anon")
 
-        async def publish() -> None:
-            async with client(url) as c:
-                b = c.create_broadcast("big")
-                t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
-                b.announce()
-                for p in payloads:
-                    if stop.event.is_set():
-                        break
-                    g = t.append_group()
-                    g.write_frame(p)
-                    g.finish()
-                    await asyncio.sleep(0.02)
+        def publish():
+            return publish_until(url, "big", stop, period=0.02, frames=lambda n: [payloads[n % len(payloads)]])
 
-        async def watch() -> list[bytes]:
-            async with client(url) as c:
-                consumer = await asyncio.wait_for(c.announced_broadcast("big"), 10)
-                track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
-                out = []
-                for _ in range(10):
-                    group = await asyncio.wait_for(track.next_group(), 10)
-                    out.append(b"".join([f.payload async for f in group]))
-                return out
+        def watch():
+            return read_groups(url, "big", 10, timeout=10)
 
         with trio.fail_after(60):
             async with trio.open_nursery() as n:

@@ -943,11 +943,10 @@ class _Downstream:
         v = self.version
         start = self.sub.start_group
         cursor, cached = track.cached_in_arrival_order()
-        resume = None if self.last_sequence is None else self.last_sequence + 1
-        if resume is not None:
+        if self.last_sequence is not None:
             # After a failover: continue after the last group sent (older ones the new route
             # replays from its cache are skipped).
-            start = resume
+            start = self.last_sequence + 1
             initial = [g for g in cached if g.sequence >= start]
         elif v.start_is_lower_bound:
             # lite-06: a plain lower bound; every cached group still fresh, then live.
