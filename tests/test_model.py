@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from relay.model import path as paths
 from relay.model.broadcast import Broadcast
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
+from relay.model.subscription import Wish, combine
 from relay.model.track import Frame, GroupAborted, Track, TrackInfo
 
 
@@ -33,12 +35,12 @@ def test_paths() -> None:
 def test_one_upstream_subscription_per_track() -> None:
     src = FakeSource()
     b = Broadcast("live", src)
-    with b.subscribe("video") as t1, b.subscribe("video") as t2, b.subscribe("audio") as t3:
-        assert t1 is t2 and t1 is not t3
+    with b.subscribe("video") as s1, b.subscribe("video") as s2, b.subscribe("audio") as s3:
+        assert s1.track is s2.track and s1.track is not s3.track
         assert len(src.served) == 2
         assert b.upstream_count() == 2
     assert len(src.cancelled) == 2 and b.upstream_count() == 0
-    assert t1.closed
+    assert s1.track.closed
 
 
 async def test_group_readers_share_frames() -> None:
@@ -145,3 +147,88 @@ async def test_origin_routes_and_watchers() -> None:
     with trio.move_on_after(0.05):
         await origin.wait_broadcast("nope")
         raise AssertionError("should not find it")
+
+
+def test_demand_combines_what_subscribers_want() -> None:
+    assert combine([]) is None
+    one = Wish(priority=3, max_latency_ms=0)
+    assert combine([one]) == one
+    # Highest priority, largest max latency, earliest explicit start, furthest end (None wins).
+    both = combine([Wish(priority=3, max_latency_ms=0, start=None, end=10),
+                    Wish(priority=9, max_latency_ms=500, start=7, end=12, ordered=True)])
+    assert both == Wish(priority=9, ordered=False, max_latency_ms=500, start=7, end=12)
+    assert combine([Wish(start=4), Wish(start=2)]).start == 2
+    assert combine([Wish(end=4), Wish(end=None)]).end is None
+    assert combine([Wish(ordered=True), Wish(ordered=True)]).ordered
+
+
+async def test_demand_tracks_subscriptions_and_wakes_on_change() -> None:
+    src = FakeSource()
+    b = Broadcast("live", src)
+    with b.subscribe("video", Wish(max_latency_ms=0)) as a:
+        demand = a.track.demand
+        assert demand.combined == Wish(max_latency_ms=0)
+        woke: list[bool] = []
+
+        async def watch() -> None:
+            await demand.changed()
+            woke.append(True)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(watch)
+            await trio.testing.wait_all_tasks_blocked()
+            with b.subscribe("video", Wish(priority=5, max_latency_ms=30_000)) as bsub:
+                assert bsub.track is a.track and len(demand) == 2
+                assert demand.combined == Wish(priority=5, max_latency_ms=30_000)
+                a.update(Wish(max_latency_ms=60_000))
+                assert demand.combined.max_latency_ms == 60_000
+        assert woke == [True]
+        # The second reader left: the demand is the first one's (updated) wish again.
+        assert demand.combined == Wish(max_latency_ms=60_000)
+        a.update(Wish(max_latency_ms=60_000))  # no change: no wake-up needed
+    assert len(demand) == 0
+
+
+def test_stale_groups_by_latency_arrival_and_timestamps() -> None:
+    track = Track("b", "t")
+    track.set_info(TrackInfo(timescale=1000))
+    g0 = track.create_group(0)
+    assert g0 is not None and not track.stale(g0, 0)  # the newest is never stale
+    g1 = track.create_group(1)
+    assert g1 is not None
+    # Max latency 0: only the newest group is worth delivering.
+    assert track.stale(g0, 0) and not track.stale(g1, 0)
+    # By arrival: g0 arrived just now too, so a generous window keeps it.
+    assert not track.stale(g0, 10_000)
+    g0.arrived -= 2.0
+    assert track.stale(g0, 1500) and not track.stale(g0, 2500)
+    # By timestamps of the first frames (lite-05+), whichever says stale first.
+    g0.arrived = g1.arrived
+    g0.append(Frame(b"a", 1000))
+    g1.append(Frame(b"b", 4000))
+    assert track.stale(g0, 2500) and not track.stale(g0, 3500)
+
+
+def test_a_group_finished_after_going_stale_upstream_may_be_cut_short() -> None:
+    track = Track("b", "t")
+    track.asked_upstream(0)
+    g0 = track.create_group(0)
+    assert g0 is not None and not track.maybe_cut_short(g0)  # nothing newer: whole
+    g1 = track.create_group(1)
+    assert g1 is not None and track.maybe_cut_short(g0)  # asked for the newest only
+    # A larger request applies to groups that start after it; those under way were served under
+    # the smaller one.
+    track.asked_upstream(30_000)
+    assert track.maybe_cut_short(g0)
+    g2 = track.create_group(2)
+    g3 = track.create_group(3)
+    assert g2 is not None and g3 is not None and not track.maybe_cut_short(g2)
+    # Publishers asked for 1 ms or more end groups whole.
+    other = Track("b", "u")
+    other.asked_upstream(1)
+    h0, h1 = other.create_group(0), other.create_group(1)
+    assert h0 is not None and h1 is not None and not other.maybe_cut_short(h0)
+    track.discard(g0)
+    assert track.cached(0) is None and track.cached(3) is g3
+    track.discard(g3)  # the latest group stays
+    assert track.cached(3) is g3

@@ -10,6 +10,7 @@ from typing import Protocol
 import trio
 
 from relay.model.cache import CacheBudget
+from relay.model.subscription import Wish
 from relay.model.track import Frame, Group, Track, TrackClosed, TrackInfo
 
 # A peer can make us create one track (and one upstream subscription) per name it asks for.
@@ -36,6 +37,29 @@ class TrackSource(Protocol):
 
     def fetch_group(self, broadcast_path: str, name: str, sequence: int, priority: int = 0) -> AsyncIterator[Frame]:
         """Frames of one past group the relay does not hold, asked of the source."""
+
+
+class Subscription:
+    """One reader's hold on a shared track: the track, and the wish it registered in the track's
+    demand (which the upstream subscription carries to the publisher)."""
+
+    __slots__ = ("track", "_key", "_wish")
+
+    def __init__(self, track: Track, wish: Wish) -> None:
+        self.track = track
+        self._wish = wish
+        self._key = track.demand.add(wish)
+
+    @property
+    def wish(self) -> Wish:
+        return self._wish
+
+    def update(self, wish: Wish) -> None:
+        self._wish = wish
+        self.track.demand.update(self._key, wish)
+
+    def _release(self) -> None:
+        self.track.demand.remove(self._key)
 
 
 class _TrackEntry:
@@ -78,6 +102,11 @@ class Broadcast:
         """Live upstream subscriptions (one per track with at least one reader)."""
         return len(self._tracks)
 
+    def live_track(self, name: str) -> Track | None:
+        """The shared track `name` while someone reads it (None otherwise)."""
+        entry = self._tracks.get(name)
+        return entry.track if entry is not None else None
+
     def cached_group(self, name: str, sequence: int) -> Group | None:
         """A group of a track someone is pulling, if it is still cached (for FETCH)."""
         entry = self._tracks.get(name)
@@ -110,8 +139,11 @@ class Broadcast:
             done.set()
 
     @contextlib.contextmanager
-    def subscribe(self, name: str) -> Iterator[Track]:
-        """Share (or start) the upstream subscription of track `name` while the block runs."""
+    def subscribe(self, name: str, wish: Wish | None = None) -> Iterator[Subscription]:
+        """Share (or start) the upstream subscription of track `name` while the block runs.
+
+        `wish` joins the track's demand before any upstream request is made, so the first
+        SUBSCRIBE already carries it; None = the latest group only (max latency 0)."""
         if self.closed:
             raise TrackClosed(None)
         entry = self._tracks.get(name)
@@ -126,12 +158,16 @@ class Broadcast:
             if name in self._infos:
                 entry.track.set_info(self._infos[name])
             self._tracks[name] = entry
+            subscription = Subscription(entry.track, wish or Wish())
             entry.cancel = self.source.serve_track(entry.track)
             self.upstream_subscriptions_total += 1
+        else:
+            subscription = Subscription(entry.track, wish or Wish())
         entry.refs += 1
         try:
-            yield entry.track
+            yield subscription
         finally:
+            subscription._release()
             entry.refs -= 1
             if entry.refs == 0 and self._tracks.get(name) is entry:
                 self._detach(name, entry)

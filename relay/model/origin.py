@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from relay.model import path as paths
 from relay.model.broadcast import Broadcast, LimitExceeded
 from relay.model.cache import CacheBudget
-from relay.model.track import _Notifier
+from relay.model.notify import Notifier
 
 MAX_BROADCASTS = 100_000
 MAX_ROUTES_PER_PATH = 64
@@ -31,7 +31,7 @@ class AnnounceWatcher:
         self.prefix = prefix
         self.exclude_hop = exclude_hop
         self._dirty: dict[str, None] = {}
-        self._notifier = _Notifier()
+        self._notifier = Notifier()
 
     def _mark(self, path: str) -> None:
         self._dirty[path] = None
@@ -59,7 +59,7 @@ class Origin:
         self.max_cache_age = max_cache_age
         self._routes: dict[str, list[Broadcast]] = {}
         self._watchers: set[AnnounceWatcher] = set()
-        self._published = _Notifier()
+        self._published = Notifier()
 
     # -- publishing ------------------------------------------------------------------------
     def publish(self, broadcast: Broadcast) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import trio
 
 from relay.model.cache import CacheBudget
+from relay.model.notify import Notifier
+from relay.model.subscription import Demand
 
 # Rust rejects frames and groups above 32 MiB (lite §5.5, relay spec §8.6).
 MAX_FRAME_SIZE = 32 * 1024 * 1024
@@ -69,39 +71,23 @@ class TrackInfo:
     timescale: int = 1000
 
 
-class _Notifier:
-    """A broadcast wake-up: `wait()` returns at the next `notify()`. Events are made lazily."""
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event: trio.Event | None = None
-
-    def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
-
-    async def wait(self) -> None:
-        if self._event is None:
-            self._event = trio.Event()
-        await self._event.wait()
-
-
 class Group:
     """One group: an append-only list of frames, then finished or aborted."""
 
-    __slots__ = ("sequence", "frames", "finished", "error", "arrived", "size", "_changed", "_budget")
+    __slots__ = ("sequence", "frames", "finished", "error", "arrived", "size", "_changed", "_budget", "_on_first")
 
-    def __init__(self, sequence: int, budget: CacheBudget | None = None) -> None:
+    def __init__(self, sequence: int, budget: CacheBudget | None = None,
+                 on_first_frame: Callable[[], None] | None = None) -> None:
         self.sequence = sequence
         self.frames: list[Frame] = []
         self.finished = False
         self.error: int | None = None
         self.arrived = time.monotonic()
         self.size = 0
-        self._changed = _Notifier()
+        self._changed = Notifier()
         self._budget = budget
+        # The track hears of a group's first frame: its timestamp makes older groups stale.
+        self._on_first = on_first_frame
 
     @property
     def done(self) -> bool:
@@ -118,6 +104,8 @@ class Group:
         if self._budget is not None:
             self._budget.add(n)
         self._changed.notify()
+        if len(self.frames) == 1 and self._on_first is not None:
+            self._on_first()
 
     def finish(self) -> None:
         if not self.done:
@@ -170,7 +158,7 @@ class Track:
         # sequence numbers are kept, so an evicted group is not held alive by the history.
         self._arrivals: collections.deque[int] = collections.deque(maxlen=ARRIVAL_HISTORY)
         self._arrival_count = 0
-        self._changed = _Notifier()
+        self._changed = Notifier()
         self.closed = False
         self.error: int | None = None
         # Exclusive end announced by upstream (SUBSCRIBE_END), if any.
@@ -180,6 +168,12 @@ class Track:
         # Datagrams (lite-05+) are not cached: each is handed to the current listeners at once.
         self._datagram_listeners: set[DatagramListener] = set()
         self.datagrams_total = 0
+        # What the subscribers want of this track, and the max latency the upstream subscription
+        # last asked the publisher for (None until it asked).
+        self.demand = Demand()
+        self.upstream_latency_ms: int | None = None
+        # After the request grew, groups already under way were served under the old one.
+        self._earlier_request: tuple[int, int] | None = None  # (latest sequence then, latency)
 
     # -- info ---------------------------------------------------------------------------
     def set_info(self, info: TrackInfo) -> None:
@@ -200,7 +194,7 @@ class Track:
             return None
         if self.latest is not None and sequence < self.latest.sequence and self._too_old(sequence):
             return None
-        group = Group(sequence, self._budget)
+        group = Group(sequence, self._budget, self._changed.notify)
         self.groups[sequence] = group
         if self.latest is None or sequence > self.latest.sequence:
             self.latest = group
@@ -241,6 +235,51 @@ class Track:
                 over_budget = self._budget is not None and self._budget.over
             else:
                 break
+
+    def discard(self, group: Group) -> None:
+        """Drop one group from the cache (it will not be served again)."""
+        if self.groups.get(group.sequence) is group and group is not self.latest:
+            del self.groups[group.sequence]
+            group.release()
+
+    def stale(self, group: Group, max_latency_ms: int) -> bool:
+        """Whether `group` is no longer worth delivering under `max_latency_ms` (lite §7.3).
+
+        Only a group with a newer one is ever stale. Max latency 0 means only the newest group is
+        worth it; otherwise a group is stale once it is more than max latency older than the newest,
+        by wall-clock arrival or by the timestamps of their first frames (lite-05+; either one)."""
+        latest = self.latest
+        if latest is None or group.sequence >= latest.sequence:
+            return False
+        if max_latency_ms <= 0:
+            return True
+        if (latest.arrived - group.arrived) * 1000.0 > max_latency_ms:
+            return True
+        if group.frames and latest.frames:
+            scale = self.info.timescale if self.info is not None and self.info.timescale else 1000
+            return (latest.frames[0].timestamp - group.frames[0].timestamp) * 1000.0 / scale > max_latency_ms
+        return False
+
+    def asked_upstream(self, max_latency_ms: int) -> None:
+        """The upstream subscription now asks the publisher for `max_latency_ms`."""
+        previous = self.upstream_latency_ms
+        if previous is not None and max_latency_ms > previous:
+            self._earlier_request = (self.latest.sequence if self.latest is not None else -1, previous)
+        self.upstream_latency_ms = max_latency_ms
+
+    def maybe_cut_short(self, group: Group) -> bool:
+        """Whether the publisher's FIN of `group` may have come early.
+
+        Asked for max latency 0, the Rust publisher sometimes stops sending a group when the next
+        one starts and FINs its stream as if the group were whole (moq-rs 0.5.1; never seen at
+        1 ms or more, which is why upstream requests never ask for 0 where the wire has a max
+        latency; lite-01/02 have none, and there the Rust publisher serves 0). A group whose FIN
+        comes after a newer group started is then dropped rather than cached and served as
+        complete: it is stale for every subscriber anyway."""
+        latency = self.upstream_latency_ms or 0
+        if self._earlier_request is not None and group.sequence <= self._earlier_request[0]:
+            latency = min(latency, self._earlier_request[1])
+        return latency == 0 and self.stale(group, 0)
 
     def end(self, sequence: int) -> None:
         """Upstream said no group >= sequence will exist."""

@@ -17,6 +17,7 @@ from quart_trio import QuartTrio
 from relay.auth.authorizer import token_from_query
 from relay.auth.scope import AuthError, Scope, split_target
 from relay.model.origin import Origin
+from relay.model.subscription import Wish
 from relay.model.track import GroupAborted, TrackClosed
 from relay.transport.base import SessionInfo
 from relay.transport.websocket import QuartChannel
@@ -24,6 +25,8 @@ from relay.transport.websocket import QuartChannel
 log = logging.getLogger("relay.web")
 
 FETCH_DEADLINE = 30.0
+# `?group=N` may name a past group: ask for the publisher's whole window (it is clamped to it).
+HTTP_FETCH_WINDOW_MS = 30_000
 LANDING = (
     "<!doctype html><title>moq-relay</title><h1>moq-relay</h1>"
     "<p>This is a Media over QUIC relay. Connect with a MoQ client.</p>\n"
@@ -131,9 +134,11 @@ def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], 
         return await _serve_group(broadcast, track_name, want, deadline)
 
     async def _serve_group(broadcast, track_name: str, want: int | None, deadline: float) -> Response:
-        subscription = broadcast.subscribe(track_name)
+        # The latest group only, or group `want` (the publisher's whole window may be needed).
+        wish = Wish() if want is None else Wish(max_latency_ms=HTTP_FETCH_WINDOW_MS, start=want)
+        subscription = broadcast.subscribe(track_name, wish)
         try:
-            track = subscription.__enter__()
+            track = subscription.__enter__().track
         except TrackClosed:
             return text("broadcast ended\n", 404)
         except Exception as exc:  # the broadcast's track table is full
