@@ -351,6 +351,7 @@ async def test_publisher_killed_ends_subscribers(tmp_path, transport, version) -
 async def test_one_mebibyte_frames(tmp_path, transport, version) -> None:
     payloads = [os.urandom(1 << 20) for _ in range(3)]
     done = Flag()
+    received = [Flag() for _ in payloads]
     async with running_relay(tmp_path, version) as relay:
         url = relay.url(transport, "anon")
 
@@ -361,20 +362,24 @@ async def test_one_mebibyte_frames(tmp_path, transport, version) -> None:
                 b.announce()
                 await asyncio.wait_for(t.used(), 15)
                 await asyncio.sleep(0.5)  # used() fires at TRACK; let the SUBSCRIBE follow
-                for p in payloads:
+                for k, p in enumerate(payloads):
                     group = t.append_group()
                     group.write_frame(p)
                     group.finish()
-                    await asyncio.sleep(0.05)  # paced: an overtaken group may be skipped by the client
+                    # In lockstep with the reader: lite-01/02 carry no max latency, so (as with the
+                    # Rust relay) the subscription wants only the newest group, and a group still
+                    # in flight when the next one starts is dropped.
+                    await received[k].wait(60)
                 await done.wait(60)
 
         async def subscriber() -> list[str]:
             async with client(url) as c:
                 tc = await open_track(c, "big", "v")
                 out = []
-                for _ in payloads:
+                for k in range(len(payloads)):
                     group = await asyncio.wait_for(tc.next_group(), 20)
                     out.append(hashlib.sha256(b"".join(await read_group(group))).hexdigest())
+                    received[k].set()
                 done.set()
                 return out
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from relay.tls import Identity
+from relay.transport.accept import AcceptQueue
 from relay.transport.base import (
     RecvStream,
     SendStream,
@@ -270,8 +271,8 @@ class BaseQuicSession(TransportSession):
         self._conn = conn
         self.info = info
         backlog = conn.ep.accept_backlog
-        self._bi_tx, self._bi_rx = trio.open_memory_channel[tuple[SendStream, RecvStream]](backlog)
-        self._uni_tx, self._uni_rx = trio.open_memory_channel[RecvStream](backlog)
+        self._accept_bi: AcceptQueue[QuicStream] = AcceptQueue(backlog)
+        self._accept_uni: AcceptQueue[QuicStream] = AcceptQueue(backlog)
         self._dg_tx, self._dg_rx = trio.open_memory_channel[bytes](DATAGRAM_BACKLOG)
         self._streams: dict[int, QuicStream] = {}
         self._peer_max: dict[int, int] = {}  # per stream type (id & 3): highest peer id seen
@@ -305,12 +306,7 @@ class BaseQuicSession(TransportSession):
             uni = bool(sid & 2)
             s = QuicStream(self, sid, readable=True, writable=not uni)
             self._streams[sid] = s
-            try:
-                if uni:
-                    self._uni_tx.send_nowait(s)
-                else:
-                    self._bi_tx.send_nowait((s, s))
-            except trio.WouldBlock:
+            if not (self._accept_uni if uni else self._accept_bi).put(s):
                 # Policy: the application is not accepting fast enough; refuse the newest.
                 log.warning("conn=%d accept backlog full, refusing stream %d", self._conn.conn_id, sid)
                 s.stop(STREAM_REFUSED_CODE)
@@ -340,8 +336,9 @@ class BaseQuicSession(TransportSession):
         if self._closed is not None:
             return
         self._closed = exc
-        for ch in (self._bi_tx, self._uni_tx, self._dg_tx):
-            ch.close()
+        self._accept_bi.close(exc)
+        self._accept_uni.close(exc)
+        self._dg_tx.close()
         for s in list(self._streams.values()):
             s._on_session_closed()
         self._conn.unpark_writers()
@@ -349,16 +346,11 @@ class BaseQuicSession(TransportSession):
 
     # -- TransportSession
     async def accept_bi(self) -> tuple[SendStream, RecvStream]:
-        try:
-            return await self._bi_rx.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise self._closed or SessionClosed() from None
+        s = await self._accept_bi.get()
+        return s, s
 
     async def accept_uni(self) -> RecvStream:
-        try:
-            return await self._uni_rx.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise self._closed or SessionClosed() from None
+        return await self._accept_uni.get()
 
     async def recv_datagram(self) -> bytes:
         try:

@@ -12,6 +12,7 @@ Codec work (bytes <-> messages) is in `messages`/`coding`; this module only move
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable
@@ -22,9 +23,10 @@ import trio
 from relay.auth.scope import AuthError, Scope
 from relay.concurrency import open_nursery
 from relay.model import path as paths
-from relay.model.broadcast import Broadcast, LimitExceeded
+from relay.model.broadcast import Broadcast, LimitExceeded, Subscription
 from relay.model.origin import Origin
-from relay.model.track import Frame, GroupAborted, TooLarge, Track, TrackClosed, TrackInfo
+from relay.model.subscription import Wish
+from relay.model.track import Frame, Group, GroupAborted, TooLarge, Track, TrackClosed, TrackInfo
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.streams import MessageReader, StreamEnded
@@ -56,8 +58,6 @@ class SessionLimits:
     max_frame: int = 32 * 1024 * 1024
     setup_timeout: float = 10.0
     track_info_timeout: float = 10.0
-    # Max latency we ask of a publisher: generous, each downstream applies its own.
-    upstream_max_latency_ms: int = 30_000
 
 
 # authorize(request path with query) -> Scope; raises AuthError.
@@ -596,20 +596,26 @@ class LiteSession:
                 self._upstream[sub_id] = track  # registered before SUBSCRIBE (lite §5.5)
                 send, recv = await self.transport.open_bi()
                 reader = MessageReader(recv, self.limits.max_message + 16)
-                info = track.info or TrackInfo()
-                sub = m.Subscribe(id=sub_id, broadcast=rel or "", track=track.name, priority=info.priority,
-                                  ordered=False, max_latency_ms=max(self.limits.upstream_max_latency_ms,
-                                                                    info.max_latency_ms),
-                                  start_group=None, end_group=None)
+                # Ask for what the subscribers want, no more (lite §7.1); re-ask as that changes.
+                wish = self._upstream_wish(track)
+                sub = m.Subscribe(id=sub_id, broadcast=rel or "", track=track.name, priority=wish.priority,
+                                  ordered=wish.ordered, max_latency_ms=wish.max_latency_ms,
+                                  start_group=wish.start, end_group=wish.end)
+                track.asked_upstream(wish.max_latency_ms)
                 await send.write(m.encode_bi_type(m.BiStream.SUBSCRIBE) + sub.encode(v))
-                log.debug("%s subscribed upstream %s/%s id=%d", self.name, track.broadcast_path, track.name, sub_id)
-                while True:
-                    reply = await reader.subscribe_response(v, self.limits.max_message)
-                    if reply is None:
-                        break
-                    if isinstance(reply, m.SubscribeEnd):
-                        track.end(reply.group)
-                    # OK and DROP need no action: groups tell us everything else.
+                log.debug("%s subscribed upstream %s/%s id=%d %s", self.name, track.broadcast_path, track.name,
+                          sub_id, wish)
+                async with open_nursery() as nursery:
+                    if v >= Version.LITE_03:
+                        nursery.start_soon(self._forward_demand, track, send, wish)
+                    while True:
+                        reply = await reader.subscribe_response(v, self.limits.max_message)
+                        if reply is None:
+                            break
+                        if isinstance(reply, m.SubscribeEnd):
+                            track.end(reply.group)
+                        # OK and DROP need no action: groups tell us everything else.
+                    nursery.cancel_scope.cancel()
         except trio.Cancelled:
             # The session is going away (our own unsubscribe is absorbed by cancel_scope):
             # groups still open upstream will never finish, so readers must see them aborted.
@@ -640,6 +646,37 @@ class LiteSession:
             self._upstream.pop(sub_id, None)
             track.close(error)
 
+    def _upstream_wish(self, track: Track) -> Wish:
+        """The track's demand as this peer's version can carry it, within the publisher's window."""
+        wish = track.demand.combined or Wish()
+        if self.version < Version.LITE_03:
+            return Wish(priority=wish.priority)  # only the priority is on the wire (max latency 0)
+        latency = wish.max_latency_ms
+        if self.version.has_track_stream and track.info is not None:
+            # Nobody can wait for a group longer than the publisher keeps it (TRACK_INFO).
+            latency = min(latency, track.info.max_latency_ms)
+        # Asked for max latency 0, the Rust publisher sometimes ends a group early when the next
+        # one starts and FINs it as if it were whole (seen with moq-rs 0.5.1 on lite-03..06); at 1 ms
+        # it never did, while still skipping stale groups as 0 would. So 0 is asked as 1.
+        return dataclasses.replace(wish, max_latency_ms=max(latency, MIN_UPSTREAM_LATENCY_MS))
+
+    async def _forward_demand(self, track: Track, send: SendStream, asked: Wish) -> None:
+        """SUBSCRIBE_UPDATE upstream whenever the combined demand changes (lite-03+)."""
+        while True:
+            await track.demand.changed()
+            if not len(track.demand):
+                continue  # the last reader left: the subscription itself is about to end
+            wish = self._upstream_wish(track)
+            if wish == asked:
+                continue
+            update = m.SubscribeUpdate(priority=wish.priority, ordered=wish.ordered,
+                                       max_latency_ms=wish.max_latency_ms, start_group=wish.start,
+                                       end_group=wish.end)
+            track.asked_upstream(wish.max_latency_ms)
+            await send.write(update.encode(self.version))
+            log.debug("%s updated upstream %s/%s: %s", self.name, track.broadcast_path, track.name, wish)
+            asked = wish
+
     async def _recv_group(self, reader: MessageReader, recv: RecvStream) -> None:
         v = self.version
         header = await reader.message(m.GroupHeader.decode, v, self.limits.max_message)
@@ -653,7 +690,6 @@ class LiteSession:
         if group is None:
             recv.stop(ErrorCode.OLD)
             return
-        track.bytes_total += 0
         timestamp = 0
         try:
             while True:
@@ -663,7 +699,15 @@ class LiteSession:
                 delta, payload = frame
                 timestamp += delta
                 group.append(Frame(payload, timestamp))
-            group.finish()
+            if track.maybe_cut_short(group):
+                # Possibly truncated by the publisher (see Track.maybe_cut_short): never let it
+                # look complete to anyone.
+                log.debug("%s group %d of %s/%s ended stale: dropped", self.name, group.sequence,
+                          track.broadcast_path, track.name)
+                group.abort(ErrorCode.OLD)
+                track.discard(group)
+            else:
+                group.finish()
         except TooLarge as exc:
             group.abort(ErrorCode.FRAME_TOO_LARGE)
             recv.stop(ErrorCode.FRAME_TOO_LARGE)
@@ -725,8 +769,8 @@ class LiteSession:
         self._subscriptions.add(sub.id)
         try:
             with contextlib.ExitStack() as routes:
-                track = routes.enter_context(broadcast.subscribe(sub.track))
-                state = _Downstream(self, sub, send, track, routes, broadcast)
+                subscription = routes.enter_context(broadcast.subscribe(sub.track, _wish(sub, v)))
+                state = _Downstream(self, sub, send, subscription, routes, broadcast)
                 await state.run(reader)
         except (TrackClosed, LimitExceeded) as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
@@ -803,12 +847,15 @@ async def negotiate_legacy(transport: TransportSession, allowed: list[Version], 
 class _Downstream:
     """One peer subscription: picks groups from the shared track and sends each on its own stream."""
 
-    def __init__(self, session: LiteSession, sub: m.Subscribe, send: SendStream, track: Track,
+    def __init__(self, session: LiteSession, sub: m.Subscribe, send: SendStream, subscription: Subscription,
                  routes: contextlib.ExitStack, broadcast: Broadcast) -> None:
         self.session = session
         self.sub = sub
         self.send = send
-        self.track = track
+        # Our hold on the shared track; its wish (priority, max latency, range) is part of the
+        # track's demand, which the upstream subscription carries to the publisher.
+        self.subscription = subscription
+        self.track = subscription.track
         # Failover (relay spec §10.3): when the route we pull over goes away while another
         # route of the same path is live, the subscription moves there without the peer noticing.
         self.routes = routes
@@ -816,17 +863,16 @@ class _Downstream:
         self.failovers = 0
         self.last_sequence: int | None = None  # the newest group we started sending
         self.version = session.version
-        self.priority = sub.priority
-        if session.version >= Version.LITE_03:
-            self.max_latency = sub.max_latency_ms / 1000.0
-        else:  # lite-01/02 carry no max latency: use the publisher's window
-            self.max_latency = (track.info.max_latency_ms if track.info else 5000) / 1000.0
-        self.end_group = sub.end_group  # exclusive, None = unbounded
         self.ok_sent = False
+        self.started = 0  # group streams opened
         self.inflight: dict[int, trio.CancelScope] = {}
         self._write_lock = trio.Lock()
         self.unsubscribed = False
         self.cancel_code = ErrorCode.OLD  # why an in-flight group stream is reset
+
+    @property
+    def wish(self) -> Wish:
+        return self.subscription.wish
 
     async def _write(self, data: bytes) -> None:
         async with self._write_lock:
@@ -836,7 +882,7 @@ class _Downstream:
         v = self.version
         if not v.has_subscribe_start:
             # lite-03/04 (and 01/02) expect SUBSCRIBE_OK at once.
-            await self._write(m.SubscribeOk(priority=self.priority, ordered=self.sub.ordered).encode(v))
+            await self._write(m.SubscribeOk(priority=self.wish.priority, ordered=self.wish.ordered).encode(v))
             self.ok_sent = True
         transport = self.session.transport
         listener = None
@@ -844,7 +890,8 @@ class _Downstream:
             sub_id = self.sub.id
 
             def listener(sequence: int, timestamp: int, payload: bytes) -> None:
-                if self.end_group is None or sequence < self.end_group:
+                end = self.wish.end
+                if end is None or sequence < end:
                     transport.send_datagram(m.Datagram(sub_id, sequence, timestamp, payload).encode())
 
             self.track.add_datagram_listener(listener)
@@ -896,9 +943,11 @@ class _Downstream:
                                               self.session.limits.max_message)
                 if update is None:
                     break
-                self.priority = update.priority
-                self.max_latency = update.max_latency_ms / 1000.0
-                self.end_group = update.end_group
+                # The new preferences apply to groups not yet started, and join the track's
+                # demand (the upstream subscription follows with its own SUBSCRIBE_UPDATE).
+                self.subscription.update(Wish(priority=update.priority, ordered=update.ordered,
+                                              max_latency_ms=update.max_latency_ms,
+                                              start=update.start_group, end=update.end_group))
         except ProtocolError as exc:
             log.info("%s bad SUBSCRIBE_UPDATE: %s", self.session.name, exc)
         except (StreamEnded, TransportError):
@@ -923,79 +972,92 @@ class _Downstream:
         if not first or not nxt.hops or nxt.hops[0] != first:
             return False
         try:
-            track = self.routes.enter_context(nxt.subscribe(self.sub.track))
+            subscription = self.routes.enter_context(nxt.subscribe(self.sub.track, self.wish))
         except (TrackClosed, LimitExceeded):
             return False
         self.failovers += 1
         self.session.failovers_total += 1
         log.info("%s subscription %d to %s/%s fails over to hops=%s after group %s", self.session.name,
                  self.sub.id, nxt.path, self.sub.track, list(nxt.hops), self.last_sequence)
-        self.broadcast, self.track = nxt, track
+        self.broadcast, self.subscription, self.track = nxt, subscription, subscription.track
         return True
 
-    def _wanted(self, sequence: int, start: int | None) -> bool:
-        if start is not None and sequence < start:
-            return False
-        return self.end_group is None or sequence < self.end_group
-
-    async def _fan_out(self) -> None:
+    def _first_candidates(self) -> tuple[int, int | None, list[Group]]:
+        """(arrival cursor, lowest group wanted, cached groups to consider) as the subscription starts."""
         track = self.track
-        v = self.version
-        start = self.sub.start_group
         cursor, cached = track.cached_in_arrival_order()
+        floor = self.wish.start
         if self.last_sequence is not None:
             # After a failover: continue after the last group sent (older ones the new route
             # replays from its cache are skipped).
-            start = self.last_sequence + 1
-            initial = [g for g in cached if g.sequence >= start]
-        elif v.start_is_lower_bound:
-            # lite-06: a plain lower bound; every cached group still fresh, then live.
-            start = start or 0
+            floor = self.last_sequence + 1
+        elif self.version.start_is_lower_bound:
+            floor = floor or 0  # lite-06: a plain lower bound; every cached group still fresh
+        elif floor is None:
+            # lite-01..05 without a start: the latest group, or the first one produced.
             latest = track.latest
-            initial = [g for g in cached if g.sequence >= start and
-                       (latest is None or g is latest or latest.arrived - g.arrived <= self.max_latency)]
-        elif start is None:
-            latest = track.latest
-            initial = [latest] if latest is not None else []
-            start = latest.sequence if latest is not None else None
-        else:
-            initial = [g for g in cached if g.sequence >= start]
-        initial.sort(key=lambda g: g.sequence)
+            return cursor, (latest.sequence if latest is not None else None), [latest] if latest else []
+        return cursor, floor, [g for g in cached if g.sequence >= floor]
+
+    def _worth_starting(self, group: Group, floor: int | None) -> bool:
+        """Decided when the group would start: still cached, in range, and not stale (lite §7.3)."""
+        track = self.track
+        if track.groups.get(group.sequence) is not group:
+            return False  # evicted meanwhile
+        if floor is not None and group.sequence < floor:
+            return False
+        end = self.wish.end
+        if end is not None and group.sequence >= end:
+            return False
+        return not track.stale(group, self.wish.max_latency_ms)
+
+    async def _fan_out(self) -> None:
+        track = self.track
+        cursor, floor, pending = self._first_candidates()
         async with open_nursery() as nursery:
-            for group in initial:
-                await self._start_group(nursery, group, start)
             while True:
                 cursor, new = track.arrivals_since(cursor)
-                for group in new:
-                    if start is None:
-                        start = group.sequence  # "latest" with nothing cached: the first produced
-                    await self._start_group(nursery, group, start)
+                if new and floor is None:
+                    floor = new[0].sequence  # "latest" with nothing cached: the first produced
+                pending.extend(new)
                 self._expire()
-                if not new:
-                    if track.closed:
-                        break
-                    if self.end_group is not None and track.latest is not None and \
-                            track.latest.sequence + 1 >= self.end_group and not self.inflight:
-                        break
-                    await track.wait_changed()
+                # Every start awaits (stream credit, the send buffer), so what is worth starting is
+                # decided again each time from what is waiting now: with several groups waiting and
+                # max latency 0 only the newest starts; otherwise the fresh ones, oldest first.
+                pending = [g for g in pending if self._worth_starting(g, floor)]
+                if pending:
+                    group = min(pending, key=lambda g: g.sequence)
+                    pending.remove(group)
+                    if await self._start_group(nursery, group) and self.started == 1:
+                        # Nothing below the first group delivered (SUBSCRIBE_START's promise): a
+                        # straggler older than it is not sent.
+                        floor = group.sequence if floor is None else max(floor, group.sequence)
+                    continue
+                if track.closed:
+                    break
+                end = self.wish.end
+                if end is not None and track.latest is not None and track.latest.sequence + 1 >= end \
+                        and not self.inflight:
+                    break
+                await track.wait_changed()
 
     def _expire(self) -> None:
-        """Groups older than max latency behind the newest are not worth sending any more."""
-        latest = self.track.latest
+        """In-flight groups that went stale are not worth finishing: reset them (code Old)."""
+        track = self.track
+        latest = track.latest
         if latest is None or not self.inflight:
             return
         for seq, scope in list(self.inflight.items()):
-            group = self.track.groups.get(seq)
-            if seq < latest.sequence and (group is None or latest.arrived - group.arrived > self.max_latency):
+            group = track.groups.get(seq)
+            if seq < latest.sequence and (group is None or track.stale(group, self.wish.max_latency_ms)):
                 scope.cancel()
 
-    async def _start_group(self, nursery: trio.Nursery, group, start: int | None) -> None:
-        if not self._wanted(group.sequence, start):
-            return
+    async def _start_group(self, nursery: trio.Nursery, group: Group) -> bool:
+        """Open the group's stream and hand it to a sender task; False if it could not start."""
         if len(self.inflight) >= self.session.limits.max_inflight_groups:
             oldest = min(self.inflight)
             if oldest > group.sequence:
-                return
+                return False
             self.inflight.pop(oldest).cancel()
         if not self.ok_sent:
             # lite-05/06: SUBSCRIBE_OK names the first group delivered, just before its stream.
@@ -1006,16 +1068,18 @@ class _Downstream:
         # sequence order does not skip an older group that merely lost a scheduling race.
         try:
             stream = await self.session.transport.open_uni()
-            stream.set_priority(_send_order(self.priority, group.sequence))
+            stream.set_priority(_send_order(self.wish.priority, group.sequence))
             await stream.write(m.encode_uni_type(m.UniStream.GROUP)
                                + m.GroupHeader(subscribe_id=self.sub.id, sequence=group.sequence).encode(self.version))
         except TransportError:
-            return
+            return False
         scope = trio.CancelScope()
         self.inflight[group.sequence] = scope
+        self.started += 1
         if self.last_sequence is None or group.sequence > self.last_sequence:
             self.last_sequence = group.sequence
         nursery.start_soon(self._send_group, group, scope, stream)
+        return True
 
     async def _send_group(self, group, scope: trio.CancelScope, stream: SendStream) -> None:
         v = self.version
@@ -1050,6 +1114,15 @@ class _Downstream:
 
 
 MAX_FAILOVERS = 64  # route changes one subscription follows before it simply ends
+MIN_UPSTREAM_LATENCY_MS = 1  # see LiteSession._upstream_wish
+
+
+def _wish(sub: m.Subscribe, v: Version) -> Wish:
+    """What a SUBSCRIBE asks for. lite-01/02 carry no max latency: like the Rust stack, read it as
+    0 (the newest group only)."""
+    return Wish(priority=sub.priority, ordered=sub.ordered,
+                max_latency_ms=sub.max_latency_ms if v >= Version.LITE_03 else 0,
+                start=sub.start_group, end=sub.end_group)
 
 
 def _send_order(priority: int, sequence: int) -> int:
