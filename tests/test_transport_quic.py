@@ -25,6 +25,9 @@ ENGINES = [
 ]
 
 IDENTITY = generate_self_signed(["localhost", "127.0.0.1"])
+# A client without a connection ID, like Chromium's. (aioquic's client made so still issues
+# NEW_CONNECTION_ID frames with empty IDs, which servers must refuse; qh3's does not.)
+CID_LESS_CLIENT = "qh3"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -35,7 +38,8 @@ class TestClient:
 
     __test__ = False
 
-    def __init__(self, addr: tuple[str, int], alpns: list[str], h3: bool = False, engine: str = "aioquic") -> None:
+    def __init__(self, addr: tuple[str, int], alpns: list[str], h3: bool = False, engine: str = "aioquic",
+                 empty_cid: bool = False) -> None:
         # Same engine as the server: aioquic's ClientHello (with an ML-KEM key share) makes
         # qh3 2.1's server fail ("packet builder capacity exhausted").
         self.engine = get_engine(engine)
@@ -43,7 +47,11 @@ class TestClient:
         cfg.verify_mode = ssl.CERT_NONE
         cfg.max_data = 64 << 20
         cfg.max_stream_data = 16 << 20
+        if empty_cid:
+            cfg.connection_id_length = 0
         self.quic = self.engine.QuicConnection(configuration=cfg)
+        if empty_cid:
+            without_connection_id(self.quic)
         self.addr = addr
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -138,6 +146,17 @@ class TestClient:
     async def wait_for(self, cond: Any) -> None:
         while not cond():
             await self._changed.wait()
+
+
+def without_connection_id(quic: Any) -> None:
+    """Make a client connection built with connection_id_length = 0 behave like Chromium's: no
+    connection ID of its own, and a random 8-byte one for the server's first Initial (the
+    engines would otherwise make that one empty too)."""
+    odcid = os.urandom(8)
+    if hasattr(quic, "_peer_cid"):  # aioquic
+        quic._peer_cid.cid = odcid
+    quic._original_destination_connection_id = odcid
+    assert quic.host_cid == b""
 
 
 async def echo_handler(session: TransportSession) -> None:
@@ -390,6 +409,75 @@ async def test_webtransport_rejected_and_404(engine: str) -> None:
             assert cl.headers[req2][b":status"] == b"404"
             assert ep.connections[0].session is None
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not available(CID_LESS_CLIENT), reason=f"the client is {CID_LESS_CLIENT}, not installed")
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_webtransport_client_without_connection_id(engine: str) -> None:
+    """Chromium's QUIC client has a zero-length connection ID. qh3 cannot serve such a client
+    (Engine.serves_empty_client_cid), so that connection is served by aioquic."""
+    ep = endpoint(engine, ["h3"], echo_handler, wt_select=wt_select)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            cl = TestClient(ep.addresses[0], ["h3"], h3=True, engine=CID_LESS_CLIENT, empty_cid=True)
+            await nursery.start(cl.run)
+            await cl.handshake.wait()
+            req = cl.quic.get_next_available_stream_id()
+            cl.h3.send_headers(req, [
+                (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+                (b":authority", b"127.0.0.1"), (b":path", b"/anon"),
+                (b"wt-available-protocols", b'"moq-lite-04", "moq-lite-03"'),
+            ])
+            cl.flush()
+            await cl.wait_for(lambda: req in cl.headers)
+            assert cl.headers[req][b":status"] == b"200"
+            # Streams both ways over short-header packets addressed to the empty ID.
+            sids = []
+            for i in range(5):
+                sid = cl.h3.create_webtransport_stream(req, is_unidirectional=False)
+                cl.raw_streams.add(sid)
+                cl.quic.send_stream_data(sid, b"cid-less %d" % i * 500, end_stream=True)
+                sids.append(sid)
+            cl.flush()
+            await cl.wait_for(lambda: all(s in cl.fin for s in sids))
+            assert [bytes(cl.data[s]) for s in sids] == [b"cid-less %d" % i * 500 for i in range(5)]
+            (conn,) = ep.connections
+            assert conn.engine.name == "aioquic"
+            assert ep.stats["fallback_engine"] == (0 if engine == "aioquic" else 1)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.skipif(not available("qh3"), reason="qh3 not installed")
+@pytest.mark.parametrize("cid_length", [8, 0])
+def test_qh3_serves_a_client_only_with_a_connection_id(cid_length: int) -> None:
+    """Why the endpoint hands clients without a connection ID to aioquic: in memory, a qh3 server
+    completes the handshake with a qh3 client that has an ID and not with one that has none.
+    Once a qh3 release completes both, Engine.serves_empty_client_cid can say so."""
+    qh3 = get_engine("qh3")
+    cfg = qh3.QuicConfiguration(is_client=True, alpn_protocols=["h3"])
+    cfg.verify_mode = ssl.CERT_NONE
+    cfg.connection_id_length = cid_length
+    client = qh3.QuicConnection(configuration=cfg)
+    if not cid_length:
+        without_connection_id(client)
+    server_cfg = qh3.server_configuration(IDENTITY, ["h3"], idle_timeout=5, max_datagram_frame_size=65536,
+                                          max_data=1 << 20, max_stream_data=1 << 20)
+    server = qh3.new_server_connection(server_cfg, client.original_destination_connection_id)
+    now, done = 0.0, False
+    client.connect(("127.0.0.1", 4433), now)
+    for _ in range(10):
+        for data, _addr in client.datagrams_to_send(now):
+            server.receive_datagram(data, ("127.0.0.1", 5000), now)
+        for data, _addr in server.datagrams_to_send(now):
+            client.receive_datagram(data, ("127.0.0.1", 4433), now)
+        while (ev := server.next_event()) is not None:
+            done = done or isinstance(ev, qh3.qe.HandshakeCompleted)
+        while client.next_event() is not None:
+            pass
+        now += 0.01
+    assert done == bool(cid_length)
+    assert qh3.serves_empty_client_cid is False
 
 
 # --------------------------------------------------------------------------- the real Rust client

@@ -45,6 +45,14 @@ class Engine:
         self.name = name
         self.QuicConfiguration = QuicConfiguration
         self.QuicConnection = QuicConnection
+        # Whether a server connection works with a client that has a zero-length connection ID,
+        # as Chromium's QUIC client (so every Chromium-based browser) has. qh3 2.1's native core adopts the client's
+        # source connection ID only when it is not empty, so it keeps addressing its packets to
+        # the client's original destination ID, which the client cannot parse in a short header
+        # (its Python layer also refuses the client's transport parameters for the same reason,
+        # "initial_source_connection_id does not match"). The endpoint serves such clients with
+        # aioquic instead.
+        self.serves_empty_client_cid = name == "aioquic"
         self.H3Connection = h3c.H3Connection
         self.qe: types.ModuleType = qe
         self.h3e: types.ModuleType = h3e

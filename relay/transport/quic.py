@@ -445,9 +445,9 @@ class RawQuicSession(BaseQuicSession):
 class Connection:
     """One QUIC connection: engine state, its CIDs, its driver task and its session."""
 
-    def __init__(self, ep: QuicEndpoint, sock: _UdpSocket, quic: Any, addr: Any) -> None:
+    def __init__(self, ep: QuicEndpoint, sock: _UdpSocket, quic: Any, addr: Any, engine: Engine | None = None) -> None:
         self.ep = ep
-        self.engine: Engine = ep.engine
+        self.engine: Engine = engine or ep.engine
         self.sock = sock
         self.quic = quic
         self.addr = addr
@@ -867,16 +867,33 @@ class QuicEndpoint:
                              "max_datagram_size": max_datagram_size}
         self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
         self._supported_versions = set(self.configuration.supported_versions)
+        # aioquic, for the clients our engine cannot serve (see Engine.serves_empty_client_cid).
+        self._fallback: tuple[Engine, Any] | None = None
         self._sockets: list[_UdpSocket] = []
         self._cids: dict[bytes, Connection] = {}
         self._conns: set[Connection] = set()
         self._nursery: trio.Nursery | None = None
-        self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0}
+        self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0,
+                      "fallback_engine": 0}
 
     def set_identity(self, identity: Identity) -> None:
         """Serve new connections with another certificate (existing ones keep theirs)."""
         self.identity = identity
         self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
+        self._fallback = None
+
+    def _server_engine(self, client_scid: bytes) -> tuple[Engine, Any]:
+        """The engine and configuration for a new connection whose client Initial carried
+        `client_scid`: ours, or aioquic where ours cannot serve that client."""
+        if client_scid or self.engine.serves_empty_client_cid:
+            return self.engine, self.configuration
+        if self._fallback is None:
+            fallback = get_engine("aioquic")
+            self._fallback = fallback, fallback.server_configuration(self.identity, self.alpns, **self._config_args)
+            if not self.stats["fallback_engine"]:
+                log.info("%s cannot serve clients without a connection ID (Chromium-based browsers): "
+                         "aioquic serves them", self.engine.name)
+        return self._fallback
 
     @contextlib.asynccontextmanager
     async def dial(self, host: str, port: int, alpns: list[str], handler: Handler, *,
@@ -997,6 +1014,11 @@ class QuicEndpoint:
         if not is_initial or version not in self._supported_versions or dcid_len < 8:
             self.stats["dropped"] += 1
             return None
+        scid_at = 6 + dcid_len  # the source connection ID's length byte, then the ID
+        if len(data) <= scid_at or data[scid_at] > 20:
+            self.stats["dropped"] += 1
+            return None
+        scid = data[scid_at + 1 : scid_at + 1 + data[scid_at]]
         if len(data) < 1200:
             # RFC 9000 §14.1: a client Initial is padded to 1200 bytes; smaller ones are not
             # worth a connection (and would be an amplification vector).
@@ -1005,16 +1027,22 @@ class QuicEndpoint:
         if len(self._conns) >= self.max_connections or self._nursery is None:
             self.stats["refused_max_connections"] += 1
             return None
+        engine, configuration = self._server_engine(scid)
         try:
-            quic = self.engine.new_server_connection(self.configuration, dcid)
-            self.engine.set_local_max_streams(quic, self.max_streams)
+            quic = engine.new_server_connection(configuration, dcid)
+            engine.set_local_max_streams(quic, self.max_streams)
         except Exception:
             log.exception("cannot create a connection for %s", _fmt_addr(addr))
             return None
-        conn = Connection(self, sock, quic, addr)
+        conn = Connection(self, sock, quic, addr, engine)
         self._conns.add(conn)
         self._add_cid(dcid, conn)
         self._add_cid(quic.host_cid, conn)
-        log.debug("conn=%d new connection from %s", conn.conn_id, _fmt_addr(addr))
+        if engine is self.engine:
+            log.debug("conn=%d new connection from %s", conn.conn_id, _fmt_addr(addr))
+        else:
+            self.stats["fallback_engine"] += 1
+            log.debug("conn=%d new connection from %s, served by %s: the client has no connection ID",
+                      conn.conn_id, _fmt_addr(addr), engine.name)
         self._nursery.start_soon(conn.run)
         return conn
