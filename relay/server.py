@@ -31,7 +31,7 @@ from relay.protocol.lite.version import Version
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
 from relay.transport.quic import QuicEndpoint
-from relay.transport.websocket import WebSocketSession, select_subprotocol
+from relay.transport.websocket import WebSocketSession, mux_for, select_subprotocol
 from relay.transport.webtransport import WtDecision
 from relay.web.app import WsDecision, create_app
 
@@ -183,7 +183,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         return WsDecision(200, subprotocol, info)
 
     async def ws_run(channel, info: SessionInfo) -> None:
-        session = WebSocketSession(channel, info)
+        session = WebSocketSession(channel, info, mux_for(info.extra.get("subprotocol")))
         async with trio.open_nursery() as ws_nursery:
             ws_nursery.start_soon(session.run)
             try:

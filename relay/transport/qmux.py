@@ -187,7 +187,7 @@ class QmuxConnection:
         self.conn_window = max_data
         self.stream_window = max_stream_data
         self._out: list[bytes] = []  # whole frames, packed into messages on demand
-        self._events: list = []
+        self._events: list[StreamData | StreamReset | StopSending | ConnectionClosed] = []
         self._send: dict[int, _SendState] = {}
         self._recv: dict[int, _RecvState] = {}
         self._order: collections.deque[int] = collections.deque()  # streams with data to send
@@ -215,6 +215,10 @@ class QmuxConnection:
     # -- stream id helpers ------------------------------------------------------------------
     def _local(self, sid: int) -> bool:
         return (sid & 1) == (1 if self.is_server else 0)
+
+    def is_local(self, sid: int) -> bool:
+        """Opened by us (the driver's view of the stream id)."""
+        return self._local(sid)
 
     @staticmethod
     def _uni(sid: int) -> bool:
@@ -432,7 +436,7 @@ class QmuxConnection:
             self.closed = True
             self._events.append(ConnectionClosed(code, reason, application))
 
-    def events(self) -> list:
+    def events(self) -> list[StreamData | StreamReset | StopSending | ConnectionClosed]:
         out, self._events = self._events, []
         return out
 

@@ -1,19 +1,23 @@
-"""The WebSocket fallback: a moq-lite session carried by QMux in WebSocket messages (lite §8.3).
+"""The WebSocket fallback: a moq-lite session carried in WebSocket messages (lite §8.3).
 
-`WebSocketSession` is an ordinary TransportSession, so the session code cannot tell it from
-QUIC. `run()` pumps messages between the WebSocket and the sans-IO QmuxConnection; the relay
-runs it next to the session handler in one nursery, owned by the WebSocket request.
+Two wires, both sans-IO behind one `StreamMux` interface: QMux (`qmux.QmuxConnection`, the
+`qmux-0N[.alpn]` subprotocols) and the older `webtransport` polyfill wire of the seed-era
+JavaScript client (`polyfill.PolyfillConnection`). `WebSocketSession` is an ordinary
+TransportSession, so the session code cannot tell it from QUIC. `run()` pumps messages between
+the WebSocket and the mux; the relay runs it next to the session handler in one nursery, owned
+by the WebSocket request.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import trio
 
-from relay.transport import qmux
+from relay.transport import polyfill, qmux
 from relay.transport.base import (
     RecvStream,
     SendStream,
@@ -33,7 +37,8 @@ ACCEPT_BACKLOG = 1024
 IDLE_TIMEOUT = 30.0
 
 # Server preference: for each of our ALPNs qmux-01 then qmux-00 (as HEAD's relay), then the
-# bare wire versions meaning "no app protocol": the legacy in-band SETUP.
+# bare wire versions meaning "no app protocol": the legacy in-band SETUP; the flow-controlled
+# QMux before the `webtransport` polyfill wire, which only the seed-era JS client offers alone.
 QMUX_PREFIXES = ["qmux-01", "qmux-00", "qmux-02"]
 BARE = ["qmux-02", "qmux-01", "qmux-00"]
 
@@ -41,7 +46,7 @@ BARE = ["qmux-02", "qmux-01", "qmux-00"]
 def select_subprotocol(offered: list[str], alpns: list[str], legacy: bool) -> tuple[str | None, str | None, int]:
     """(subprotocol to echo, moq ALPN or "" for legacy SETUP, HTTP status).
 
-    Nothing offered: 400, since we do not speak the pre-QMux `webtransport` polyfill wire."""
+    Nothing offered: 400 (not a MoQ client we know)."""
     offered_set = {o.strip() for o in offered}
     for alpn in alpns:
         for prefix in QMUX_PREFIXES:
@@ -52,7 +57,48 @@ def select_subprotocol(offered: list[str], alpns: list[str], legacy: bool) -> tu
         for bare in BARE:
             if bare in offered_set or f"{bare}.moql" in offered_set:
                 return (bare if bare in offered_set else f"{bare}.moql"), "", 200
+        if polyfill.SUBPROTOCOL in offered_set:
+            return polyfill.SUBPROTOCOL, "", 200
     return None, None, 400
+
+
+class StreamMux(Protocol):
+    """A sans-IO stream multiplexer over WebSocket messages: what the driver needs of a wire.
+
+    Methods that digest peer bytes raise `qmux.QmuxError` (the polyfill's error is one)."""
+
+    closed: bool
+
+    def is_local(self, sid: int) -> bool: ...
+
+    def can_open(self, uni: bool) -> bool: ...
+
+    def open_stream(self, uni: bool) -> int: ...
+
+    def receive_message(self, data: bytes) -> None: ...
+
+    def events(self) -> Sequence[qmux.StreamData | qmux.StreamReset | qmux.StopSending | qmux.ConnectionClosed]: ...
+
+    def consumed(self, sid: int, n: int, fin_read: bool = False) -> None: ...
+
+    def send_stream_data(self, sid: int, data: bytes, fin: bool = False) -> None: ...
+
+    def pending(self, sid: int) -> int: ...
+
+    def reset_stream(self, sid: int, code: int) -> None: ...
+
+    def stop_sending(self, sid: int, code: int) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+    def messages_to_send(self) -> list[bytes]: ...
+
+
+def mux_for(subprotocol: str | None) -> StreamMux:
+    """The wire a negotiated subprotocol selects: `webtransport` = the polyfill, else QMux."""
+    if subprotocol == polyfill.SUBPROTOCOL:
+        return polyfill.PolyfillConnection(is_server=True)
+    return qmux.QmuxConnection(is_server=True)
 
 
 class MessageChannel(Protocol):
@@ -153,10 +199,10 @@ class _Stream(SendStream, RecvStream):
 
 
 class WebSocketSession(TransportSession):
-    def __init__(self, channel: MessageChannel, info: SessionInfo) -> None:
+    def __init__(self, channel: MessageChannel, info: SessionInfo, mux: StreamMux | None = None) -> None:
         self.channel = channel
         self.info = info
-        self.conn = qmux.QmuxConnection(is_server=True)
+        self.conn: StreamMux = mux if mux is not None else qmux.QmuxConnection(is_server=True)
         self.streams: dict[int, _Stream] = {}
         self.closed: SessionClosed | None = None
         self._closed_event = trio.Event()
@@ -216,7 +262,7 @@ class WebSocketSession(TransportSession):
     def _forget_finished(self) -> None:
         """Drop stream objects whose both halves are over: one uni stream per group adds up."""
         for sid, stream in list(self.streams.items()):
-            receive_over = (sid & 2 and self.conn._local(sid)) or stream.fin or stream.error is not None
+            receive_over = (sid & 2 and self.conn.is_local(sid)) or stream.fin or stream.error is not None
             if stream.send_done and receive_over and not stream.buf:
                 del self.streams[sid]
 
@@ -243,10 +289,10 @@ class WebSocketSession(TransportSession):
 
     def _stream(self, sid: int) -> _Stream | None:
         stream = self.streams.get(sid)
-        if stream is None and not self.conn._local(sid):
+        if stream is None and not self.conn.is_local(sid):
             if len(self._accept_bi) + len(self._accept_uni) >= ACCEPT_BACKLOG:
                 self.conn.stop_sending(sid, 11)
-                if not qmux.QmuxConnection._uni(sid):
+                if not sid & 2:
                     self.conn.reset_stream(sid, 11)
                 return None
             stream = self.streams[sid] = _Stream(self, sid)
