@@ -35,6 +35,7 @@ STREAM_RECV_LIMIT = 40 << 20  # unread bytes on one stream (> the 32 MiB frame c
 SESSION_RECV_LIMIT = 64 << 20
 ACCEPT_BACKLOG = 1024
 IDLE_TIMEOUT = 30.0
+FLUSH_TIMEOUT = 2.0  # for the last messages (a close frame) once the session is over
 
 # Server preference: for each of our ALPNs qmux-01 then qmux-00 (as HEAD's relay), then the
 # bare wire versions meaning "no app protocol": the legacy in-band SETUP; the flow-controlled
@@ -214,6 +215,7 @@ class WebSocketSession(TransportSession):
         self._last_activity = trio.current_time()
         self.unread = 0
         self._credit = trio.Event()
+        self._writer_done = trio.Event()
 
     # -- the pump -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -222,6 +224,11 @@ class WebSocketSession(TransportSession):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 await self._reader()
+                if self.closed is not None:
+                    # Closed by either side's close frame, or by us for a peer error: the writer
+                    # still sends what it holds (our close frame with its code, at least).
+                    with trio.move_on_after(FLUSH_TIMEOUT):
+                        await self._writer_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._terminate(SessionClosed(0, "websocket closed"))
@@ -267,6 +274,12 @@ class WebSocketSession(TransportSession):
                 del self.streams[sid]
 
     async def _writer(self) -> None:
+        try:
+            await self._write_loop()
+        finally:
+            self._writer_done.set()
+
+    async def _write_loop(self) -> None:
         rounds = 0
         while True:
             rounds += 1
