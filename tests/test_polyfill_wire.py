@@ -12,6 +12,9 @@ from harness import running_relay
 from test_seed_client_codec import JS_SETUP_MESSAGES, h
 
 from relay.protocol.lite.errors import ErrorCode
+from relay.transport import polyfill, qmux
+from relay.transport.base import SessionInfo
+from relay.transport.websocket import WebSocketSession
 
 SERVER_SETUP_MESSAGE = h("08 00 21 0009 c0000000ff0dad01 00")
 
@@ -86,3 +89,29 @@ async def test_bad_frames_close_the_session(tmp_path, caplog, message: bytes) ->
     assert got[-1][0] == 0x1D, got
     assert any("qmux error from peer" in r.getMessage() for r in caplog.records)
     assert ok == [SERVER_SETUP_MESSAGE]
+
+
+class _Silent:
+    """A WebSocket on which the peer never says anything (but is not gone)."""
+
+    async def receive(self) -> bytes | str:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    async def send(self, data: bytes) -> None:
+        pass
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+async def test_quiet_is_healthy_on_the_polyfill_wire_only(autojump_clock) -> None:
+    """The JS client sends no keep-alives (a publisher nobody watches is silent both ways): on
+    its wire quiet is not idle. QMux peers ping, so there 30 s of silence ends the session."""
+    outcomes = {}
+    for name, mux in (("webtransport", polyfill.PolyfillConnection()), ("qmux", qmux.QmuxConnection())):
+        session = WebSocketSession(_Silent(), SessionInfo(transport="websocket", protocol=""), mux)
+        with trio.move_on_after(600) as still_open:
+            await session.run()
+        outcomes[name] = still_open.cancelled_caught
+    assert outcomes == {"webtransport": True, "qmux": False}

@@ -120,6 +120,9 @@ class PolyfillConnection:
     def __init__(self, *, is_server: bool = True, max_streams: int = 10000) -> None:
         self.is_server = is_server
         self.max_streams = max_streams  # peer streams open at once, per direction kind
+        # No keep-alive on this wire: a publisher nobody watches, or a viewer waiting for a
+        # broadcast, is quiet and healthy. A dead peer shows through WebSocket pings and TCP.
+        self.idle_timeout: float | None = None
         self.closed = False
         self._out: list[bytes] = []  # control frames, one per message
         self._events: list[Event] = []

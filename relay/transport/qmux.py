@@ -183,6 +183,7 @@ class QmuxConnection:
     def __init__(self, *, is_server: bool = True, max_streams: int = 10000, max_data: int = 16 << 20,
                  max_stream_data: int = 4 << 20, idle_timeout_ms: int = 30000) -> None:
         self.is_server = is_server
+        self.idle_timeout: float | None = idle_timeout_ms / 1000  # peers keep alive with QX_PING
         self.max_streams = max_streams
         self.conn_window = max_data
         self.stream_window = max_stream_data

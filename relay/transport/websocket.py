@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -34,7 +35,6 @@ SEND_HIGH_WATER = 1 << 20  # a writer waits while its stream holds this much uns
 STREAM_RECV_LIMIT = 40 << 20  # unread bytes on one stream (> the 32 MiB frame cap)
 SESSION_RECV_LIMIT = 64 << 20
 ACCEPT_BACKLOG = 1024
-IDLE_TIMEOUT = 30.0
 FLUSH_TIMEOUT = 2.0  # for the last messages (a close frame) once the session is over
 
 # Server preference: for each of our ALPNs qmux-01 then qmux-00 (as HEAD's relay), then the
@@ -69,6 +69,9 @@ class StreamMux(Protocol):
     Methods that digest peer bytes raise `qmux.QmuxError` (the polyfill's error is one)."""
 
     closed: bool
+    # Seconds without a message either way after which the session is dead; None: the wire
+    # has no keep-alive, so quiet is healthy (WebSocket pings and TCP tell a dead peer).
+    idle_timeout: float | None
 
     def is_local(self, sid: int) -> bool: ...
 
@@ -234,19 +237,22 @@ class WebSocketSession(TransportSession):
             self._terminate(SessionClosed(0, "websocket closed"))
 
     async def _reader(self) -> None:
+        idle_timeout = self.conn.idle_timeout
         while self.closed is None:
             # Idle means nothing moved either way: @moq/lite sends nothing while it only
             # receives (no keep-alives), and a peer we keep writing to is not idle.
-            with trio.move_on_at(self._last_activity + IDLE_TIMEOUT) as idle:
+            deadline = math.inf if idle_timeout is None else self._last_activity + idle_timeout
+            with trio.move_on_at(deadline) as idle:
                 try:
                     message = await self.channel.receive()
                 except Exception as exc:  # the WebSocket is gone (close frame or TCP reset)
                     log.debug("conn=%s websocket ended: %s", self.info.conn_id, exc)
                     return
             if idle.cancelled_caught:
-                if trio.current_time() < self._last_activity + IDLE_TIMEOUT:
+                assert idle_timeout is not None
+                if trio.current_time() < self._last_activity + idle_timeout:
                     continue
-                log.info("conn=%s websocket idle for %.0fs; closing", self.info.conn_id, IDLE_TIMEOUT)
+                log.info("conn=%s websocket idle for %.0fs; closing", self.info.conn_id, idle_timeout)
                 self._fail(0x1, "idle timeout")
                 return
             self._last_activity = trio.current_time()
