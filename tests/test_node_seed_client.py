@@ -93,3 +93,28 @@ async def test_seed_js_subscriber_reads_a_rust_publisher(tmp_path, caplog) -> No
     assert payloads == [f"rustcam-{first + i // 2}-{'ab'[i % 2]}" for i in range(8)], out
     lines = _session_lines(caplog)
     assert any("id-length-value" in line and "moq-lite-01" in line for line in lines), lines
+
+
+async def test_seed_js_publisher_to_seed_js_subscriber(tmp_path) -> None:
+    """Both ends on the `webtransport` wire: the relay re-sends the JS publisher's groups to a
+    JS subscriber in the client's own lite-01 framing."""
+    async with running_relay(tmp_path) as relay:
+        url = relay.url("http", "anon")
+        results: dict[str, subprocess.CompletedProcess] = {}
+
+        async def run(name: str, script: str, *args: str) -> None:
+            results[name] = await node(script, "--url", url, *args)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(run, "sub", "seed_subscribe.mjs", "--broadcast", "seedpair", "--track", "seconds",
+                         "--groups", "3", "--timeout", "25")
+            n.start_soon(run, "pub", "seed_publish.mjs", "--broadcast", "seedpair", "--track", "seconds",
+                         "--groups", "8", "--frames", "2", "--interval", "300", "--linger", "500")
+    for name, done in results.items():
+        assert done.returncode == 0, (name, done.stderr.decode()[-3000:])
+    rows = [line.split(" ", 2) for line in results["sub"].stdout.decode().splitlines() if line.startswith("group=")]
+    assert len(rows) == 6, rows
+    sequences = [int(r[0].removeprefix("group=")) for r in rows]
+    first = sequences[0]
+    assert sequences == [first + i // 2 for i in range(6)]
+    assert [r[2] for r in rows] == [f"seedpair g{first + i // 2} f{i % 2}" for i in range(6)]
