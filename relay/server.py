@@ -31,13 +31,14 @@ from relay.protocol.lite.version import Version
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
 from relay.transport.quic import QuicEndpoint
-from relay.transport.websocket import WebSocketSession, select_subprotocol
+from relay.transport.websocket import WebSocketSession, mux_for, select_subprotocol
 from relay.transport.webtransport import WtDecision
 from relay.web.app import WsDecision, create_app
 
 log = logging.getLogger("relay.server")
 
 RENEW_BEFORE = datetime.timedelta(hours=24)
+WS_PING_INTERVAL = 10.0
 
 # Preference order: newest first. (lite-06/01/02 arrive with issue 3.)
 DEFAULT_VERSIONS = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03,
@@ -183,7 +184,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         return WsDecision(200, subprotocol, info)
 
     async def ws_run(channel, info: SessionInfo) -> None:
-        session = WebSocketSession(channel, info)
+        session = WebSocketSession(channel, info, mux_for(info.extra.get("subprotocol")))
         async with trio.open_nursery() as ws_nursery:
             ws_nursery.start_soon(session.run)
             try:
@@ -223,6 +224,9 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             hc.accesslog = None
             hc.errorlog = logging.getLogger("relay.web.hypercorn")
             hc.graceful_timeout = 1.0
+            # WebSocket pings keep quiet sessions alive through middleboxes and, with TCP, tell
+            # a dead peer from a quiet one on wires without keep-alives (the `webtransport` wire).
+            hc.websocket_ping_interval = WS_PING_INTERVAL
             http_urls = await nursery.start(_serve_http, serve, app, hc)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, sessions=sessions,

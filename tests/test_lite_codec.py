@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from relay.protocol.lite import legacy
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ProtocolError
 from relay.protocol.lite.streams import MessageReader, StreamEnded
@@ -181,17 +182,17 @@ async def test_reader_limits_and_truncation() -> None:
 def test_legacy_setup_captures() -> None:
     raw = h("20 003a 03 c0000000ff0dad02 c0000000ff0dad01 c0000000ff00000e 04 02 c0000000ffffffff"
             " 80040b5a 01 80040b5c 01 07 0b 6d6f712d6c6974652d7273")
-    assert raw[0] == m.LEGACY_CLIENT_SETUP and int.from_bytes(raw[1:3], "big") == len(raw) - 3
-    setup = m.LegacyClientSetup.decode(raw[3:])
+    assert raw[0] == legacy.LEGACY_CLIENT_SETUP and int.from_bytes(raw[1:3], "big") == len(raw) - 3
+    setup = legacy.LegacyClientSetup.decode(raw[3:])
     assert setup.versions == [0xFF0DAD02, 0xFF0DAD01, 0xFF00000E]
     assert setup.params[7] == b"moq-lite-rs" and setup.path is None
     with_path = h("20 0049 03 c0000000ff0dad02 c0000000ff0dad01 c0000000ff00000e 05 02 c0000000ffffffff"
                   " 80040b5c 01 80040b5a 01 07 0b 6d6f712d6c6974652d7273 01 0d 2f616e6f6e3f6a77743d616263")
-    assert m.LegacyClientSetup.decode(with_path[3:]).path == "/anon?jwt=abc"
-    assert m.LegacyServerSetup(0xFF0DAD02).encode() == h("21 0009 c0000000ff0dad02 00")
+    assert legacy.LegacyClientSetup.decode(with_path[3:]).path == "/anon?jwt=abc"
+    assert legacy.LegacyServerSetup(0xFF0DAD02).encode() == h("21 0009 c0000000ff0dad02 00")
     assert Version.from_setup_code(0xFF0DAD02) == Version.LITE_02
     with pytest.raises(ProtocolError):
-        m.LegacyClientSetup.decode(h("01 c0000000ff0dad02 01 01 05 ff"))  # truncated parameter
+        legacy.LegacyClientSetup.decode(h("01 c0000000ff0dad02 01 01 05 ff"))  # truncated parameter
 
 
 def test_lite02_flow_captures() -> None:

@@ -154,8 +154,11 @@ def test_subprotocol_selection() -> None:
     assert select_subprotocol(offer, ours, True) == ("qmux-01.moq-lite-06", "moq-lite-06", 200)
     assert select_subprotocol(["qmux-00.moq-lite-05"], ours, True) == ("qmux-00.moq-lite-05", "moq-lite-05", 200)
     assert select_subprotocol(["qmux-02", "webtransport"], ours, True) == ("qmux-02", "", 200)
-    assert select_subprotocol(["qmux-01.moq-lite-03", "webtransport"], ours, True)[2] == 400
-    assert select_subprotocol([], ours, True)[2] == 400  # the pre-QMux polyfill wire: refused
+    # The pre-QMux polyfill wire (the seed-era JS client offers only it): legacy SETUP, last choice.
+    assert select_subprotocol(["qmux-01.moq-lite-03", "webtransport"], ours, True) == ("webtransport", "", 200)
+    assert select_subprotocol(["webtransport", "qmux-00"], ours, True) == ("qmux-00", "", 200)
+    assert select_subprotocol(["webtransport"], ours, False)[2] == 400  # legacy versions disabled
+    assert select_subprotocol([], ours, True)[2] == 400
 
 
 async def test_misbehaving_websocket_sessions_are_closed_alone(tmp_path) -> None:

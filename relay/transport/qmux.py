@@ -183,11 +183,12 @@ class QmuxConnection:
     def __init__(self, *, is_server: bool = True, max_streams: int = 10000, max_data: int = 16 << 20,
                  max_stream_data: int = 4 << 20, idle_timeout_ms: int = 30000) -> None:
         self.is_server = is_server
+        self.idle_timeout: float | None = idle_timeout_ms / 1000  # peers keep alive with QX_PING
         self.max_streams = max_streams
         self.conn_window = max_data
         self.stream_window = max_stream_data
         self._out: list[bytes] = []  # whole frames, packed into messages on demand
-        self._events: list = []
+        self._events: list[StreamData | StreamReset | StopSending | ConnectionClosed] = []
         self._send: dict[int, _SendState] = {}
         self._recv: dict[int, _RecvState] = {}
         self._order: collections.deque[int] = collections.deque()  # streams with data to send
@@ -215,6 +216,10 @@ class QmuxConnection:
     # -- stream id helpers ------------------------------------------------------------------
     def _local(self, sid: int) -> bool:
         return (sid & 1) == (1 if self.is_server else 0)
+
+    def is_local(self, sid: int) -> bool:
+        """Opened by us (the driver's view of the stream id)."""
+        return self._local(sid)
 
     @staticmethod
     def _uni(sid: int) -> bool:
@@ -432,7 +437,7 @@ class QmuxConnection:
             self.closed = True
             self._events.append(ConnectionClosed(code, reason, application))
 
-    def events(self) -> list:
+    def events(self) -> list[StreamData | StreamReset | StopSending | ConnectionClosed]:
         out, self._events = self._events, []
         return out
 

@@ -1,19 +1,24 @@
-"""The WebSocket fallback: a moq-lite session carried by QMux in WebSocket messages (lite §8.3).
+"""The WebSocket fallback: a moq-lite session carried in WebSocket messages (lite §8.3).
 
-`WebSocketSession` is an ordinary TransportSession, so the session code cannot tell it from
-QUIC. `run()` pumps messages between the WebSocket and the sans-IO QmuxConnection; the relay
-runs it next to the session handler in one nursery, owned by the WebSocket request.
+Two wires, both sans-IO behind one `StreamMux` interface: QMux (`qmux.QmuxConnection`, the
+`qmux-0N[.alpn]` subprotocols) and the older `webtransport` polyfill wire of the seed-era
+JavaScript client (`polyfill.PolyfillConnection`). `WebSocketSession` is an ordinary
+TransportSession, so the session code cannot tell it from QUIC. `run()` pumps messages between
+the WebSocket and the mux; the relay runs it next to the session handler in one nursery, owned
+by the WebSocket request.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import math
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import trio
 
-from relay.transport import qmux
+from relay.transport import polyfill, qmux
 from relay.transport.base import (
     RecvStream,
     SendStream,
@@ -30,10 +35,11 @@ SEND_HIGH_WATER = 1 << 20  # a writer waits while its stream holds this much uns
 STREAM_RECV_LIMIT = 40 << 20  # unread bytes on one stream (> the 32 MiB frame cap)
 SESSION_RECV_LIMIT = 64 << 20
 ACCEPT_BACKLOG = 1024
-IDLE_TIMEOUT = 30.0
+FLUSH_TIMEOUT = 2.0  # for the last messages (a close frame) once the session is over
 
 # Server preference: for each of our ALPNs qmux-01 then qmux-00 (as HEAD's relay), then the
-# bare wire versions meaning "no app protocol": the legacy in-band SETUP.
+# bare wire versions meaning "no app protocol": the legacy in-band SETUP; the flow-controlled
+# QMux before the `webtransport` polyfill wire, which only the seed-era JS client offers alone.
 QMUX_PREFIXES = ["qmux-01", "qmux-00", "qmux-02"]
 BARE = ["qmux-02", "qmux-01", "qmux-00"]
 
@@ -41,7 +47,7 @@ BARE = ["qmux-02", "qmux-01", "qmux-00"]
 def select_subprotocol(offered: list[str], alpns: list[str], legacy: bool) -> tuple[str | None, str | None, int]:
     """(subprotocol to echo, moq ALPN or "" for legacy SETUP, HTTP status).
 
-    Nothing offered: 400, since we do not speak the pre-QMux `webtransport` polyfill wire."""
+    Nothing offered: 400 (not a MoQ client we know)."""
     offered_set = {o.strip() for o in offered}
     for alpn in alpns:
         for prefix in QMUX_PREFIXES:
@@ -52,7 +58,51 @@ def select_subprotocol(offered: list[str], alpns: list[str], legacy: bool) -> tu
         for bare in BARE:
             if bare in offered_set or f"{bare}.moql" in offered_set:
                 return (bare if bare in offered_set else f"{bare}.moql"), "", 200
+        if polyfill.SUBPROTOCOL in offered_set:
+            return polyfill.SUBPROTOCOL, "", 200
     return None, None, 400
+
+
+class StreamMux(Protocol):
+    """A sans-IO stream multiplexer over WebSocket messages: what the driver needs of a wire.
+
+    Methods that digest peer bytes raise `qmux.QmuxError` (the polyfill's error is one)."""
+
+    closed: bool
+    # Seconds without a message either way after which the session is dead; None: the wire
+    # has no keep-alive, so quiet is healthy (WebSocket pings and TCP tell a dead peer).
+    idle_timeout: float | None
+
+    def is_local(self, sid: int) -> bool: ...
+
+    def can_open(self, uni: bool) -> bool: ...
+
+    def open_stream(self, uni: bool) -> int: ...
+
+    def receive_message(self, data: bytes) -> None: ...
+
+    def events(self) -> Sequence[qmux.StreamData | qmux.StreamReset | qmux.StopSending | qmux.ConnectionClosed]: ...
+
+    def consumed(self, sid: int, n: int, fin_read: bool = False) -> None: ...
+
+    def send_stream_data(self, sid: int, data: bytes, fin: bool = False) -> None: ...
+
+    def pending(self, sid: int) -> int: ...
+
+    def reset_stream(self, sid: int, code: int) -> None: ...
+
+    def stop_sending(self, sid: int, code: int) -> None: ...
+
+    def close(self, code: int, reason: str = "") -> None: ...
+
+    def messages_to_send(self) -> list[bytes]: ...
+
+
+def mux_for(subprotocol: str | None) -> StreamMux:
+    """The wire a negotiated subprotocol selects: `webtransport` = the polyfill, else QMux."""
+    if subprotocol == polyfill.SUBPROTOCOL:
+        return polyfill.PolyfillConnection(is_server=True)
+    return qmux.QmuxConnection(is_server=True)
 
 
 class MessageChannel(Protocol):
@@ -153,10 +203,10 @@ class _Stream(SendStream, RecvStream):
 
 
 class WebSocketSession(TransportSession):
-    def __init__(self, channel: MessageChannel, info: SessionInfo) -> None:
+    def __init__(self, channel: MessageChannel, info: SessionInfo, mux: StreamMux | None = None) -> None:
         self.channel = channel
         self.info = info
-        self.conn = qmux.QmuxConnection(is_server=True)
+        self.conn: StreamMux = mux if mux is not None else qmux.QmuxConnection(is_server=True)
         self.streams: dict[int, _Stream] = {}
         self.closed: SessionClosed | None = None
         self._closed_event = trio.Event()
@@ -168,6 +218,7 @@ class WebSocketSession(TransportSession):
         self._last_activity = trio.current_time()
         self.unread = 0
         self._credit = trio.Event()
+        self._writer_done = trio.Event()
 
     # -- the pump -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -176,24 +227,32 @@ class WebSocketSession(TransportSession):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 await self._reader()
+                if self.closed is not None:
+                    # Closed by either side's close frame, or by us for a peer error: the writer
+                    # still sends what it holds (our close frame with its code, at least).
+                    with trio.move_on_after(FLUSH_TIMEOUT):
+                        await self._writer_done.wait()
                 nursery.cancel_scope.cancel()
         finally:
             self._terminate(SessionClosed(0, "websocket closed"))
 
     async def _reader(self) -> None:
+        idle_timeout = self.conn.idle_timeout
         while self.closed is None:
             # Idle means nothing moved either way: @moq/lite sends nothing while it only
             # receives (no keep-alives), and a peer we keep writing to is not idle.
-            with trio.move_on_at(self._last_activity + IDLE_TIMEOUT) as idle:
+            deadline = math.inf if idle_timeout is None else self._last_activity + idle_timeout
+            with trio.move_on_at(deadline) as idle:
                 try:
                     message = await self.channel.receive()
                 except Exception as exc:  # the WebSocket is gone (close frame or TCP reset)
                     log.debug("conn=%s websocket ended: %s", self.info.conn_id, exc)
                     return
             if idle.cancelled_caught:
-                if trio.current_time() < self._last_activity + IDLE_TIMEOUT:
+                assert idle_timeout is not None
+                if trio.current_time() < self._last_activity + idle_timeout:
                     continue
-                log.info("conn=%s websocket idle for %.0fs; closing", self.info.conn_id, IDLE_TIMEOUT)
+                log.info("conn=%s websocket idle for %.0fs; closing", self.info.conn_id, idle_timeout)
                 self._fail(0x1, "idle timeout")
                 return
             self._last_activity = trio.current_time()
@@ -216,11 +275,17 @@ class WebSocketSession(TransportSession):
     def _forget_finished(self) -> None:
         """Drop stream objects whose both halves are over: one uni stream per group adds up."""
         for sid, stream in list(self.streams.items()):
-            receive_over = (sid & 2 and self.conn._local(sid)) or stream.fin or stream.error is not None
+            receive_over = (sid & 2 and self.conn.is_local(sid)) or stream.fin or stream.error is not None
             if stream.send_done and receive_over and not stream.buf:
                 del self.streams[sid]
 
     async def _writer(self) -> None:
+        try:
+            await self._write_loop()
+        finally:
+            self._writer_done.set()
+
+    async def _write_loop(self) -> None:
         rounds = 0
         while True:
             rounds += 1
@@ -243,10 +308,10 @@ class WebSocketSession(TransportSession):
 
     def _stream(self, sid: int) -> _Stream | None:
         stream = self.streams.get(sid)
-        if stream is None and not self.conn._local(sid):
+        if stream is None and not self.conn.is_local(sid):
             if len(self._accept_bi) + len(self._accept_uni) >= ACCEPT_BACKLOG:
                 self.conn.stop_sending(sid, 11)
-                if not qmux.QmuxConnection._uni(sid):
+                if not sid & 2:
                     self.conn.reset_stream(sid, 11)
                 return None
             stream = self.streams[sid] = _Stream(self, sid)

@@ -27,6 +27,7 @@ from relay.model.broadcast import Broadcast, LimitExceeded, Subscription
 from relay.model.origin import Origin
 from relay.model.subscription import Wish
 from relay.model.track import Frame, Group, GroupAborted, TooLarge, Track, TrackClosed, TrackInfo
+from relay.protocol.lite import legacy
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.streams import MessageReader, StreamEnded
@@ -823,25 +824,37 @@ class LegacySetup:
     path: str | None
     send: SendStream
     reader: MessageReader
+    params_encoding: legacy.LegacyParams = legacy.LegacyParams.KVP
 
 
 async def negotiate_legacy(transport: TransportSession, allowed: list[Version], timeout: float = 10.0) -> LegacySetup:
     """Serve the legacy CLIENT_SETUP on the client's first bidi stream; reply SERVER_SETUP.
 
-    Raises ProtocolError (VERSION when nothing matches) or TooSlowError."""
+    Both parameter encodings are read (`legacy.LegacyParams`: moq-rs's draft-14 pairs, the
+    seed-era JS client's id-length-value); our SERVER_SETUP carries no parameters, which both
+    read alike. Raises ProtocolError (VERSION when nothing matches, DECODE for bad or truncated
+    bytes) or TooSlowError."""
+    info = transport.info
     with trio.fail_after(timeout):
         send, recv = await transport.accept_bi()
         reader = MessageReader(recv, 1 << 16)
-        head = await reader.exact(3)
-        if head[0] != m.LEGACY_CLIENT_SETUP:
-            raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"expected CLIENT_SETUP, got type {head[0]:#x}")
-        setup = m.LegacyClientSetup.decode(await reader.exact(int.from_bytes(head[1:3], "big")))
+        try:
+            head = await reader.exact(3)
+            if head[0] != legacy.LEGACY_CLIENT_SETUP:
+                raise ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, f"expected CLIENT_SETUP, got type {head[0]:#x}")
+            size = int.from_bytes(head[1:3], "big")
+            setup = legacy.LegacyClientSetup.decode(await reader.exact(size))
+        except StreamEnded as exc:
+            raise ProtocolError(ErrorCode.DECODE, f"CLIENT_SETUP truncated: {exc}") from exc
+    offered = [hex(v) for v in setup.versions]
     for code in setup.versions:
         version = Version.from_setup_code(code)
         if version is not None and version in allowed:
-            await send.write(m.LegacyServerSetup(version.setup_code).encode())
-            return LegacySetup(version, setup.path, send, reader)
-    raise ProtocolError(ErrorCode.VERSION, f"no common version in {[hex(v) for v in setup.versions]}")
+            log.info("conn=%s %s legacy CLIENT_SETUP offers %s (%s parameters): %s", info.conn_id,
+                     info.transport, offered, setup.params_encoding.value, version.name_str)
+            await send.write(legacy.LegacyServerSetup(version.setup_code).encode())
+            return LegacySetup(version, setup.path, send, reader, setup.params_encoding)
+    raise ProtocolError(ErrorCode.VERSION, f"no common version in {offered}")
 
 
 class _Downstream:
