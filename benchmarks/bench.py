@@ -2,12 +2,16 @@
 
     .venv/bin/python benchmarks/bench.py                     # default matrix, prints a table
     .venv/bin/python benchmarks/bench.py --subscribers 1 10 50 --seconds 10 --mbps 2
+    .venv/bin/python benchmarks/bench.py --live --repeat 5   # what a default subscriber gets
 
 For each relay and each subscriber count: one publisher (real moq-rs client) sends a track at
 a set bitrate in frames of a set size, one group per second; N subscribers (real clients, one
 connection each) read it. Every payload starts with the publish time, so subscribers measure
 latency. The relay runs as its own process: its CPU seconds and peak RSS come from /proc.
 Relays alternate within one run so both see the same machine state.
+
+`--live` runs the live-delivery cases of benchmarks/live.py instead (late join, burst, overlapping
+groups) against the same relays, over each transport the relay serves.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import moq
+from live import LiveResult, live_table, run_live
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +83,7 @@ def start_ours(variant: str, tmp: Path) -> Relay:
     cfg = tmp / f"bench-{variant}.toml"
     cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\n[server.tls]\n'
                    f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\n{quic}'
-                   f'[auth]\npublic = ""\n')
+                   f'[web.http]\nlisten = "127.0.0.1:{port}"\n[auth]\npublic = ""\n')
     proc = subprocess.Popen([sys.executable, "-m", "relay", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     wait_listening(proc, "listening addr=")
@@ -221,8 +226,14 @@ def main() -> None:
     ap.add_argument("--frame-size", type=int, default=1200)
     ap.add_argument("--engines", nargs="+", default=["aioquic", "qh3"],
                     help="our relay variants: aioquic, qh3, with -nogso and/or -NNNN (max_datagram_size)")
+    ap.add_argument("--live", action="store_true", help="run the live-delivery cases (benchmarks/live.py)")
+    ap.add_argument("--repeat", type=int, default=5, help="--live: repetitions of each case")
+    ap.add_argument("--transports", nargs="+", default=["moql", "https", "ws"], help="--live: transports")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    if args.live:
+        main_live(args, tmp)
+        return
     results: list[Result] = []
     for n in args.subscribers:
         # Alternate: each relay gets the same load right after the other, fresh process each time.
@@ -248,6 +259,23 @@ def main() -> None:
         p99_ratio = r.p99_ms / b.p99_ms if b.p99_ms else float("inf")
         print(f"{r.relay} vs baseline, {r.subscribers} subs: CPU/Gbit x{cpu_ratio:.2f}, p99 latency x{p99_ratio:.2f}, "
               f"delivered {r.delivered_pct:.1f} % vs {b.delivered_pct:.1f} %")
+
+
+def main_live(args: argparse.Namespace, tmp: Path) -> None:
+    results: list[LiveResult] = []
+    for transport in args.transports:
+        for make in [*(lambda e=e: start_ours(e, tmp) for e in args.engines), start_baseline]:
+            relay = make()
+            try:
+                if relay.name.startswith("baseline") and transport == "ws":
+                    continue  # the Rust Server has no WebSocket listener
+                res = asyncio.run(run_live(relay.name, relay.port, transport, args.repeat))
+            finally:
+                relay.stop()
+            results.append(res)
+            print(live_table([res]).splitlines()[-1], flush=True)
+    print()
+    print(live_table(results))
 
 
 if __name__ == "__main__":

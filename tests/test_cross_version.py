@@ -41,7 +41,7 @@ async def test_cross_version_relaying(tmp_path, pub, subs, wt, ws) -> None:
                     group.write_frame(b"%d-a" % g)
                     group.write_frame(b"%d-b" % g)
                     group.finish()
-                    await asyncio.sleep(0.05)  # paced like live media (see the order test)
+                    await asyncio.sleep(0.2)  # paced like live media: lite-02 reads as max latency 0
                 await done.wait(30)
 
         async def subscribers() -> list[list[bytes]]:

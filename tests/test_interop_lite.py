@@ -397,6 +397,7 @@ async def test_one_mebibyte_frames(tmp_path, transport, version) -> None:
 async def test_ten_thousand_small_frames(tmp_path, transport, version) -> None:
     groups, per_group = 10, 1000
     done = Flag()
+    received = [Flag() for _ in range(groups)]
     async with running_relay(tmp_path, version) as relay:
         url = relay.url(transport, "anon")
 
@@ -412,16 +413,17 @@ async def test_ten_thousand_small_frames(tmp_path, transport, version) -> None:
                     for f in range(per_group):
                         group.write_frame(b"%d:%d" % (g, f))
                     group.finish()
-                    await asyncio.sleep(0.02)
+                    await received[g].wait(30)  # lockstep, as in the 1 MiB test (lite-01/02)
                 await done.wait(60)
 
         async def subscriber() -> list[list[bytes]]:
             async with client(url) as c:
                 tc = await open_track(c, "small", "v")
                 out = []
-                for _ in range(groups):
+                for g in range(groups):
                     group = await asyncio.wait_for(tc.next_group(), 20)
                     out.append(await asyncio.wait_for(read_group(group), 20))
+                    received[g].set()
                 done.set()
                 return out
 

@@ -232,3 +232,33 @@ def test_a_group_finished_after_going_stale_upstream_may_be_cut_short() -> None:
     assert track.cached(0) is None and track.cached(3) is g3
     track.discard(g3)  # the latest group stays
     assert track.cached(3) is g3
+
+
+def test_groups_arriving_together_are_chosen_among_once_the_burst_pauses(monkeypatch) -> None:
+    import relay.model.track as track_module
+
+    now = [100.0]
+    monkeypatch.setattr(track_module.time, "monotonic", lambda: now[0])
+    track = Track("b", "t")
+    assert track.settling(first=True) == 0.0  # nothing arrived
+    track.create_group(0)
+    # The answer to a fresh subscription: a first group waits for the rest of the burst ...
+    assert abs(track.settling(first=True) - track_module.FRESH_QUIET) < 1e-9
+    assert track.settling(first=False) == 0.0  # ... a lone arrival is no burst mid-stream
+    now[0] += 0.001
+    track.create_group(1)  # 1 ms later: a burst
+    assert abs(track.settling(first=False) - track_module.BURST_QUIET) < 1e-9
+    now[0] += 0.01
+    assert track.settling(first=False) == 0.0  # it paused
+    # A steadily paced track (groups 20 ms apart) never waits, once past its first group.
+    now[0] += track_module.FRESH_MAX
+    for seq in range(2, 6):
+        now[0] += 0.02
+        track.create_group(seq)
+        assert track.settling(first=False) == 0.0 and track.settling(first=True) == 0.0
+    # A run of arrivals 1 ms apart waits at most BURST_MAX from its start.
+    start = now[0] + 0.02
+    for seq in range(6, 200):
+        now[0] = start + (seq - 6) * 0.001
+        track.create_group(seq)
+    assert track.settling(first=False) == 0.0  # 194 ms of arrivals: past the 50 ms bound

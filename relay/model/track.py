@@ -27,6 +27,13 @@ DEFAULT_MAX_LATENCY_MS = 5000
 MAX_CACHED_GROUPS = 1024
 # How far back subscribers' arrival cursors can lag before they simply skip ahead.
 ARRIVAL_HISTORY = 256
+# Groups that reach the relay in a burst are chosen among once the burst pauses (Track.settling):
+# a fresh upstream subscription, answered with the groups the publisher holds, pauses for
+# FRESH_QUIET (waiting at most FRESH_MAX); mid-stream, arrivals closer than BURST_QUIET (far below
+# the group interval of live tracks, 10 ms and more even for audio) are a burst, waited on for at
+# most BURST_MAX.
+FRESH_QUIET, FRESH_MAX = 0.02, 0.15
+BURST_QUIET, BURST_MAX = 0.003, 0.05
 
 
 DatagramListener = Callable[[int, int, bytes], None]
@@ -158,6 +165,9 @@ class Track:
         # sequence numbers are kept, so an evicted group is not held alive by the history.
         self._arrivals: collections.deque[int] = collections.deque(maxlen=ARRIVAL_HISTORY)
         self._arrival_count = 0
+        self._first_arrival: float | None = None
+        self._last_arrival = 0.0
+        self._burst_start: float | None = None  # first arrival of the burst under way, if any
         self._changed = Notifier()
         self.closed = False
         self.error: int | None = None
@@ -200,6 +210,14 @@ class Track:
             self.latest = group
         self._arrivals.append(sequence)
         self._arrival_count += 1
+        if self._first_arrival is None:
+            self._first_arrival = group.arrived
+        elif group.arrived - self._last_arrival <= BURST_QUIET:
+            if self._burst_start is None:
+                self._burst_start = self._last_arrival
+        else:
+            self._burst_start = None
+        self._last_arrival = group.arrived
         self.groups_total += 1
         self._evict()
         self._changed.notify()
@@ -235,6 +253,25 @@ class Track:
                 over_budget = self._budget is not None and self._budget.over
             else:
                 break
+
+    def settling(self, first: bool) -> float:
+        """Seconds to wait before choosing among the groups that arrived (0: choose now).
+
+        Groups that arrive together reach the relay one stream at a time, in any order (one per
+        message over WebSocket): a fresh upstream subscription is answered with every group the
+        publisher holds (the Rust publisher does so on lite-06 even for max latency 1 ms), and a
+        publisher catching up sends a run of them. Choosing the newest before such a burst is in
+        would start an old group. `first`: the choice of a subscriber's first group, which also
+        waits out the answer to a fresh subscription."""
+        if self._first_arrival is None:
+            return 0.0
+        now = time.monotonic()
+        until = 0.0
+        if first and now < self._first_arrival + FRESH_MAX:
+            until = min(self._first_arrival + FRESH_MAX, self._last_arrival + FRESH_QUIET)
+        if self._burst_start is not None:
+            until = max(until, min(self._burst_start + BURST_MAX, self._last_arrival + BURST_QUIET))
+        return max(0.0, until - now)
 
     def discard(self, group: Group) -> None:
         """Drop one group from the cache (it will not be served again)."""

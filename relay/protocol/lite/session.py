@@ -1038,6 +1038,13 @@ class _Downstream:
                 # decided again each time from what is waiting now: with several groups waiting and
                 # max latency 0 only the newest starts; otherwise the fresh ones, oldest first.
                 pending = [g for g in pending if self._worth_starting(g, floor)]
+                if pending and (not self.started or not self.wish.max_latency_ms) and \
+                        (hold := track.settling(first=not self.started)) > 0:
+                    # Let a burst land before choosing (Track.settling): the first group, and every
+                    # group for a subscriber that wants only the newest.
+                    with trio.move_on_after(hold):
+                        await track.wait_changed()
+                    continue
                 if pending:
                     group = min(pending, key=lambda g: g.sequence)
                     pending.remove(group)
