@@ -8,7 +8,7 @@ in the page; the page pins the relay's self-signed certificate with `serverCerti
 (fetched from `/certificate.sha256`) and dials `https://127.0.0.1:PORT/anon` with the WebSocket
 fallback off. Another library is one more adapter, its npm package in
 `tests/browser/package.json`, and one more entry in LIBRARIES (with the version it must
-negotiate in each WT_ALLOWED case it supports).
+negotiate in each WT_ALLOWED case it supports, and the cases whose relay must refuse it).
 
 Needs Debian's `chromium` and `npm ci --prefix tests/browser` (both done by `.ci/run`); without
 them these tests are skipped, saying why.
@@ -42,6 +42,7 @@ class Library:
 
     package: str  # the npm package the adapter drives (in tests/browser/package.json)
     versions: dict[str, str]  # WT_ALLOWED case -> the version it must end up speaking
+    refused: tuple[str, ...] = ()  # WT_ALLOWED cases whose relay must refuse its CONNECT
 
 
 # What the relay lets WebTransport negotiate, by case (None: everything it has).
@@ -50,6 +51,10 @@ LIBRARIES = {
     # @moq/lite 0.2.2 offers wt-protocols moq-lite-04, moq-lite-03, moql, moqt-17/16/15; without
     # a `wt-protocol` in the answer it falls back to the in-band SETUP, where lite-02 is its best.
     "moq-lite": Library("@moq/lite", {"any": "moq-lite-04", "03": "moq-lite-03", "legacy": "moq-lite-02"}),
+    # @kixelated/moq 0.9.4 (the seed-era client) offers no wt-protocols: it always takes the
+    # in-band SETUP, offering moq-lite-01 and draft-14, and the relay picks lite-01. A relay
+    # whose WebTransport allows only newer versions (no `moql`) refuses its CONNECT.
+    "kixelated-moq": Library("@kixelated/moq", {"any": "moq-lite-01"}, refused=("03",)),
 }
 
 
@@ -68,12 +73,16 @@ def _missing() -> str | None:
 pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
 
 
+def _installed(lib: Library) -> Any:
+    missing = not (BROWSER_DIR / "node_modules" / lib.package).is_dir()
+    return pytest.mark.skipif(missing, reason=f"needs {lib.package} (npm ci --prefix tests/browser)")
+
+
 def _cases() -> list[Any]:
     """(library, wt case, engine): every case of every library on aioquic, and "any" on qh3."""
     cases = []
     for name, lib in LIBRARIES.items():
-        missing = not (BROWSER_DIR / "node_modules" / lib.package).is_dir()
-        marks = pytest.mark.skipif(missing, reason=f"needs {lib.package} (npm ci --prefix tests/browser)")
+        marks = _installed(lib)
         engines = [(wt, "aioquic") for wt in lib.versions]
         if available("qh3") and "any" in lib.versions:
             engines.append(("any", "qh3"))
@@ -84,20 +93,26 @@ def _cases() -> list[Any]:
 CASES = _cases()
 
 
-async def run_page(library: str, role: str, params: dict[str, Any], timeout: float = 45) -> dict[str, Any]:
+async def run_page_raw(library: str, role: str, params: dict[str, Any],
+                       timeout: float = 45) -> tuple[int, dict[str, Any], str]:
     """Run `role` ("publish" / "subscribe") of a library adapter in a fresh headless Chromium;
-    return the page's result (the JSON the adapter resolved to)."""
+    return run.mjs's exit status, its JSON line and its stderr (the page's console)."""
     assert NODE is not None
-    started = time.monotonic()
     cmd = [NODE, str(BROWSER_DIR / "run.mjs"), "--lib", library, "--role", role, "--params", json.dumps(params),
            "--chromium", CHROMIUM, "--timeout", str(timeout)]
     with trio.fail_after(timeout + 15):
         done = await trio.run_process(cmd, capture_stdout=True, capture_stderr=True, check=False)
-    err = done.stderr.decode(errors="replace")
     lines = done.stdout.decode(errors="replace").strip().splitlines()
-    out = json.loads(lines[-1]) if lines else {}
-    if done.returncode != 0 or "result" not in out:
-        pytest.fail(f"browser {role} failed (exit {done.returncode}): {out.get('error')}\n{err[-4000:]}")
+    return done.returncode, json.loads(lines[-1]) if lines else {}, done.stderr.decode(errors="replace")
+
+
+async def run_page(library: str, role: str, params: dict[str, Any], timeout: float = 45) -> dict[str, Any]:
+    """run_page_raw(), failing the test unless the page succeeded; return the page's result (the
+    JSON the adapter resolved to)."""
+    started = time.monotonic()
+    code, out, err = await run_page_raw(library, role, params, timeout)
+    if code != 0 or "result" not in out:
+        pytest.fail(f"browser {role} failed (exit {code}): {out.get('error')}\n{err[-4000:]}")
     logging.getLogger("tests.browser").info("browser %s with %s took %.1f s (page %d ms)", role, library,
                                             time.monotonic() - started, out["elapsed_ms"])
     return out["result"]
@@ -181,12 +196,43 @@ async def test_browser_subscribes_to_a_rust_publisher(tmp_path, caplog, library,
         assert sequences == sorted(set(sequences))
         for g in received:
             assert [bytes.fromhex(f) for f in g["frames"]] == frames(g["sequence"])
-        # @moq/lite asks for Max Latency 0 (only the newest group is worth having; lite-02 has no
-        # such field, which reads as 0): a group still in flight when the next one starts is reset
-        # (Old), and nothing else is. The relay carries that to the publisher, so a subscription
-        # starts at the newest group rather than with a burst of the publisher's cache.
+        # Both libraries subscribe with max latency 0: @moq/lite asks for it on lite-03/04, and
+        # lite-01/02 have no such field, which the relay reads as 0. Only the newest group is
+        # worth delivering then. A subscription starts with a burst (the Rust publisher answers the
+        # relay's fresh upstream subscription with every group it holds); the relay chooses the
+        # first group once that burst pauses, but a group it started may still be superseded and
+        # reset (code Old), which the page counts as dropped. After the burst the publisher's groups
+        # come 200 ms apart, each finished before the next: every one of those must arrive whole,
+        # in sequence. At most the first whole group can come from the burst.
         dropped = [d["sequence"] for d in result["dropped"]]
         logging.getLogger("tests.browser").info("groups received %s, dropped %s", sequences, dropped)
         assert all("RESET_STREAM" in d["error"] for d in result["dropped"])
+        assert sequences[1:] == list(range(sequences[1], sequences[1] + want - 1)), (sequences, dropped)
+        assert all(d < sequences[1] for d in dropped), (sequences, dropped)
         check_engine(relay, engine)
         assert f"webtransport/{expected}" in accepted_versions(caplog)
+
+
+REFUSALS = [pytest.param(name, wt, id=f"{name}-wt{wt}", marks=_installed(lib))
+            for name, lib in LIBRARIES.items() for wt in lib.refused]
+
+
+@pytest.mark.parametrize(("library", "wt"), REFUSALS)
+async def test_browser_refused_by_a_relay_without_its_versions(tmp_path, caplog, library, wt) -> None:
+    """A relay whose WebTransport allows none of the library's versions answers the CONNECT with
+    400 (no wt-protocol in common, and no `moql` for the in-band SETUP): the page's connect fails
+    at once with the browser's handshake error, and no session starts."""
+    caplog.set_level(logging.INFO, logger="relay.session")
+    caplog.set_level(logging.DEBUG, logger="relay.transport.webtransport")  # last: sets the handler's level
+    allowed = WT_ALLOWED[wt]
+    assert allowed is not None
+    async with running_relay(tmp_path, transport_versions={"webtransport": allowed}) as relay:
+        started = time.monotonic()
+        code, out, err = await run_page_raw(library, "subscribe", page_params(relay, "cam", groups=1, timeout=15))
+        elapsed = time.monotonic() - started
+    assert code == 1 and "result" not in out, out
+    assert "connect" in out["error"] and "WebTransportError" in out["error"], (out, err[-2000:])
+    assert elapsed < 15, elapsed  # refused, not left to time out
+    assert any(r.getMessage().endswith("CONNECT /anon -> 400") for r in caplog.records
+               if r.name == "relay.transport.webtransport")
+    assert accepted_versions(caplog) == []
