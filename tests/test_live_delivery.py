@@ -155,19 +155,25 @@ async def test_burst_delivers_the_newest_and_only_whole_groups(tmp_path, transpo
     assert sum(1 for _, frames in got if frames is not None) <= limit, [seq for seq, _ in got]
 
 
-async def publish_overlapping(url: str, groups: int, stop: Flag, started: Flag | None = None) -> None:
+async def publish_overlapping(url: str, groups: int, stop: Flag, *, started: Flag | None = None,
+                              begin: Flag | None = None) -> None:
     """Group n's first frame, then the last two frames of group n-1 and its end: every group is
-    still open when the next one starts, as with a GOP whose tail is written late."""
+    still open when the next one starts, as with a GOP whose tail is written late. Starts once the
+    track is subscribed (and `begin` is set), 100 ms a group, until done or `stop`."""
     async with client(url) as c:
         b = c.create_broadcast("gop")
         t = b.publish_track("v", track_info())
         b.announce()
         await asyncio.wait_for(t.used(), 15)
+        if begin is not None:
+            await begin.wait(20)
         await asyncio.sleep(0.3)
         if started is not None:
             started.set()
         prev = None
         for n in range(groups + 1):
+            if stop.event.is_set():
+                break
             g = t.append_group() if n < groups else None
             if g is not None:
                 g.write_frame(b"%d-0" % n, n * 100)
@@ -245,7 +251,7 @@ async def test_the_relay_never_ends_a_group_early(tmp_path, publisher_transport,
                 uni = q.get_next_available_stream_id(is_unidirectional=True)
                 setup = m.Setup({m.SetupParam.PATH: b"/anon", m.SetupParam.ORIGIN: m.varint(77)})
                 q.send_stream_data(uni, m.varint(m.UniStream.SETUP) + setup.encode(v), True)
-                n.start_soon(in_thread, lambda: publish_overlapping(url, groups, stop, started))
+                n.start_soon(in_thread, lambda: publish_overlapping(url, groups, stop, started=started))
                 await wait_until(lambda: relay.handle.origin.best("anon/gop") is not None, 15)
                 sub = q.get_next_available_stream_id()
                 q.send_stream_data(sub, m.varint(m.BiStream.SUBSCRIBE)
@@ -290,26 +296,6 @@ async def test_subscribers_wishes_are_carried_upstream(tmp_path, transport, vers
             track = broadcast.live_track("v") if broadcast is not None else None
             return track.upstream_latency_ms if track is not None else None
 
-        async def publisher() -> None:
-            async with client(url) as c:
-                b = c.create_broadcast("gop")
-                t = b.publish_track("v", track_info())
-                b.announce()
-                await b_in.wait(20)
-                prev = None
-                for n in range(groups):  # overlapping groups, as in the test above
-                    g = t.append_group()
-                    g.write_frame(b"%d-0" % n, n * 100)
-                    if prev is not None:
-                        prev.write_frame(b"%d-1" % (n - 1), n * 100 - 60)
-                        prev.write_frame(b"%d-2" % (n - 1), n * 100 - 30)
-                        prev.finish()
-                    prev = g
-                    await asyncio.sleep(0.1)
-                    if stop.event.is_set():
-                        break
-                await stop.wait(20)
-
         async def viewers() -> list[list[bytes]]:
             async with client(url) as ca, client(url) as cb:
                 sub_a = await (await asyncio.wait_for(ca.announced_broadcast("gop"), 10)).subscribe_track(
@@ -343,7 +329,7 @@ async def test_subscribers_wishes_are_carried_upstream(tmp_path, transport, vers
         result: list = []
         with trio.fail_after(90):
             async with trio.open_nursery() as n:
-                n.start_soon(in_thread, publisher)
+                n.start_soon(in_thread, lambda: publish_overlapping(url, groups, stop, begin=b_in))
                 try:
 
                     async def run_viewers() -> None:
