@@ -674,7 +674,10 @@ class LiteSession:
                                        max_latency_ms=wish.max_latency_ms, start_group=wish.start,
                                        end_group=wish.end)
             track.asked_upstream(wish.max_latency_ms)
-            await send.write(update.encode(self.version))
+            try:
+                await send.write(update.encode(self.version))
+            except TransportError:
+                return  # the subscription is ending; its reply loop sees why
             log.debug("%s updated upstream %s/%s: %s", self.name, track.broadcast_path, track.name, wish)
             asked = wish
 
