@@ -274,7 +274,7 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
     connect, node, mesh = cluster_plan(config)
     if not connect and not mesh:
         return None
-    from relay.routing.cluster import Cluster
+    from relay.relaying.cluster import Cluster
 
     token = None
     if config.cluster.token:

@@ -84,9 +84,10 @@ class Peer:
 
 
 @contextlib.asynccontextmanager
-async def relay_session(v: Version = V6, scope: Scope = EVERYTHING) -> AsyncIterator[Peer]:
+async def relay_session(v: Version = V6, scope: Scope = EVERYTHING, origin: Origin | None = None,
+                        ) -> AsyncIterator[Peer]:
     client, server = memory_pair(v.alpn, "/")
-    origin = Origin()
+    origin = Origin() if origin is None else origin
     session = LiteSession(server, v, origin, authorize=lambda target: scope, hop_id=7, scope=scope)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
@@ -256,3 +257,47 @@ async def test_fetch_serves_a_cached_group_and_refuses_the_rest() -> None:
                     raise AssertionError(f"{request} was served")
                 except StreamReset as exc:
                     assert exc.code == ErrorCode.NOT_FOUND
+
+
+async def test_the_upstream_subscription_asks_for_what_subscribers_want() -> None:
+    """A peer publishes, another subscribes through the relay: the relay's one SUBSCRIBE to the
+    publisher carries the subscriber's wish, a SUBSCRIBE_UPDATE follows the subscriber's, and the
+    publisher's groups reach the subscriber."""
+    origin = Origin()
+    with trio.fail_after(10):
+        async with relay_session(origin=origin) as pub, relay_session(origin=origin) as viewer:
+            # The publisher peer answers the relay's announce request with one broadcast.
+            send, recv = await pub.end.accept_bi()
+            announces = MessageReader(recv, LIMIT)
+            assert await announces.varint() == m.BiStream.ANNOUNCE
+            await announces.message(m.AnnounceRequest.decode, V6, LIMIT)
+            await send.write(m.AnnounceOk(hop_id=5, active_count=1).encode(V6) + m.AnnounceStart("cam", [5]).encode(V6))
+            with trio.fail_after(5):
+                while origin.best("cam") is None:
+                    await trio.sleep(0.01)
+            sub_send, sub_replies = await viewer.request(
+                m.BiStream.SUBSCRIBE, m.Subscribe(9, "cam", "v", 2, False, 0, None, None).encode(V6))
+            # The relay asks the publisher for the track's info, then subscribes.
+            track_send, track_recv = await pub.end.accept_bi()
+            track_req = MessageReader(track_recv, LIMIT)
+            assert await track_req.varint() == m.BiStream.TRACK
+            assert (await track_req.message(m.TrackRequest.decode, V6, LIMIT)).track == "v"
+            await track_send.write(m.TrackInfoMsg(priority=1, ordered=False, max_latency_ms=5_000,
+                                                  timescale=1000).encode(V6))
+            await track_send.finish()
+            up_send, up_recv = await pub.end.accept_bi()
+            upstream = MessageReader(up_recv, LIMIT)
+            assert await upstream.varint() == m.BiStream.SUBSCRIBE
+            asked = await upstream.message(m.Subscribe.decode, V6, LIMIT)
+            # Max latency 0 is asked as 1 ms (the Rust publisher cuts groups short at 0).
+            assert (asked.broadcast, asked.track, asked.priority, asked.max_latency_ms) == ("cam", "v", 2, 1)
+            await sub_send.write(m.SubscribeUpdate(priority=4, max_latency_ms=9_000).encode(V6))
+            update = await upstream.message(m.SubscribeUpdate.decode, V6, LIMIT)
+            # Within the publisher's window (TRACK_INFO said 5 s).
+            assert (update.priority, update.max_latency_ms) == (4, 5_000)
+            group = await pub.end.open_uni()
+            await group.write(m.encode_uni_type(m.UniStream.GROUP) + m.GroupHeader(asked.id, 0).encode(V6)
+                              + m.encode_frame(V6, b"hello", 1000))
+            await group.finish()
+            assert await sub_replies.typed(m.decode_subscribe_response, V6, LIMIT) == m.SubscribeStart(0)
+            assert await viewer.group_streams(1) == [(0, [b"hello"])]

@@ -1,38 +1,11 @@
-"""moq error codes (lite §6.1) and the one exception every parser of peer bytes raises."""
+"""moq-lite's error codes (the model's, lite §6.1) and the one exception every parser of peer
+bytes raises."""
 
 from __future__ import annotations
 
-from enum import IntEnum
+from relay.model.codes import ErrorCode
 
-
-class ErrorCode(IntEnum):
-    CANCEL = 0
-    REQUIRED_EXTENSION = 1
-    OLD = 2
-    TIMEOUT = 3
-    TRANSPORT = 4
-    DECODE = 5
-    UNAUTHORIZED = 6
-    VERSION = 9
-    UNEXPECTED_STREAM = 10
-    BOUNDS_EXCEEDED = 11
-    DUPLICATE = 12
-    NOT_FOUND = 13
-    WRONG_SIZE = 14
-    PROTOCOL_VIOLATION = 15
-    UNEXPECTED_MESSAGE = 16
-    UNSUPPORTED = 17
-    TOO_LARGE = 18  # HEAD calls it Encode
-    TOO_MANY_PARAMETERS = 19
-    INVALID_ROLE = 20
-    UNKNOWN_ALPN = 21
-    DROPPED = 24
-    CLOSED = 25
-    LAGGED = 26
-    FRAME_TOO_LARGE = 27
-    TIMESTAMP_MISMATCH = 29
-    UNROUTABLE = 30
-    EVICTED = 31
+__all__ = ["ErrorCode", "ProtocolError"]
 
 
 class ProtocolError(Exception):

@@ -1,0 +1,275 @@
+"""One downstream subscription's fan-out, whatever protocol the subscriber speaks.
+
+A `Fanout` follows the shared track a `Subscription` holds and decides, for this one subscriber,
+which groups to send and when (lite §7.3): each group is chosen when it would start, among the
+groups waiting, so a group more than the subscriber's max latency older than the newest is never
+started (at max latency 0 only the newest is); a group under way that goes stale is aborted;
+groups that arrive in a burst are chosen among once it pauses. Each group goes out through the
+protocol's `GroupSink` on a stream of its own, and is finished only after all of its frames.
+
+When the route the track is pulled over goes away while another route to the same publisher is
+live (relay spec §10.3), the fan-out moves there and carries on after the last group it started.
+Every task lives in the nursery of `run()`, so the subscription's end cancels its group sends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from relay.concurrency import open_nursery
+from relay.model.broadcast import Broadcast, LimitExceeded, Subscription
+from relay.model.codes import ErrorCode
+from relay.model.subscription import Wish
+from relay.model.track import DatagramListener, Frame, Group, GroupAborted, Track, TrackClosed
+from relay.transport.base import TransportError
+
+log = logging.getLogger("relay.fanout")
+
+MAX_FAILOVERS = 64  # route changes one subscription follows before it simply ends
+
+
+class GroupStream(Protocol):
+    """One group on its way to the subscriber, in the protocol's encoding."""
+
+    async def write(self, frame: Frame, previous_timestamp: int) -> None:
+        """The next frame (its timestamp relative to the previous one's, for delta encodings)."""
+
+    async def finish(self) -> None:
+        """Every frame was written: end the stream cleanly."""
+
+    def abort(self, code: int) -> None:
+        """End the stream with a moq error code (Old, Cancel, or why the group was aborted)."""
+
+
+class GroupSink(Protocol):
+    """What a protocol family provides for a fan-out to send groups to one subscriber."""
+
+    async def first_group(self, sequence: int) -> None:
+        """Called once, just before the first group's stream (lite-05+ SUBSCRIBE_START)."""
+
+    async def open_group(self, sequence: int, priority: int) -> GroupStream:
+        """Open the group's stream and send its header, in the order groups are started.
+
+        Raises TransportError when the subscriber's session cannot take it."""
+
+
+class Fanout:
+    """Groups of one shared track, chosen and sent for one subscriber."""
+
+    def __init__(self, subscription: Subscription, broadcast: Broadcast, sink: GroupSink, *,
+                 routes: contextlib.ExitStack, lookup: Callable[[], Broadcast | None],
+                 max_inflight: int, name: str, start_is_lower_bound: bool = False,
+                 datagrams: DatagramListener | None = None,
+                 on_failover: Callable[[], None] | None = None) -> None:
+        self.subscription = subscription
+        self.track = subscription.track
+        self.broadcast = broadcast
+        self.sink = sink
+        # Failover enters the next route's subscription on the caller's exit stack, so it is
+        # released with the subscription's own.
+        self.routes = routes
+        self.lookup = lookup
+        self.max_inflight = max_inflight
+        self.name = name
+        # Without a start, lite-03..05 begin at the latest group; lite-06's start is a plain lower
+        # bound (0 = from group 0), so every cached group still fresh is sent.
+        self.start_is_lower_bound = start_is_lower_bound
+        self.datagrams = datagrams
+        self.on_failover = on_failover
+        self.failovers = 0
+        self.last_sequence: int | None = None  # the newest group started
+        self.started = 0  # group streams opened
+        self.inflight: dict[int, trio.CancelScope] = {}
+        self.unsubscribed = False
+        self.abort_code = ErrorCode.OLD  # why an in-flight group stream is aborted
+        self._cancel: trio.CancelScope | None = None
+
+    @property
+    def wish(self) -> Wish:
+        return self.subscription.wish
+
+    # -- control ---------------------------------------------------------------------------------
+    def unsubscribe(self) -> None:
+        """The subscriber is gone: stop, aborting the groups under way with Cancel."""
+        self.unsubscribed = True
+        self.abort_code = ErrorCode.CANCEL
+        for scope in self.inflight.values():
+            scope.cancel()
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def run(self) -> None:
+        """Send groups until the track ends (after following any failover) or unsubscribe()."""
+        if self.datagrams is not None:
+            self.track.add_datagram_listener(self.datagrams)
+        try:
+            with trio.CancelScope() as self._cancel:
+                await self._follow()
+                while not self.unsubscribed:
+                    old = self.track
+                    if not self._fail_over():
+                        break
+                    if self.datagrams is not None:
+                        old.remove_datagram_listener(self.datagrams)
+                        self.track.add_datagram_listener(self.datagrams)
+                    await self._follow()
+        finally:
+            if self.datagrams is not None:
+                self.track.remove_datagram_listener(self.datagrams)
+
+    def _fail_over(self) -> bool:
+        """The track ended: if its route went away and another is live, continue over that one."""
+        if not self.broadcast.closed or self.failovers >= MAX_FAILOVERS:
+            return False  # the publisher ended the track itself (or we have moved too often)
+        nxt = self.lookup()
+        if nxt is None or nxt is self.broadcast:
+            return False
+        # Only another path to the same publisher (the first hop is the publisher's origin id)
+        # continues our group numbering; another publisher of the path starts its own.
+        first = self.broadcast.hops[0] if self.broadcast.hops else 0
+        if not first or not nxt.hops or nxt.hops[0] != first:
+            return False
+        try:
+            subscription = self.routes.enter_context(nxt.subscribe(self.track.name, self.wish))
+        except (TrackClosed, LimitExceeded):
+            return False
+        self.failovers += 1
+        if self.on_failover is not None:
+            self.on_failover()
+        log.info("%s %s/%s fails over to hops=%s after group %s", self.name, nxt.path, self.track.name,
+                 list(nxt.hops), self.last_sequence)
+        self.broadcast, self.subscription, self.track = nxt, subscription, subscription.track
+        return True
+
+    # -- choosing groups ---------------------------------------------------------------------------
+    def _first_candidates(self) -> tuple[int, int | None, list[Group]]:
+        """(arrival cursor, lowest group wanted, cached groups to consider) as a track starts."""
+        track = self.track
+        cursor, cached = track.cached_in_arrival_order()
+        floor = self.wish.start
+        if self.last_sequence is not None:
+            # After a failover: continue after the last group sent (older ones the new route
+            # replays from its cache are skipped).
+            floor = self.last_sequence + 1
+        elif self.start_is_lower_bound:
+            floor = floor or 0
+        elif floor is None:
+            # No start: the latest group, or the first one produced.
+            latest = track.latest
+            return cursor, (latest.sequence if latest is not None else None), [latest] if latest else []
+        return cursor, floor, [g for g in cached if g.sequence >= floor]
+
+    def _worth_starting(self, group: Group, floor: int | None) -> bool:
+        """Decided when the group would start: still cached, in range, and not stale (lite §7.3)."""
+        track = self.track
+        if track.groups.get(group.sequence) is not group:
+            return False  # evicted meanwhile
+        if floor is not None and group.sequence < floor:
+            return False
+        end = self.wish.end
+        if end is not None and group.sequence >= end:
+            return False
+        return not track.stale(group, self.wish.max_latency_ms)
+
+    async def _follow(self) -> None:
+        track = self.track
+        cursor, floor, pending = self._first_candidates()
+        async with open_nursery() as nursery:
+            while True:
+                cursor, new = track.arrivals_since(cursor)
+                if new and floor is None:
+                    floor = new[0].sequence  # "latest" with nothing cached: the first produced
+                pending.extend(new)
+                self._expire()
+                # Every start awaits (stream credit, the send buffer), so what is worth starting is
+                # decided again each time from what is waiting now: with several groups waiting and
+                # max latency 0 only the newest starts; otherwise the fresh ones, oldest first.
+                pending = [g for g in pending if self._worth_starting(g, floor)]
+                if pending and (not self.started or not self.wish.max_latency_ms) and \
+                        (hold := track.settling(first=not self.started)) > 0:
+                    # Let a burst land before choosing (Track.settling): the first group, and every
+                    # group for a subscriber that wants only the newest.
+                    with trio.move_on_after(hold):
+                        await track.wait_changed()
+                    continue
+                if pending:
+                    group = min(pending, key=lambda g: g.sequence)
+                    pending.remove(group)
+                    if await self._start(nursery, group) and self.started == 1:
+                        # Nothing below the first group delivered (SUBSCRIBE_START's promise): a
+                        # straggler older than it is not sent.
+                        floor = group.sequence if floor is None else max(floor, group.sequence)
+                    continue
+                if track.closed:
+                    break
+                end = self.wish.end
+                if end is not None and track.latest is not None and track.latest.sequence + 1 >= end \
+                        and not self.inflight:
+                    break
+                await track.wait_changed()
+
+    def _expire(self) -> None:
+        """In-flight groups that went stale are not worth finishing: abort them (code Old)."""
+        track = self.track
+        latest = track.latest
+        if latest is None or not self.inflight:
+            return
+        for seq, scope in list(self.inflight.items()):
+            group = track.groups.get(seq)
+            if seq < latest.sequence and (group is None or track.stale(group, self.wish.max_latency_ms)):
+                scope.cancel()
+
+    # -- sending ---------------------------------------------------------------------------------
+    async def _start(self, nursery: trio.Nursery, group: Group) -> bool:
+        """Open the group's stream and hand it to a sender task; False if it could not start."""
+        if len(self.inflight) >= self.max_inflight:
+            oldest = min(self.inflight)
+            if oldest > group.sequence:
+                return False
+            self.inflight.pop(oldest).cancel()
+        if not self.started:
+            await self.sink.first_group(group.sequence)
+        # Streams are opened (and their headers sent) here, in order: groups then leave in
+        # sequence order on every transport (one TCP stream for WebSocket), and a client reading
+        # in sequence order does not skip an older group that merely lost a scheduling race.
+        try:
+            stream = await self.sink.open_group(group.sequence, self.wish.priority)
+        except TransportError:
+            return False
+        scope = trio.CancelScope()
+        self.inflight[group.sequence] = scope
+        self.started += 1
+        if self.last_sequence is None or group.sequence > self.last_sequence:
+            self.last_sequence = group.sequence
+        nursery.start_soon(self._send, group, scope, stream)
+        return True
+
+    async def _send(self, group: Group, scope: trio.CancelScope, stream: GroupStream) -> None:
+        try:
+            with scope:
+                previous = 0
+                async for frame in group.frames_from(0):
+                    await stream.write(frame, previous)
+                    previous = frame.timestamp
+                await stream.finish()
+            if scope.cancelled_caught:
+                stream.abort(self.abort_code)
+        except GroupAborted as exc:
+            stream.abort(exc.code)
+        except TransportError:
+            pass
+        finally:
+            if self.inflight.get(group.sequence) is scope:
+                del self.inflight[group.sequence]
+
+
+def ended_at(track: Track) -> int:
+    """The exclusive end of a finished track: what upstream said, else after the newest group."""
+    if track.end_sequence is not None:
+        return track.end_sequence
+    return track.latest.sequence + 1 if track.latest is not None else 0
