@@ -19,15 +19,15 @@ import trio
 
 from relay.auth.authorizer import Authorizer
 from relay.auth.keys import KeyError_
-from relay.auth.scope import AuthError
 from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
 from relay.model.cache import CacheBudget
+from relay.model.notify import Notifier
 from relay.model.origin import Origin
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.session import LiteSession, negotiate_legacy
 from relay.protocol.lite.streams import StreamEnded
-from relay.protocol.lite.version import Version
+from relay.protocol.negotiate import LEGACY, NegotiationError, Negotiator, versions_from_config
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
 from relay.transport.quic import QuicEndpoint
@@ -40,9 +40,20 @@ log = logging.getLogger("relay.server")
 RENEW_BEFORE = datetime.timedelta(hours=24)
 WS_PING_INTERVAL = 10.0
 
-# Preference order: newest first. (lite-06/01/02 arrive with issue 3.)
-DEFAULT_VERSIONS = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03,
-                    Version.LITE_02, Version.LITE_01]
+class Sessions(set):
+    """The live sessions (a set), with a wait for the last one to leave (the drain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._left = Notifier()
+
+    def discard(self, session: object) -> None:
+        super().discard(session)
+        self._left.notify()
+
+    async def wait_empty(self) -> None:
+        while self:
+            await self._left.wait()
 
 
 class StartupError(Exception):
@@ -58,27 +69,11 @@ class RelayHandle:
     fingerprint: str
     origin: Origin
     hop_id: int
-    sessions: set[LiteSession] = field(default_factory=set)
+    sessions: Sessions = field(default_factory=lambda: Sessions())
     authorizer: Authorizer | None = None
     draining: bool = False
     endpoint: QuicEndpoint | None = None
     cluster: Any = None
-
-
-def select_versions(names: list[str] | None) -> list[Version]:
-    if not names:
-        return list(DEFAULT_VERSIONS)
-    chosen = []
-    for name in names:
-        v = Version.from_alpn(name)
-        if name == "moql":  # the legacy in-band negotiation: lite-01 and lite-02
-            chosen += [Version.LITE_02, Version.LITE_01]
-            continue
-        if v is None or v not in DEFAULT_VERSIONS:
-            raise ConfigError(f"server.version: {name!r} is not supported by this relay yet")
-        chosen.append(v)
-    # The relay's own preference order decides, whatever order the config lists them in.
-    return [v for v in DEFAULT_VERSIONS if v in chosen]
 
 
 def load_identities(config: Config) -> list[Identity]:
@@ -98,53 +93,53 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     identity = identities[0]
     origin = Origin(budget=CacheBudget(config.cache.capacity), max_cache_age=config.cache.duration)
     hop_id = config.cluster.id or random.randint(1, 2**53 - 1)
-    versions = select_versions(config.server.version)
-    by_alpn = {v.alpn: v for v in versions if v >= Version.LITE_03}
-    legacy_versions = [v for v in versions if v <= Version.LITE_02]
-    alpns = list(dict.fromkeys(v.alpn for v in versions))  # lite-01/02 share "moql"
+    try:
+        versions = versions_from_config(config.server.version)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     try:
         verifier = TokenVerifier(config.auth.key, config.auth.key_dir)
     except KeyError_ as exc:
         raise StartupError(str(exc)) from exc
     authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish)
-    sessions: set[LiteSession] = set()
+    negotiator = Negotiator(versions, authorize, per_transport=transport_versions)
+    sessions = Sessions()
     handle_: RelayHandle | None = None
     if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
 
     async def handle(transport: TransportSession) -> None:
+        """Every transport's sessions start here, once their protocol is chosen."""
+        info = transport.info
         if handle_ is not None and handle_.draining:
             transport.close(0, "server shutdown")  # draining: no new sessions
             return
-        protocol = transport.info.protocol or ""
+        # WebTransport and WebSocket chose (and authorised the request) before accepting it;
+        # raw QUIC chose by ALPN in the handshake.
+        choice = info.extra.get("choice") or negotiator.choose("quic", [info.protocol or LEGACY])
+        if choice is None:
+            log.info("conn=%s no supported moq version (%r)", info.conn_id, info.protocol)
+            transport.close(ErrorCode.VERSION, "unsupported version")
+            return
         legacy = None
-        if protocol in ("moql", ""):
-            # Legacy in-band SETUP: ALPN moql, or WebTransport/WebSocket without a protocol.
+        version = choice.version
+        if version is None:
             try:
-                legacy = await negotiate_legacy(transport, legacy_versions)
+                legacy = await negotiate_legacy(transport, list(choice.legacy))
             except ProtocolError as exc:
-                log.info("conn=%s legacy SETUP failed: %s", transport.info.conn_id, exc)
+                log.info("conn=%s legacy SETUP failed: %s", info.conn_id, exc)
                 transport.close(exc.code, str(exc)[:100])
                 return
             except trio.TooSlowError:
-                log.info("conn=%s %s peer=%s sent no CLIENT_SETUP in time; closing", transport.info.conn_id,
-                         transport.info.transport, transport.info.remote)
+                log.info("conn=%s %s peer=%s sent no CLIENT_SETUP in time; closing", info.conn_id,
+                         info.transport, info.remote)
                 transport.close(ErrorCode.TIMEOUT, "no CLIENT_SETUP")
                 return
             except (TransportError, StreamEnded):
                 return
             version = legacy.version
-        else:
-            found = by_alpn.get(protocol)
-            if found is None:
-                log.info("conn=%s no supported moq version (%r)", transport.info.conn_id, protocol)
-                transport.close(ErrorCode.VERSION, "unsupported version")
-                return
-            version = found
-        # WebTransport and WebSocket authorised the request before accepting it.
-        scope = transport.info.extra.get("scope")
-        session = LiteSession(transport, version, origin, authorize=authorize, hop_id=hop_id, scope=scope,
-                              legacy=legacy)
+        session = LiteSession(transport, version, origin, authorize=negotiator.authorize, hop_id=hop_id,
+                              scope=info.extra.get("scope"), legacy=legacy)
         sessions.add(session)
         try:
             await session.run()
@@ -153,34 +148,27 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
 
     def wt_select(path: str, offered: list[str], headers: dict) -> WtDecision:
         try:
-            scope = authorize(path)
-        except AuthError as exc:
+            scope = negotiator.admit(path)
+        except NegotiationError as exc:
             log.info("webtransport CONNECT %s refused: %s", path.split("?")[0], exc.reason)
             return WtDecision(status=exc.status, protocol=None)
-        # WebTransport: the client's preference order wins (lite §3.2).
-        allowed = (transport_versions or {}).get("webtransport")
-        for proto in offered:
-            if proto in by_alpn and (allowed is None or proto in allowed):
-                return WtDecision(status=200, protocol=proto, extra={"scope": scope})
-        if allowed is not None and "moql" not in allowed:
+        choice = negotiator.choose("webtransport", offered)
+        if choice is None:
             return WtDecision(status=400, protocol=None)
-        return WtDecision(status=200, protocol=None, extra={"scope": scope})
+        return WtDecision(status=200, protocol=choice.protocol or None, extra={"scope": scope, "choice": choice})
 
     def ws_select(target: str, offered: list[str]) -> WsDecision:
-        alpns = [alpn for alpn in by_alpn]
-        allowed = (transport_versions or {}).get("websocket")
-        if allowed is not None:
-            alpns = [a for a in alpns if a in allowed]
-        legacy_ok = bool(legacy_versions) and (allowed is None or "moql" in allowed)
-        subprotocol, alpn, status = select_subprotocol(offered, alpns, legacy_ok)
-        if status != 200:
-            return WsDecision(status, reason=f"no supported subprotocol in {offered[:8]}")
+        ours = negotiator.protocols("websocket")
+        subprotocol, alpn, status = select_subprotocol(offered, [p for p in ours if p != LEGACY], LEGACY in ours)
+        choice = negotiator.choose("websocket", [alpn] if alpn else [])
+        if status != 200 or choice is None:
+            return WsDecision(400, reason=f"no supported subprotocol in {offered[:8]}")
         try:
-            scope = authorize(target)
-        except AuthError as exc:
+            scope = negotiator.admit(target)
+        except NegotiationError as exc:
             return WsDecision(exc.status, reason=exc.reason)
-        info = SessionInfo(transport="websocket", protocol=alpn or "", path=target, conn_id=next_conn_id(),
-                           extra={"scope": scope, "subprotocol": subprotocol})
+        info = SessionInfo(transport="websocket", protocol=choice.protocol, path=target, conn_id=next_conn_id(),
+                           extra={"scope": scope, "subprotocol": subprotocol, "choice": choice})
         return WsDecision(200, subprotocol, info)
 
     async def ws_run(channel, info: SessionInfo) -> None:
@@ -199,7 +187,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     endpoint = QuicEndpoint(
         binds=list(config.server.bind),
         identity=identity,
-        alpns=alpns + ["h3"],  # h3 = WebTransport
+        alpns=negotiator.protocols("quic") + ["h3"],  # h3 = WebTransport
         handler=handle,
         wt_select=wt_select,
         max_streams=quic.max_streams,
@@ -244,7 +232,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                   f"  https://localhost:{port}/anon  (WebTransport; pin the certificate below)\n"
                   f"  http://localhost:{port}/certificate.sha256\n"
                   f"certificate sha256: {identity.fingerprint}", file=sys.stderr, flush=True)
-        cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id)
+        cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator)
         handle_.cluster = cluster
         task_status.started(handle_)
         if identity.generated:
@@ -270,7 +258,7 @@ def cluster_plan(config: Config) -> tuple[list[str], str | None, bool]:
 
 
 async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, endpoint: QuicEndpoint,
-                         hop_id: int):
+                         hop_id: int, negotiator: Negotiator):
     connect, node, mesh = cluster_plan(config)
     if not connect and not mesh:
         return None
@@ -284,7 +272,8 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
         except OSError as exc:
             raise StartupError(f"cluster.token: cannot read {config.cluster.token}: {exc.strerror}") from exc
     try:
-        cluster = Cluster(origin=origin, endpoint=endpoint, hop_id=hop_id, node=node, connect=connect, mesh=mesh,
+        cluster = Cluster(origin=origin, endpoint=endpoint, hop_id=hop_id, negotiator=negotiator, node=node,
+                          connect=connect, mesh=mesh,
                           prefix=config.cluster.prefix, token=token, verify=not config.client.disable_verify,
                           cafile=config.client.root[0] if config.client.root else None)
     except ValueError as exc:
@@ -328,8 +317,7 @@ async def _drain_on_signal(handle: RelayHandle, timeout: float, cancel: trio.Can
                         nursery.cancel_scope.cancel()
                         return
                 nursery.start_soon(second_signal)
-                while handle.sessions:
-                    await trio.sleep(0.1)
+                await handle.sessions.wait_empty()
                 nursery.cancel_scope.cancel()
         for session in list(handle.sessions):
             session.transport.close(0, "server shutdown")

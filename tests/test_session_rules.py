@@ -301,3 +301,26 @@ async def test_the_upstream_subscription_asks_for_what_subscribers_want() -> Non
             await group.finish()
             assert await sub_replies.typed(m.decode_subscribe_response, V6, LIMIT) == m.SubscribeStart(0)
             assert await viewer.group_streams(1) == [(0, [b"hello"])]
+
+
+async def test_a_new_route_to_the_same_publisher_is_an_update_not_an_end() -> None:
+    """lite-06: when the route the peer was told of goes away and another one to the same
+    publisher takes over, the announcement stays (UPDATE with the new hops): the peer's
+    subscriptions fail over and need not be remade. A different publisher ends and starts."""
+    with trio.fail_after(10):
+        async with relay_session() as peer:
+            direct = Broadcast("cam", FakeSource(), hops=(42,))
+            peer.origin.publish(direct)
+            _, reader = await peer.request(m.BiStream.ANNOUNCE, m.AnnounceRequest("").encode(V6))
+            await reader.message(m.AnnounceOk.decode, V6, LIMIT)
+            assert await reader.typed(m.decode_announce_06, V6, LIMIT) == m.AnnounceStart("cam", [42])
+            via = Broadcast("cam", FakeSource(), hops=(42, 77), cost=2)
+            peer.origin.publish(via)
+            peer.origin.unpublish(direct)  # the best route now goes through 77
+            update = await reader.typed(m.decode_announce_06, V6, LIMIT)
+            assert update == m.AnnounceUpdate(id=0, hops=[42, 77], cost=2, cold_cost=2)
+            other = Broadcast("cam", FakeSource(), hops=(13,))
+            peer.origin.publish(other)
+            peer.origin.unpublish(via)  # another publisher of the same path
+            assert await reader.typed(m.decode_announce_06, V6, LIMIT) == m.AnnounceEnd(0)
+            assert await reader.typed(m.decode_announce_06, V6, LIMIT) == m.AnnounceStart("cam", [13])

@@ -27,7 +27,7 @@ from relay.model.origin import Origin
 from relay.model.track import Track, TrackInfo
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.session import LiteSession
-from relay.protocol.lite.version import Version
+from relay.protocol.negotiate import Negotiator
 from relay.transport.base import TransportSession
 
 log = logging.getLogger("relay.cluster")
@@ -36,7 +36,6 @@ BACKOFF_MIN = 1.0
 BACKOFF_MAX = 10.0
 STABLE_AFTER = 10.0  # a link that lasted this long resets the backoff
 GOSSIP_FORGET = 60.0  # a withdrawn advertisement is dropped after this long
-LINK_VERSIONS = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03]
 
 
 @dataclass(frozen=True)
@@ -101,12 +100,14 @@ class _NoTracks:
 
 
 class Cluster:
-    def __init__(self, *, origin: Origin, endpoint, hop_id: int, node: str | None, connect: list[str],
+    def __init__(self, *, origin: Origin, endpoint, hop_id: int, negotiator: Negotiator, node: str | None,
+                 connect: list[str],
                  mesh: bool, prefix: str, token: str | None, verify: bool, cafile: str | None = None,
                  on_session: Callable[[LiteSession], Callable[[], None]] | None = None) -> None:
         self.origin = origin
         self.endpoint = endpoint
         self.hop_id = hop_id
+        self.negotiator = negotiator
         self.node = PeerUrl.parse(node) if node else None
         self.static = [PeerUrl.parse(u, token) for u in connect]
         self.mesh = mesh
@@ -156,10 +157,11 @@ class Cluster:
         done = trio.Event()
 
         async def handler(transport: TransportSession) -> None:
-            version = Version.from_alpn(transport.info.protocol or "")
-            if version is None:
+            choice = self.negotiator.choose("link", [transport.info.protocol or ""])
+            if choice is None or choice.version is None:
                 transport.close(ErrorCode.VERSION, "unsupported version")
                 return
+            version = choice.version
             session = LiteSession(transport, version, self.origin, authorize=_full_scope, hop_id=self.hop_id,
                                   scope=_full_scope(""), dial_path=peer.target, link_cost=peer.cost)
             self.link_sessions[peer.url] = session
@@ -174,8 +176,7 @@ class Cluster:
                 self.link_sessions.pop(peer.url, None)
                 done.set()
 
-        alpns = [v.alpn for v in LINK_VERSIONS]
-        async with self.endpoint.dial(peer.host, peer.port, alpns, handler, verify=self.verify,
+        async with self.endpoint.dial(peer.host, peer.port, self.negotiator.protocols("link"), handler, verify=self.verify,
                                       cafile=self.cafile):
             await done.wait()
 

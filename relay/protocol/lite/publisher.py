@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import trio
@@ -24,7 +25,7 @@ from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.streams import MessageReader, StreamEnded
 from relay.protocol.lite.version import Version
 from relay.relaying.fanout import Fanout, ended_at
-from relay.transport.base import RecvStream, SendStream, SessionClosed, StreamReset, TransportError
+from relay.transport.base import SendStream, SessionClosed, StreamReset, TransportError
 
 if TYPE_CHECKING:
     from relay.protocol.lite.session import LiteSession
@@ -52,12 +53,8 @@ class LitePublisher:
             return None
         return broadcast
 
-    async def serve_announce(self, send: SendStream, reader: MessageReader) -> None:
+    async def serve_announce(self, send: SendStream, reader: MessageReader, request: m.AnnounceRequest) -> None:
         s = self.session
-        v = s.version
-        request = await reader.message(m.AnnounceRequest.decode, v, s.limits.max_message)
-        if request is None:
-            return
         if self.announce_streams >= s.limits.max_announce_streams:
             raise ProtocolError(ErrorCode.BOUNDS_EXCEEDED, "too many announce streams")
         self.announce_streams += 1
@@ -97,12 +94,8 @@ class LitePublisher:
             return None
         return broadcast
 
-    async def serve_track_info(self, send: SendStream, reader: MessageReader) -> None:
-        s = self.session
-        v = s.version
-        request = await reader.message(m.TrackRequest.decode, v, s.limits.max_message)
-        if request is None:
-            return
+    async def serve_track_info(self, send: SendStream, reader: MessageReader, request: m.TrackRequest) -> None:
+        v = self.session.version
         broadcast = self.lookup(request.broadcast)
         if broadcast is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {request.broadcast!r}")
@@ -123,12 +116,9 @@ class LitePublisher:
         except (StreamReset, SessionClosed, StreamEnded, ProtocolError, TrackClosed, LimitExceeded) as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no track {name!r}: {exc}") from exc
 
-    async def serve_subscribe(self, send: SendStream, recv: RecvStream, reader: MessageReader) -> None:
+    async def serve_subscribe(self, send: SendStream, reader: MessageReader, sub: m.Subscribe) -> None:
         s = self.session
         v = s.version
-        sub = await reader.message(m.Subscribe.decode, v, s.limits.max_message)
-        if sub is None:
-            return
         if sub.id in self.subscriptions:
             raise ProtocolError(ErrorCode.DUPLICATE, f"subscribe id {sub.id} reused")
         if len(self.subscriptions) >= s.limits.max_subscriptions:
@@ -219,12 +209,8 @@ class LitePublisher:
         cancel.cancel()
 
 
-    async def serve_fetch(self, send: SendStream, reader: MessageReader) -> None:
-        s = self.session
-        v = s.version
-        fetch = await reader.message(m.Fetch.decode, v, s.limits.max_message)
-        if fetch is None:
-            return
+    async def serve_fetch(self, send: SendStream, reader: MessageReader, fetch: m.Fetch) -> None:
+        v = self.session.version
         broadcast = self.lookup(fetch.broadcast)
         if broadcast is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {fetch.broadcast!r}")
@@ -327,6 +313,20 @@ def _send_order(priority: int, sequence: int) -> int:
     return (priority << 24) | (sequence & 0xFFFFFF)
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """What an announce stream said of one suffix: which route (its generation), under which
+    lite-06 id, and the publisher it leads to (the first hop, 0 when unknown)."""
+
+    generation: int
+    announce_id: int
+    publisher: int
+
+    @classmethod
+    def of(cls, broadcast: Broadcast, announce_id: int) -> _Sent:
+        return cls(broadcast.generation, announce_id, broadcast.hops[0] if broadcast.hops else 0)
+
+
 class _AnnounceWriter:
     """Encodes one announce stream's replies for the session's version, remembering what it said."""
 
@@ -335,7 +335,7 @@ class _AnnounceWriter:
         self.send = send
         self.prefix = prefix
         self.v = session.version
-        self.sent: dict[str, tuple[int, int]] = {}  # suffix -> (broadcast generation, lite-06 id)
+        self.sent: dict[str, _Sent] = {}
         self.next_id = 0
         self.lock = trio.Lock()
 
@@ -354,19 +354,35 @@ class _AnnounceWriter:
     def _active(self, suffix: str, broadcast: Broadcast) -> bytes:
         v = self.v
         if v.has_typed_announce:
-            self.sent[suffix] = (broadcast.generation, self.next_id)
+            self.sent[suffix] = _Sent.of(broadcast, self.next_id)
             self.next_id += 1
             cost = broadcast.cost
             return m.AnnounceStart(suffix=suffix, hops=list(broadcast.hops), cost=cost, cold_cost=cost).encode(v)
-        self.sent[suffix] = (broadcast.generation, 0)
+        self.sent[suffix] = _Sent.of(broadcast, 0)
         return m.Announce(active=True, suffix=suffix, hops=self._hops_out(broadcast),
                           hop_count=len(broadcast.hops)).encode(v)
 
     def _ended(self, suffix: str) -> bytes:
-        _, announce_id = self.sent.pop(suffix)
+        announce_id = self.sent.pop(suffix).announce_id
         if self.v.has_typed_announce:
             return m.AnnounceEnd(id=announce_id).encode(self.v)
         return m.Announce(active=False, suffix=suffix, hops=[], hop_count=0).encode(self.v)
+
+    def _rerouted(self, suffix: str, broadcast: Broadcast, previous: _Sent) -> bytes:
+        """Another route took over `suffix`. To the same publisher (the same first hop), the
+        peer's subscriptions carry on (the relay fails them over), so the announcement stays:
+        lite-06 says the new route with UPDATE, lite-05 replaces with a second active. Otherwise,
+        and on lite-01..04 (where a second active is an error), it ends and starts again; a Rust
+        client then resubscribes."""
+        same = previous.publisher != 0 and broadcast.hops[:1] == (previous.publisher,)
+        if same and self.v.has_typed_announce:
+            self.sent[suffix] = _Sent.of(broadcast, previous.announce_id)
+            cost = broadcast.cost
+            return m.AnnounceUpdate(id=previous.announce_id, hops=list(broadcast.hops), cost=cost,
+                                    cold_cost=cost).encode(self.v)
+        if same and self.v == Version.LITE_05:
+            return self._active(suffix, broadcast)
+        return self._ended(suffix) + self._active(suffix, broadcast)
 
     async def initial(self, items: list[tuple[str, Broadcast | None]]) -> None:
         v = self.v
@@ -381,7 +397,7 @@ class _AnnounceWriter:
         elif v.has_announce_init:
             out += m.AnnounceInit(suffixes=[s for s, _ in active]).encode(v)
             for suffix, broadcast in active:
-                self.sent[suffix] = (broadcast.generation, 0)
+                self.sent[suffix] = _Sent.of(broadcast, 0)
             active = []
         for suffix, broadcast in active:
             out += self._active(suffix, broadcast)
@@ -401,11 +417,8 @@ class _AnnounceWriter:
                     out += self._ended(suffix)
             elif previous is None:
                 out += self._active(suffix, broadcast)
-            elif previous[0] != broadcast.generation:
-                # Another route took over: end then re-announce (a duplicate active is an error
-                # for lite-03/04/06 subscribers).
-                out += self._ended(suffix)
-                out += self._active(suffix, broadcast)
+            elif previous.generation != broadcast.generation:
+                out += self._rerouted(suffix, broadcast, previous)
         if out:
             async with self.lock:
                 await self.send.write(bytes(out))

@@ -92,6 +92,16 @@ class LiteSession:
         self.failovers_total = 0  # subscriptions moved to another route (relay spec §10.3)
         self.publisher = LitePublisher(self)
         self.subscriber = LiteSubscriber(self)
+        # Bidi stream type -> (its first message's decoder, the publisher's handler), per version.
+        p = self.publisher
+        self._requests: dict[int, tuple[Callable, Callable]] = {
+            m.BiStream.ANNOUNCE: (m.AnnounceRequest.decode, p.serve_announce),
+            m.BiStream.SUBSCRIBE: (m.Subscribe.decode, p.serve_subscribe),
+        }
+        if version.has_track_stream:
+            self._requests[m.BiStream.TRACK] = (m.TrackRequest.decode, p.serve_track_info)
+        if version.has_fetch:
+            self._requests[m.BiStream.FETCH] = (m.Fetch.decode, p.serve_fetch)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -272,14 +282,13 @@ class LiteSession:
             if cs.cancelled_caught:
                 raise ProtocolError(ErrorCode.TIMEOUT, "stream before the session was ready")
             v = self.version
-            if kind == m.BiStream.ANNOUNCE:
-                await self.publisher.serve_announce(send, reader)
-            elif kind == m.BiStream.SUBSCRIBE:
-                await self.publisher.serve_subscribe(send, recv, reader)
-            elif kind == m.BiStream.TRACK and v.has_track_stream:
-                await self.publisher.serve_track_info(send, reader)
-            elif kind == m.BiStream.FETCH and v.has_fetch:
-                await self.publisher.serve_fetch(send, reader)
+            request = self._requests.get(kind)
+            if request is not None:
+                # A request the peer makes of our publishing side: its first message, then serve.
+                decode, serve = request
+                first = await reader.message(decode, v, self.limits.max_message)
+                if first is not None:  # a FIN before the request: nothing was asked
+                    await serve(send, reader, first)
             elif kind == m.BiStream.PROBE:
                 await self._hold_probe(reader)
             elif kind == m.BiStream.GOAWAY and v >= Version.LITE_04:

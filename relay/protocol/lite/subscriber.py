@@ -187,6 +187,20 @@ class LiteSubscriber:
         if self.published.get(broadcast.path) is broadcast:
             del self.published[broadcast.path]
 
+    def _relative(self, broadcast_path: str) -> str:
+        """A broadcast's path as this peer names it (relative to the session's root)."""
+        scope = self.session.scope
+        assert scope is not None
+        return scope.relative(broadcast_path) or ""
+
+    async def _request(self, kind: int, first: m.TrackRequest | m.Fetch | m.Subscribe,
+                       max_buffer: int) -> tuple[SendStream, MessageReader]:
+        """Open a request stream to the peer and send its first message."""
+        s = self.session
+        send, recv = await s.transport.open_bi()
+        await send.write(m.encode_bi_type(kind) + first.encode(s.version))
+        return send, MessageReader(recv, max_buffer)
+
     # ------------------------------------------------------------------ upstream pulls (TrackSource)
     def serve_track(self, track: Track) -> Callable[[], None]:
         """TrackSource: pull `track` from this peer with one subscription in our nursery."""
@@ -201,15 +215,11 @@ class LiteSubscriber:
         s = self.session
         if not s.version.has_track_stream:
             return TrackInfo()
-        assert s.scope is not None
-        broadcast_rel = s.scope.relative(broadcast_path) or ""
-        send, recv = await s.transport.open_bi()
-        reader = MessageReader(recv, s.limits.max_message + 16)
+        # No FIN before TRACK_INFO arrives: moq-rs 0.4.18 resets a TRACK request whose sender
+        # already finished (the spec says "then FIN"; the real client wins).
+        send, reader = await self._request(m.BiStream.TRACK, m.TrackRequest(broadcast=self._relative(broadcast_path),
+                                                                             track=name), s.limits.max_message + 16)
         try:
-            # No FIN before TRACK_INFO arrives: moq-rs 0.4.18 resets a TRACK request whose
-            # sender already finished (the spec says "then FIN"; the real client wins).
-            await send.write(m.encode_bi_type(m.BiStream.TRACK)
-                             + m.TrackRequest(broadcast=broadcast_rel, track=name).encode(s.version))
             info = await reader.message(m.TrackInfoMsg.decode, s.version, s.limits.max_message)
             if info is None:
                 raise ProtocolError(ErrorCode.DECODE, "TRACK stream ended without TRACK_INFO")
@@ -217,7 +227,7 @@ class LiteSubscriber:
             return TrackInfo(priority=info.priority, ordered=info.ordered,
                              max_latency_ms=info.max_latency_ms, timescale=info.timescale)
         finally:
-            recv.stop(ErrorCode.CANCEL)
+            reader.recv.stop(ErrorCode.CANCEL)
 
     async def fetch_group(self, broadcast_path: str, name: str, sequence: int, priority: int = 0):
         """TrackSource: one past group from this peer by FETCH (lite-05+), frames as they come.
@@ -226,14 +236,10 @@ class LiteSubscriber:
         s = self.session
         if not s.version.has_fetch:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"{s.version.name_str} peers cannot be fetched from")
-        assert s.scope is not None
-        rel = s.scope.relative(broadcast_path) or ""
-        send, recv = await s.transport.open_bi()
-        reader = MessageReader(recv, s.limits.max_frame + 64)
+        # As with TRACK, moq-rs resets a FETCH whose sender already finished: FIN after.
+        send, reader = await self._request(m.BiStream.FETCH, m.Fetch(self._relative(broadcast_path), name,
+                                                                     priority, sequence), s.limits.max_frame + 64)
         try:
-            await send.write(m.encode_bi_type(m.BiStream.FETCH)
-                             + m.Fetch(rel, name, priority, sequence).encode(s.version))
-            # As with TRACK, moq-rs resets a FETCH whose sender already finished: FIN after.
             timestamp = 0
             while True:
                 frame = await reader.frame(s.version, s.limits.max_frame)
@@ -245,13 +251,12 @@ class LiteSubscriber:
         except (StreamEnded, TransportError) as exc:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"upstream fetch failed: {exc}") from exc
         finally:
-            recv.stop(ErrorCode.CANCEL)
+            reader.recv.stop(ErrorCode.CANCEL)
 
     async def _pull_track(self, track: Track, cancel_scope: trio.CancelScope) -> None:
         s = self.session
         v = s.version
-        assert s.scope is not None
-        rel = s.scope.relative(track.broadcast_path)
+        rel = self._relative(track.broadcast_path)
         sub_id = self._next_id
         self._next_id += 1
         send: SendStream | None = None
@@ -269,7 +274,7 @@ class LiteSubscriber:
                 reader = MessageReader(recv, s.limits.max_message + 16)
                 # Ask for what the subscribers want, no more (lite §7.1); re-ask as that changes.
                 wish = self._upstream_wish(track)
-                sub = m.Subscribe(id=sub_id, broadcast=rel or "", track=track.name, priority=wish.priority,
+                sub = m.Subscribe(id=sub_id, broadcast=rel, track=track.name, priority=wish.priority,
                                   ordered=wish.ordered, max_latency_ms=wish.max_latency_ms,
                                   start_group=wish.start, end_group=wish.end)
                 track.asked_upstream(wish.max_latency_ms)

@@ -94,5 +94,6 @@ class Version(IntEnum):
         return self >= Version.LITE_06
 
 
-# Server preference order for negotiation (newest first).
-SUPPORTED = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03]
+# Every version the relay speaks, in its order of preference (newest first); lite-01/02 are
+# negotiated in-band (relay.protocol.negotiate).
+SUPPORTED = [Version.LITE_06, Version.LITE_05, Version.LITE_04, Version.LITE_03, Version.LITE_02, Version.LITE_01]

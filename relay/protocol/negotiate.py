@@ -1,0 +1,111 @@
+"""Which protocol a new session speaks, and with what rights: one policy for every transport.
+
+Raw QUIC picks by ALPN, WebTransport by `wt-protocol`, WebSocket by subprotocol, cluster links by
+the ALPNs they dial with; where none names a version, the legacy in-band SETUP decides (lite-01/02,
+lite §3.5). `Negotiator.choose` answers all of them from one table of versions (the relay's
+preference order, narrowed per transport), and `Negotiator.admit` checks the connect path's token
+once for all of them. The IETF family will add its versions here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from relay.auth.scope import AuthError, Scope
+from relay.protocol.lite.version import SUPPORTED, Version
+
+LEGACY = "moql"  # the ALPN (and config name) of the legacy in-band SETUP
+LINK_VERSIONS = [v for v in SUPPORTED if v.alpn != LEGACY]
+
+
+class NegotiationError(Exception):
+    """No version in common, or the connect path's token refused: `status` for HTTP transports,
+    `code` (a moq code) for raw QUIC."""
+
+    def __init__(self, reason: str, status: int, code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a session will speak. `protocol` is what the transport names (an ALPN, a wt-protocol,
+    the moq part of a subprotocol), "" for the legacy in-band SETUP, whose version the SETUP
+    itself then picks among `legacy`."""
+
+    family: str  # "lite"
+    protocol: str
+    version: Version | None  # None: the legacy SETUP decides
+    legacy: tuple[Version, ...] = ()
+
+
+def versions_from_config(names: list[str] | None) -> list[Version]:
+    """`[server] version` names -> versions in the relay's preference order (all when unset).
+
+    Raises ValueError naming an unsupported version."""
+    if not names:
+        return list(SUPPORTED)
+    chosen: set[Version] = set()
+    for name in names:
+        if name == LEGACY:
+            chosen |= {v for v in SUPPORTED if v.alpn == LEGACY}
+            continue
+        version = Version.from_alpn(name)
+        if version is None or version not in SUPPORTED:
+            raise ValueError(f"server.version: {name!r} is not supported by this relay yet")
+        chosen.add(version)
+    # The relay's own preference order decides, whatever order the config lists them in.
+    return [v for v in SUPPORTED if v in chosen]
+
+
+class Negotiator:
+    """The relay's version policy and admission, shared by all transports and cluster links."""
+
+    def __init__(self, versions: list[Version], authorize: Callable[[str], Scope], *,
+                 per_transport: dict[str, list[str]] | None = None) -> None:
+        self.versions = versions
+        self.authorize = authorize
+        # Tests narrow what one transport may pick (moq-rs always offers every version it has).
+        self.per_transport = per_transport or {}
+
+    def _allowed(self, transport: str) -> list[Version]:
+        if transport == "link":
+            return LINK_VERSIONS  # relays link with every version that needs no legacy SETUP
+        names = self.per_transport.get(transport)
+        if names is None:
+            return self.versions
+        return [v for v in self.versions if v.alpn in names]
+
+    def protocols(self, transport: str) -> list[str]:
+        """Our protocol names for `transport`, preferred first ("moql" = the legacy SETUP)."""
+        return list(dict.fromkeys(v.alpn for v in self._allowed(transport)))
+
+    def choose(self, transport: str, offered: list[str]) -> Choice | None:
+        """The protocol for a peer offering `offered` (in its order of preference), or None.
+
+        Raw QUIC and cluster links: `offered` is the ALPN the handshake settled on, so ours
+        decided. WebTransport: the client's order wins (lite §3.2); nothing in common falls back
+        to the legacy SETUP when allowed. WebSocket: `offered` are the moq ALPNs found in its
+        subprotocols, in our order (the WebSocket layer maps subprotocol names); [] = bare QMux
+        or the `webtransport` wire, i.e. the legacy SETUP."""
+        allowed = self._allowed(transport)
+        legacy = tuple(v for v in allowed if v.alpn == LEGACY)
+        by_name = {v.alpn: v for v in allowed if v.alpn != LEGACY}
+        for name in offered:
+            if name in by_name:
+                return Choice("lite", name, by_name[name])
+            if name == LEGACY and legacy and transport == "quic":
+                return Choice("lite", "", None, legacy)
+        if legacy and transport in ("webtransport", "websocket"):
+            return Choice("lite", "", None, legacy)
+        return None
+
+    def admit(self, target: str) -> Scope:
+        """The rights of a session connecting to `target` (path and query with its token)."""
+        try:
+            return self.authorize(target or "/")
+        except AuthError as exc:
+            raise NegotiationError(exc.reason, exc.status, 6) from exc

@@ -1,0 +1,63 @@
+"""One version policy for every transport (relay.protocol.negotiate), without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.auth.scope import AuthError, Scope
+from relay.protocol.lite.version import Version
+from relay.protocol.negotiate import LEGACY, NegotiationError, Negotiator, versions_from_config
+
+V = Version
+ALL = versions_from_config(None)
+
+
+def authorize(target: str) -> Scope:
+    if "jwt=bad" in target:
+        raise AuthError("bad token")
+    return Scope(root="", publish=("",), subscribe=("",))
+
+
+def test_versions_from_config_keep_the_relays_preference() -> None:
+    assert ALL == [V.LITE_06, V.LITE_05, V.LITE_04, V.LITE_03, V.LITE_02, V.LITE_01]
+    assert versions_from_config(["moq-lite-03", "moq-lite-06"]) == [V.LITE_06, V.LITE_03]
+    assert versions_from_config(["moql"]) == [V.LITE_02, V.LITE_01]
+    with pytest.raises(ValueError, match="moq-transport-14"):
+        versions_from_config(["moq-transport-14"])
+
+
+def test_each_transport_chooses_from_the_same_table() -> None:
+    n = Negotiator(ALL, authorize)
+    assert n.protocols("quic") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", LEGACY]
+    # Raw QUIC: the handshake settled the ALPN; "moql" means the legacy SETUP picks 02 or 01.
+    assert n.choose("quic", ["moq-lite-05"]).version == V.LITE_05
+    legacy = n.choose("quic", [LEGACY])
+    assert legacy.version is None and legacy.protocol == "" and legacy.legacy == (V.LITE_02, V.LITE_01)
+    assert n.choose("quic", ["h3"]) is None
+    # WebTransport: the client's order wins; nothing in common falls back to the legacy SETUP.
+    assert n.choose("webtransport", ["moq-lite-03", "moq-lite-06"]).protocol == "moq-lite-03"
+    assert n.choose("webtransport", ["moqt-16"]).version is None
+    # WebSocket: [] = a bare wire (legacy SETUP).
+    assert n.choose("websocket", []).legacy == (V.LITE_02, V.LITE_01)
+    # Cluster links: every version that needs no legacy SETUP, whatever clients may use.
+    assert n.protocols("link") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03"]
+    assert n.choose("link", [LEGACY]) is None
+
+
+def test_a_transport_can_be_narrowed_and_the_legacy_setup_refused() -> None:
+    n = Negotiator(versions_from_config(["moq-lite-06"]), authorize,
+                   per_transport={"webtransport": ["moq-lite-06"], "websocket": ["moql"]})
+    assert n.choose("webtransport", ["moq-lite-05"]) is None  # no legacy SETUP configured: refuse
+    assert n.choose("quic", [LEGACY]) is None
+    assert n.choose("websocket", []) is None  # narrowed to legacy, which the config does not have
+    n2 = Negotiator(ALL, authorize, per_transport={"websocket": ["moql"]})
+    assert n2.choose("websocket", ["moq-lite-06"]).version is None  # only the legacy SETUP here
+    assert n2.protocols("websocket") == [LEGACY]
+
+
+def test_admission_checks_the_token_once_for_all_transports() -> None:
+    n = Negotiator(ALL, authorize)
+    assert n.admit("/room?jwt=good").publish == ("",)
+    with pytest.raises(NegotiationError) as info:
+        n.admit("/room?jwt=bad")
+    assert info.value.status == 401 and info.value.code == 6 and "bad token" in info.value.reason
