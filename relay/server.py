@@ -204,7 +204,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             from hypercorn.config import Config as HypercornConfig
             from hypercorn.trio import serve
 
-            app = create_app(origin, lambda path, token: authorize(path, token),
+            app = create_app(origin, authorize,
                              lambda: endpoint.identity.fingerprint,
                              ws_select=ws_select if config.web.ws else None, ws_run=ws_run)
             hc = HypercornConfig()

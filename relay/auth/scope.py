@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.model.path import has_prefix, join, norm, overlaps, strip
@@ -91,3 +92,8 @@ def public_scope(conn_path: str, public_subscribe: list[str], public_publish: li
     if any(overlaps(p, norm(q)) for q in [*public_subscribe, *public_publish]):
         return scope_from_grants(p, "", list(public_publish), list(public_subscribe))
     raise AuthError(f"a token is required for /{p}")
+
+
+# authorize(request target with its query, "?jwt=..." included) -> Scope; raises AuthError.
+# relay.auth.authorizer.Authorizer is the one implementation.
+Authorize = Callable[[str], Scope]

@@ -9,10 +9,9 @@ once for all of them. The IETF family will add its versions here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.auth.scope import AuthError, Scope
+from relay.auth.scope import AuthError, Authorize, Scope
 from relay.protocol.lite.version import SUPPORTED, Version
 
 LEGACY = "moql"  # the ALPN (and config name) of the legacy in-band SETUP
@@ -64,7 +63,7 @@ def versions_from_config(names: list[str] | None) -> list[Version]:
 class Negotiator:
     """The relay's version policy and admission, shared by all transports and cluster links."""
 
-    def __init__(self, versions: list[Version], authorize: Callable[[str], Scope], *,
+    def __init__(self, versions: list[Version], authorize: Authorize, *,
                  per_transport: dict[str, list[str]] | None = None) -> None:
         self.versions = versions
         self.authorize = authorize

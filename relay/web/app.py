@@ -14,8 +14,7 @@ import trio
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
-from relay.auth.authorizer import token_from_query
-from relay.auth.scope import AuthError, Scope, split_target
+from relay.auth.scope import AuthError, Authorize, Scope
 from relay.model.origin import Origin
 from relay.model.subscription import Wish
 from relay.model.track import GroupAborted, TrackClosed
@@ -32,8 +31,6 @@ LANDING = (
     "<p>This is a Media over QUIC relay. Connect with a MoQ client.</p>\n"
 )
 
-# authorize(path, jwt_or_None) -> Scope, raising AuthError
-Authorizer = Callable[[str, str | None], Scope]
 
 
 WsSelect = Callable[[str, list[str]], "WsDecision"]
@@ -47,7 +44,7 @@ class WsDecision:
     reason: str = ""
 
 
-def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], str | None], *,
+def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], str | None], *,
                ws_select: WsSelect | None = None,
                ws_run: Callable[[QuartChannel, SessionInfo], Awaitable[None]] | None = None) -> QuartTrio:
     app = QuartTrio("relay")
@@ -62,8 +59,9 @@ def create_app(origin: Origin, authorize: Authorizer, fingerprint: Callable[[], 
         return Response(body, status=status, content_type="text/plain; charset=utf-8")
 
     def authorize_request(raw_path: str) -> Scope:
-        _, query = split_target(request.full_path if "?" in request.full_path else request.path)
-        return authorize(raw_path, token_from_query(query))
+        # The route's path with the request's own query (its ?jwt=), as every transport passes it.
+        query = request.query_string.decode("utf-8", "replace")
+        return authorize(f"{raw_path}?{query}" if query else raw_path)
 
     @app.before_request
     async def preflight() -> Response | None:

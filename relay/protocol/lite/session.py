@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.auth.scope import AuthError, Scope
+from relay.auth.scope import AuthError, Authorize, Scope
 from relay.model.origin import Origin
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
@@ -29,7 +29,7 @@ from relay.protocol.lite.subscriber import LiteSubscriber
 from relay.protocol.lite.version import Version
 from relay.transport.base import RecvStream, SendStream, SessionClosed, TransportError, TransportSession
 
-__all__ = ["Authorizer", "LegacySetup", "LiteSession", "SessionLimits", "negotiate_legacy"]
+__all__ = ["LegacySetup", "LiteSession", "SessionLimits", "negotiate_legacy"]
 
 log = logging.getLogger("relay.session")
 
@@ -51,15 +51,13 @@ class SessionLimits:
     track_info_timeout: float = 10.0
 
 
-# authorize(request path with query) -> Scope; raises AuthError.
-Authorizer = Callable[[str], Scope]
 
 
 class LiteSession:
     """One peer's moq-lite session. `run()` returns when the session is over."""
 
     def __init__(self, transport: TransportSession, version: Version, origin: Origin, *,
-                 authorize: Authorizer, hop_id: int, scope: Scope | None = None,
+                 authorize: Authorize, hop_id: int, scope: Scope | None = None,
                  limits: SessionLimits | None = None, legacy: LegacySetup | None = None,
                  dial_path: str | None = None, link_cost: int | None = None) -> None:
         self.transport = transport
