@@ -71,6 +71,9 @@ class Key:
 
     @property
     def path(self) -> str | None:
+        """Where the value lives in Config; None for keys whose values are never stored."""
+        if not self.implemented:
+            return None
         return self.name if self.attr == "" else self.attr
 
     @property

@@ -180,6 +180,12 @@ def dev_defaults() -> Config:
 
 
 # ------------------------------------------------------------------------------ assembly
+def _path(key: Key) -> str:
+    if key.path is None:
+        raise AssertionError(f"{key.name} is not stored in Config")
+    return key.path
+
+
 def assemble(layers: list[Layer], dev: bool) -> tuple[Config, Layer]:
     merged: Layer = {}
     for layer in layers:
@@ -193,7 +199,7 @@ def assemble(layers: list[Layer], dev: bool) -> tuple[Config, Layer]:
             if isinstance(key.dev, Same) and key.name not in merged:
                 # The development HTTP listener sits on the QUIC port number (as the Rust
                 # relay's dev config does), wherever flags moved that port.
-                put(cfg, key.path or key.name, list(get(cfg, BY_NAME[key.dev.key].path or key.dev.key)))
+                put(cfg, _path(key), list(get(cfg, _path(BY_NAME[key.dev.key]))))
     auth = cfg.auth
     if auth.public_subscribe is not None or auth.public_publish is not None:
         # Public access is configured: the list not named is empty, not "unset".
@@ -213,7 +219,7 @@ def _finish(cfg: Config, merged: Layer, ignore: Ignored) -> None:
         if listed and not cfg.server.version:
             raise ConfigError("server.version: none of the listed versions is supported by this relay")
     for key in KEYS:
-        if key.support is Support.STORED and key.name in merged and get(cfg, key.path or key.name) != key.default:
+        if key.support is Support.STORED and key.name in merged and get(cfg, _path(key)) != key.default:
             # Only a value that would change behaviour is worth a warning (the reference
             # config lists `linger = "5s"` at its default).
             ignore(key.name)
