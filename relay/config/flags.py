@@ -27,8 +27,9 @@ default. Lists are comma-separated in variables; list flags may also be repeated
 Without a config file the development defaults take the file's place: ports 4443 (UDP and
 TCP) on 127.0.0.1 and ::1, a generated 14-day certificate, anonymous publish and subscribe
 everywhere; flags and variables change them key by key (--server-bind 127.0.0.1:5000 moves
-QUIC and HTTP). A certificate flag drops the generated certificate, any auth flag drops the
-anonymous access, and a server.bind off loopback drops the development defaults altogether.
+QUIC and HTTP). A certificate replaces the generated one, any way to authenticate (auth key,
+public list, server.tls.root) replaces the anonymous access, and a server.bind off loopback
+drops the development defaults altogether.
 
 `moq-relay token --help` for keys and tokens."""
 

@@ -229,24 +229,22 @@ KEYS: tuple[Key, ...] = (
         "relay reads [client]", support=R, section=True, cli=False),
 )
 
-BY_NAME: dict[str, Key] = {}
-for _key in KEYS:
-    for _name in _key.names:
-        assert _name not in BY_NAME, f"config key {_name} declared twice"
-        BY_NAME[_name] = _key
-BY_ENV: dict[str, Key] = {}
-BY_FLAG: dict[str, Key] = {}
-for _key in KEYS:
-    for _env in _key.env_names:
-        assert _env not in BY_ENV, f"variable {_env} declared twice"
-        BY_ENV[_env] = _key
-    for _flag in _key.flag_names:
-        assert _flag not in BY_FLAG, f"flag {_flag} declared twice"
-        BY_FLAG[_flag] = _key
+
+def _index(spellings: str) -> dict[str, Key]:
+    """Every spelling (`names`, `env_names` or `flag_names`) to its key; a spelling that two keys
+    share would make one of them unreachable, so it stops the import."""
+    index: dict[str, Key] = {}
+    for k in KEYS:
+        for spelling in getattr(k, spellings):
+            if spelling in index:
+                raise RuntimeError(f"{spelling} is declared by both {index[spelling].name} and {k.name}")
+            index[spelling] = k
+    return index
+
+
+BY_NAME = _index("names")
+BY_ENV = _index("env_names")
+BY_FLAG = _index("flag_names")
 # Dotted prefixes that are TOML tables: `server`, `server.quic`, `auth.public`, ...
 SECTIONS = frozenset(n.rsplit(".", i)[0] for k in KEYS for n in k.names for i in range(1, n.count(".") + 1))
 NOT_YET_USED = frozenset(k.name for k in KEYS if k.support is Support.STORED)
-
-
-def key(name: str) -> Key:
-    return BY_NAME[name]
