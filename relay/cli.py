@@ -1,4 +1,4 @@
-"""`moq-relay [CONFIG.toml]`: exit status 0 on a clean stop, 1 on startup errors, 2 on usage errors."""
+"""`moq-relay [FLAGS] [CONFIG.toml]` (and `moq-relay token ...`): exit status 0 on a clean stop, 1 on startup errors, 2 on usage errors."""
 
 from __future__ import annotations
 
@@ -7,21 +7,9 @@ import sys
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 
-from relay.config import ConfigError, UsageError, build_config, parse_args
+from relay.config import ConfigError, UsageError, build_config, help_text, parse_args
+from relay.config.flags import USAGE
 from relay.log import setup_logging
-
-USAGE = """usage: moq-relay [FLAGS] [CONFIG.toml]
-
-A Media over QUIC relay. With no config, flags or MOQ_* variables it runs on development
-defaults: ports 4443 (UDP and TCP) on 127.0.0.1 and ::1, a generated 14-day certificate,
-anonymous publish and subscribe everywhere.
-
-  CONFIG.toml            configuration file (also --file PATH / --config PATH)
-  --check                validate the configuration and exit
-  --version              print the version and exit
-  --SECTION-KEY VALUE    any config key as a flag, e.g. --server-bind 0.0.0.0:443,
-                         --log-level debug, --auth-public anon (MOQ_SECTION_KEY in the environment)
-"""
 
 
 def package_version() -> str:
@@ -41,17 +29,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inv = parse_args(args)
     except UsageError as exc:
-        print(f"error: {exc}\n\n{USAGE}", file=sys.stderr)
+        print(f"error: {exc}\n\nusage: {USAGE}\nFor the flags and what they mean: moq-relay --help", file=sys.stderr)
         return 2
     if inv.show_help:
-        print(USAGE)
+        print(help_text(), end="")
         return 0
     if inv.show_version:
         print(f"moq-relay {package_version()}")
         return 0
     # Log before the config is known so that its own warnings (ignored keys) are formatted like
-    # every other line; MOQ_LOG_LEVEL/RUST_LOG already apply, the TOML level only after loading.
-    setup_logging(os.environ.get("MOQ_LOG_LEVEL", "info"))
+    # every other line; --log-level, MOQ_LOG_LEVEL and RUST_LOG already apply (an invalid level
+    # reads as info here and fails in the config), the TOML level only after loading.
+    early = [raw for name, raw, _ in inv.flags if name == "log.level"]
+    setup_logging(early[-1] if early else os.environ.get("MOQ_LOG_LEVEL", "info"))
     try:
         config = build_config(inv, os.environ)
     except UsageError as exc:

@@ -222,16 +222,19 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         for host, port in endpoint.addresses:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("listening addr=%s (udp: moql://%s https://%s)", hostport, hostport, hostport)
+        # web.ws = false is honoured (the app has no WebSocket route): say so where the listener is named.
+        websocket = "on" if config.web.ws else "off (web.ws = false: upgrades are refused)"
         for url in http_urls:
-            log.info("http listening url=%s", url)
+            log.info("http listening url=%s websocket=%s", url, websocket)
         log.info("certificate sha256=%s", identity.fingerprint)
         if config.is_dev_defaults:
             port = endpoint.addresses[0][1]
-            print(f"moq-relay is running (hop id {hop_id}). Connect with:\n"
-                  f"  moql://localhost:{port}/anon   (raw QUIC)\n"
-                  f"  https://localhost:{port}/anon  (WebTransport; pin the certificate below)\n"
-                  f"  http://localhost:{port}/certificate.sha256\n"
-                  f"certificate sha256: {identity.fingerprint}", file=sys.stderr, flush=True)
+            lines = [f"moq-relay is running (hop id {hop_id}). Connect with:",
+                     f"  moql://localhost:{port}/anon   (raw QUIC)",
+                     f"  https://localhost:{port}/anon  (WebTransport; pin the certificate below)"]
+            if http_urls:  # flags may have moved HTTP off the QUIC port number, or off altogether
+                lines.append(f"  http://localhost:{http_urls[0].rsplit(':', 1)[1]}/certificate.sha256")
+            print("\n".join([*lines, f"certificate sha256: {identity.fingerprint}"]), file=sys.stderr, flush=True)
         cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator)
         handle_.cluster = cluster
         task_status.started(handle_)

@@ -182,9 +182,11 @@ def test_stored_but_unused_keys_warn(tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     load_config([write(tmp_path, FULL)], {"MOQ_CLUSTER_LINGER": "1s"})
     msgs = warnings(caplog)
-    for key in ("web.ws", "cache.headroom", "cluster.linger"):
+    for key in ("cache.headroom", "cluster.linger"):
         assert key in NOT_YET_USED
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
+    # web.ws = false is implemented (the WebSocket fallback is off): no "not supported" warning.
+    assert "web.ws" not in NOT_YET_USED and not any("web.ws" in m for m in msgs), msgs
 
 
 def test_seed_dev_config_verbatim(tmp_path, monkeypatch, caplog) -> None:
@@ -244,13 +246,48 @@ def test_boolean_flag_forms(tmp_path) -> None:
         load_config([path], {"MOQ_WEB_WS": "maybe"})
 
 
-def test_flags_alone_are_not_dev_defaults() -> None:
+def test_flags_layer_on_dev_defaults() -> None:
+    # Changed: flags and MOQ_* variables used to switch the development defaults off.
+    cfg = load_config(["--log-level", "debug"], {})
+    assert cfg.is_dev_defaults and cfg.log.level == "debug"
+    assert cfg == load_config([], {"MOQ_LOG_LEVEL": "debug"})
+    dev = load_config([], {})
+    assert (cfg.server, cfg.web, cfg.auth) == (dev.server, dev.web, dev.auth)
+    # A moved bind moves the development HTTP listener with it (same port number).
     cfg = load_config(["--server-bind", "127.0.0.1:0", "--tls-generate", "localhost", "--auth-public", ""], {})
-    assert not cfg.is_dev_defaults and cfg.server.bind == [("127.0.0.1", 0)]
-    assert cfg.web.http.listen == []  # no HTTP unless asked for
-    assert cfg.auth.public_subscribe == [""]
+    assert cfg.is_dev_defaults and cfg.server.bind == [("127.0.0.1", 0)]
+    assert cfg.web.http.listen == [("127.0.0.1", 0)]
+    assert cfg.server.tls.generate == ["localhost"] and cfg.auth.public_subscribe == [""]
+    cfg = load_config(["--server-bind", "127.0.0.1:5000", "--web-http-listen", "127.0.0.1:6000"], {})
+    assert cfg.web.http.listen == [("127.0.0.1", 6000)]
     cfg = load_config([], {"RUST_LOG": "debug", "HOME": "/root"})  # unrelated variables
-    assert cfg.is_dev_defaults
+    assert cfg.is_dev_defaults and cfg == dev
+
+
+def test_dev_defaults_groups_are_replaced_whole(tmp_path) -> None:
+    hmac_jwk(tmp_path / "root.jwk")
+    # Any way to authenticate replaces the anonymous access to everything.
+    cfg = load_config(["--auth-key", str(tmp_path / "root.jwk")], {})
+    assert cfg.is_dev_defaults and cfg.auth.public_subscribe is None and cfg.auth.public_publish is None
+    cfg = load_config([], {"MOQ_AUTH_PUBLIC_SUBSCRIBE": "anon"})
+    assert cfg.auth.public_subscribe == ["anon"] and cfg.auth.public_publish == []
+    # A certificate replaces the generated one.
+    write_pem(generate_self_signed(["x"]), str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
+    cfg = load_config(["--tls-cert", str(tmp_path / "c.pem"), "--tls-key", str(tmp_path / "k.pem")], {})
+    assert cfg.server.tls.generate == [] and cfg.server.tls.cert == [str(tmp_path / "c.pem")]
+    assert cfg.auth.public_subscribe == [""]  # the other groups stay
+
+
+def test_dev_defaults_are_for_loopback_only(tmp_path) -> None:
+    # Off loopback the built-in defaults apply, as with a config file: no generated certificate,
+    # no HTTP listener and no anonymous access unless given (a container configured by env).
+    with pytest.raises(ConfigError, match="cert/key pair or generate.*only on loopback"):
+        load_config(["--server-bind", "0.0.0.0:0"], {})
+    with pytest.raises(ConfigError, match="nobody can authenticate.*only on loopback"):
+        load_config(["--server-bind", "[::]:0", "--tls-generate", "localhost"], {})
+    cfg = load_config([], {"MOQ_SERVER_BIND": "[::]:0", "MOQ_SERVER_TLS_GENERATE": "relay.example",
+                           "MOQ_AUTH_PUBLIC": "anon"})
+    assert not cfg.is_dev_defaults and cfg.web.http.listen == [] and cfg.auth.public_subscribe == ["anon"]
 
 
 def test_unimplemented_env_and_flags_warn_once(tmp_path, caplog) -> None:

@@ -1,0 +1,250 @@
+"""The key table: every configuration key, declared once.
+
+Everything else is derived from `KEYS`: the defaults of the dataclasses in `model.py`, the
+`MOQ_*` variable and `--flag` names, the argparse parser and its `--help` (`flags.py`), which
+TOML keys are known, implemented, or accepted with a warning (`load.py`), and the development
+profile used when no config file is given.
+
+Naming: a key's dotted name is its TOML path (`server.quic.max_streams` is `max_streams` in
+`[server.quic]`). Its variable is `MOQ_` + the name upper-cased with `.` as `_`
+(`MOQ_SERVER_QUIC_MAX_STREAMS`), its flag `--` + the name with `.` and `_` as `-`
+(`--server-quic-max-streams`). Aliases get all three spellings as well; `flags` and `env` add
+spellings beyond those (the seed's `--listen`, `--tls-cert`, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from relay.config import values as v
+from relay.config.values import Type
+
+
+class Support(enum.Enum):
+    YES = "implemented"
+    # Parsed, validated and stored, but nothing acts on it yet: a value other than the default
+    # warns like an unimplemented key. Move a key to YES when its feature lands.
+    STORED = "stored, not acted on yet"
+    NO = "accepted and ignored"  # a Rust relay key we do not implement: one warning, value unread
+    # A Rust relay 0.15+ spelling of something this relay reads under its 0.14 name: a startup
+    # error naming our spelling, since ignoring it would silently drop a listener or trust setting.
+    RENAMED = "renamed in Rust 0.15+"
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True)
+class Same:
+    """A development-profile value that copies another key's final value."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # dotted TOML path
+    type: Type
+    help: str
+    default: Any = None  # built-in default; a config file starts from these
+    dev: Any = UNSET  # value in the development profile (no config file), where it differs
+    example: str = ""  # a non-default value, spelled as for an env var or flag
+    rust: bool = True  # the Rust relay (seed 0.9.6 or 0.14) knows this key
+    support: Support = Support.YES
+    attr: str | None = ""  # Config attribute path; "" = same as name; None = not stored
+    aliases: tuple[str, ...] = ()  # other dotted names (each with its own TOML, env, flag)
+    flags: tuple[str, ...] = ()  # extra flag spellings
+    env: tuple[str, ...] = ()  # extra variable names
+    cli: bool = True  # has a flag and a variable (not: `file`, whole sections)
+    section: bool = False  # a whole TOML table (`[iroh]`): its contents are not looked at
+    feeds: tuple[str, ...] = ()  # the value is also added to these keys (same source)
+    string_alias: str | None = None  # in TOML, a single string here means this key (seed)
+    excludes: str | None = None  # may not be given together with this key
+    group: str | None = None  # setting any key of a group drops the group's dev-profile values
+
+    @property
+    def path(self) -> str | None:
+        """Where the value lives in Config; None for keys whose values are never stored."""
+        if not self.implemented:
+            return None
+        return self.name if self.attr == "" else self.attr
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    @property
+    def env_names(self) -> tuple[str, ...]:
+        if not self.cli:
+            return ()
+        return (*("MOQ_" + n.upper().replace(".", "_") for n in self.names), *self.env)
+
+    @property
+    def flag_names(self) -> tuple[str, ...]:
+        if not self.cli:
+            return ()
+        return (*("--" + n.replace(".", "-").replace("_", "-") for n in self.names), *self.flags)
+
+    @property
+    def implemented(self) -> bool:
+        return self.support in (Support.YES, Support.STORED)
+
+
+Y, S, N, R = Support.YES, Support.STORED, Support.NO, Support.RENAMED
+DEV_BIND = ["127.0.0.1:4443", "[::1]:4443"]  # TOML-shaped, like every dev value
+
+KEYS: tuple[Key, ...] = (
+    # ------------------------------------------------------------------ top level
+    Key("file", v.PATH, "accepted and ignored: the config file is the one on the command line",
+        cli=False, attr=None),
+    Key("drain_timeout", v.DURATION, "on the first SIGINT/SIGTERM, wait this long for sessions to leave "
+        "after GOAWAY; a second signal stops at once", default=10.0, example="3s"),
+    Key("log.level", v.LEVEL, "log level (RUST_LOG, when set, wins)", default="info", example="debug"),
+    # ------------------------------------------------------------------ QUIC listener
+    Key("server.bind", v.ADDRS, "UDP addresses for raw QUIC (moql://) and WebTransport (https://)",
+        default=[("::", 443)], dev=DEV_BIND, example="127.0.0.1:4443,[::1]:4444",
+        aliases=("server.listen",), flags=("--listen",)),
+    Key("server.version", v.VERSIONS, "moq-lite versions to offer (ALPNs, e.g. moq-lite-06, moql); "
+        "unset = all", example="moq-lite-05,moql"),
+    Key("server.tls.cert", v.PATHS, "PEM certificate chain files, paired with server.tls.key by index",
+        default=[], example="/etc/moq/fullchain.pem", flags=("--tls-cert",), group="identity"),
+    Key("server.tls.key", v.PATHS, "PEM private key files", default=[], example="/etc/moq/privkey.pem",
+        flags=("--tls-key",), group="identity"),
+    Key("server.tls.generate", v.STRS, "host names and IPs for a generated self-signed certificate "
+        "(14 days, renewed a day before it expires)", default=[], dev=["localhost", "127.0.0.1", "::1"],
+        example="localhost,::1", flags=("--tls-generate",), group="identity"),
+    Key("server.tls.root", v.PATHS, "CA PEM files: a client certificate chaining to one is a cluster "
+        "peer (mTLS)", default=[], example="/etc/moq/ca.pem", group="access"),
+    Key("server.quic.max_streams", v.INT, "streams each peer may open each way", default=10000,
+        example="500"),
+    Key("server.quic.idle_timeout", v.DURATION, "close a connection silent this long", default=30.0,
+        example="1m"),
+    Key("server.quic.keep_alive", v.KEEP_ALIVE, "PING interval; 0s = off", default=5.0, example="0s"),
+    Key("server.quic.engine", v.ENGINE, "QUIC implementation (qh3: pip install 'moq-relay[qh3]')",
+        default="aioquic", example="qh3", rust=False),
+    Key("server.quic.gso", v.BOOL, "send with UDP segmentation offload where the kernel has it",
+        default=True, example="false"),
+    Key("server.quic.max_datagram_size", v.INT, "largest UDP payload sent, 1200-1452; unset = the "
+        "engine's (no path MTU discovery: only for networks known to carry it)", example="1452", rust=False),
+    Key("server.quic.mtu_discovery", v.ANY_BOOL, "path MTU discovery", support=N),
+    Key("server.quic.congestion_control", v.ANY, "loss | delay", support=N),
+    Key("server.quic.qlog", v.ANY, "qlog trace directory", support=N),
+    Key("server.quic.preferred_v4", v.ANY, "preferred IPv4 address (QUIC migration)", support=N),
+    Key("server.quic.preferred_v6", v.ANY, "preferred IPv6 address (QUIC migration)", support=N),
+    Key("server.quic.quic_lb_id", v.ANY, "QUIC-LB server id", support=N),
+    Key("server.quic.quic_lb_nonce", v.ANY, "QUIC-LB nonce length", support=N),
+    Key("server.backend", v.ANY, "the Rust QUIC backend", support=N),
+    Key("server.tcp", v.ANY, "[server.tcp]: plaintext QMux over TCP", support=N, section=True, cli=False),
+    Key("server.unix", v.ANY, "[server.unix]: QMux over a Unix socket", support=N, section=True, cli=False),
+    # ------------------------------------------------------------------ outbound client (cluster dials)
+    Key("client.tls.root", v.PATHS, "CA PEM files trusted for peers' certificates; empty = system roots",
+        default=[], example="/etc/moq/ca.pem", attr="client.root", flags=("--tls-root",)),
+    Key("client.tls.disable_verify", v.BOOL, "DANGER: do not check peers' certificates (development "
+        "clusters with self-signed certificates)", default=False, example="true", attr="client.disable_verify",
+        flags=("--tls-disable-verify",)),
+    Key("client.bind", v.ANY, "local address for outbound QUIC", support=N),
+    Key("client.timeout", v.ANY, "dial and handshake timeout", support=N, flags=("--client-connect-timeout",),
+        env=("MOQ_CLIENT_CONNECT_TIMEOUT",)),
+    Key("client.failover_delay", v.ANY, "Happy Eyeballs stagger", support=N),
+    Key("client.resolution_delay", v.ANY, "Happy Eyeballs resolution delay", support=N),
+    Key("client.version", v.ANY_LIST, "versions offered when dialing", support=N),
+    Key("client.tls.system_roots", v.ANY_BOOL, "trust system roots besides client.tls.root", support=N),
+    Key("client.tls.fingerprint", v.ANY_LIST, "SHA-256 certificate pins", support=N),
+    Key("client.tls.cert", v.ANY, "client certificate (mTLS to peers)", support=N),
+    Key("client.tls.key", v.ANY, "client private key", support=N),
+    Key("client.tls.host_name", v.ANY, "SNI and verification name", support=N),
+    Key("client.quic", v.ANY, "[client.quic]: outbound QUIC knobs", support=N, section=True, cli=False),
+    # ------------------------------------------------------------------ TCP web server
+    Key("web.ws", v.BOOL, "serve the WebSocket (QMux) fallback on the HTTP listener; false = upgrades "
+        "are refused (400)", default=True, example="false"),
+    Key("web.http.listen", v.ADDRS, "TCP addresses for plain HTTP (/health, /certificate.sha256, "
+        "/announced, /fetch) and the WebSocket fallback; unset = none", default=[], dev=Same("server.bind"),
+        example="127.0.0.1:8080"),
+    Key("web.https", v.ANY, "[web.https]: HTTPS listener", support=N, section=True, cli=False),
+    Key("web.https.listen", v.ANY_LIST, "HTTPS listener", support=N),
+    Key("web.https.cert", v.ANY_LIST, "HTTPS certificates", support=N),
+    Key("web.https.key", v.ANY_LIST, "HTTPS keys", support=N),
+    Key("web.https.root", v.ANY_LIST, "HTTPS client CAs", support=N),
+    # ------------------------------------------------------------------ authentication
+    Key("auth.key", v.PATH, "JWK file verifying tokens (?jwt=); exclusive with auth.key_dir",
+        example="/etc/moq/root.jwk", group="access"),
+    Key("auth.key_dir", v.PATH, "directory of <kid>.jwk files, re-read as files change", example="/etc/moq/keys",
+        group="access"),
+    # `public` is the shorthand: it sets both lists below, and a publish or subscribe list from
+    # the same source adds to it.
+    Key("auth.public", v.PREFIXES, "path prefixes anyone may publish and subscribe under without a "
+        "token; \"\" = everything (development only)", dev="", example="anon,demo", attr=None,
+        feeds=("auth.public.subscribe", "auth.public.publish"), group="access"),
+    Key("auth.public.subscribe", v.STRS, "path prefixes anyone may subscribe under", example="anon,demo",
+        attr="auth.public_subscribe", group="access"),
+    Key("auth.public.publish", v.STRS, "path prefixes anyone may publish under", example="anon",
+        attr="auth.public_publish", group="access"),
+    Key("auth.public.api", v.ANY, "public-path API", support=N),
+    Key("auth.auth_api", v.ANY, "unified auth API", support=N, flags=("--auth-api",), env=("MOQ_AUTH_API",)),
+    Key("auth.mtls_tier", v.ANY, "stats label", support=N),
+    Key("auth.domains", v.ANY_LIST, "host suffixes routed to paths", support=N, aliases=("auth.domain",)),
+    # ------------------------------------------------------------------ clustering
+    Key("cluster.connect", v.URLS, "peer URLs to dial (https://host:port/?jwt=..&cost=N)", default=[],
+        example="https://a.example:4443/,https://b.example/?cost=3", string_alias="cluster.root"),
+    Key("cluster.root", v.URL, "seed style: the rendezvous relay to dial and gossip through (a single "
+        "TOML string in connect means this)", example="https://root.example:4443/", excludes="cluster.connect"),
+    Key("cluster.node", v.URL, "this relay's URL as peers reach it (identity, gossip)",
+        example="https://me.example:4443/", aliases=("cluster.advertise",)),
+    Key("cluster.mesh", v.BOOL, "gossip: advertise node and dial the peers learnt (needs node)",
+        default=False, example="true"),
+    Key("cluster.token", v.PATH, "file holding the JWT sent on dials whose URL has no ?jwt=",
+        example="/etc/moq/cluster.jwt"),
+    Key("cluster.id", v.CLUSTER_ID, "origin (hop) id, 1..2^62; unset = random per start", example="12345"),
+    Key("cluster.prefix", v.STR, "seed style: the gossip prefix", default=".internal/origins",
+        example="internal/origins"),
+    Key("cluster.linger", v.DURATION, "keep a broadcast announced this long after its publisher "
+        "vanishes (not acted on yet)", default=5.0, example="2s", support=S),
+    Key("cluster.connect_api", v.ANY, "peer list API", support=N),
+    Key("cluster.tier", v.ANY, "stats label", support=N),
+    # ------------------------------------------------------------------ group cache
+    Key("cache.capacity", v.SIZE, "payload bytes kept across all tracks (or N% of memory); unset = "
+        "unbounded", example="512MB"),
+    Key("cache.headroom", v.SIZE, "RAM to keep free (not acted on yet)", example="1GiB", support=S),
+    Key("cache.duration", v.DURATION, "never keep a non-latest group longer than this; unset = each "
+        "track's own window", example="45s"),
+    # ------------------------------------------------------------------ other Rust relay sections
+    Key("internal", v.ANY, "[internal]: the ops listener", support=N, section=True, cli=False),
+    Key("internal.listen", v.ANY, "ops listener (/health, /metrics)", support=N),
+    Key("stats", v.ANY, "[stats]: stats broadcasts", support=N, section=True, cli=False),
+    Key("iroh", v.ANY, "[iroh]: iroh transport", support=N, section=True, cli=False),
+    # Rust 0.15 renamed whole sections; a 0.15+ config would otherwise fail on "unknown field"
+    # without saying what to write instead.
+    Key("listen", v.ANY, "the Rust 0.15+ name of [server] (bind, tls); this relay reads [server]",
+        support=R, section=True, cli=False),
+    Key("quic", v.ANY, "the Rust 0.15+ name of [server.quic]; this relay reads [server.quic]",
+        support=R, section=True, cli=False),
+    Key("connect", v.ANY, "the Rust 0.15+ name of [client] (with insecure for disable_verify); this "
+        "relay reads [client]", support=R, section=True, cli=False),
+)
+
+
+def _index(spellings: str) -> dict[str, Key]:
+    """Every spelling (`names`, `env_names` or `flag_names`) to its key; a spelling that two keys
+    share would make one of them unreachable, so it stops the import."""
+    index: dict[str, Key] = {}
+    for k in KEYS:
+        for spelling in getattr(k, spellings):
+            if spelling in index:
+                raise RuntimeError(f"{spelling} is declared by both {index[spelling].name} and {k.name}")
+            index[spelling] = k
+    return index
+
+
+BY_NAME = _index("names")
+BY_ENV = _index("env_names")
+BY_FLAG = _index("flag_names")
+# Dotted prefixes that are TOML tables: `server`, `server.quic`, `auth.public`, ...
+SECTIONS = frozenset(n.rsplit(".", i)[0] for k in KEYS for n in k.names for i in range(1, n.count(".") + 1))
+NOT_YET_USED = frozenset(k.name for k in KEYS if k.support is Support.STORED)

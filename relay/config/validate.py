@@ -1,0 +1,60 @@
+"""Checks of the effective configuration as a whole (relay spec §2.4): all fatal, status 1."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from relay.config.model import Config
+from relay.config.values import ConfigError
+
+log = logging.getLogger("relay.config")
+
+
+def validate(cfg: Config) -> None:
+    tls = cfg.server.tls
+    if len(tls.cert) != len(tls.key):
+        raise ConfigError(f"server.tls: {len(tls.cert)} cert files but {len(tls.key)} key files")
+    if cfg.server.bind and not tls.cert and not tls.generate:
+        raise ConfigError("server.tls: must provide at least one cert/key pair or generate entry")
+    for path in [*tls.cert, *tls.key]:
+        if not os.path.isfile(path):
+            raise ConfigError(f"server.tls: cannot read {path}")
+    auth = cfg.auth
+    if auth.key:
+        from relay.auth.keys import KeyError_, load_key
+
+        try:
+            load_key(auth.key)
+        except KeyError_ as exc:
+            raise ConfigError(f"auth.key: {exc}") from exc
+    if auth.key_dir and not os.path.isdir(auth.key_dir):
+        raise ConfigError(f"auth.key_dir: {auth.key_dir} is not a directory")
+    if auth.key and auth.key_dir:
+        raise ConfigError("auth: cannot combine key and key_dir")
+    if not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish or tls.root):
+        raise ConfigError("auth: no auth-key, auth-key-dir, public path, or server tls.root configured; "
+                          "nobody can authenticate")
+    if cfg.cluster.root and cfg.cluster.connect:
+        raise ConfigError("cluster: root and connect cannot both be set")
+    if cfg.cluster.mesh and not cfg.cluster.node:
+        raise ConfigError("cluster: mesh = true needs node")
+    for what, url in [("root", cfg.cluster.root), ("node", cfg.cluster.node),
+                      *(("connect", u) for u in cfg.cluster.connect)]:
+        if url and "://" not in url:
+            # Spec 10.1: a bare host[:port] still works (as https://host:port/) but is deprecated.
+            log.warning("cluster.%s %r has no scheme; read as https://%s/ (deprecated)", what, url, url)
+    quic = cfg.server.quic
+    if quic.max_streams < 1:
+        raise ConfigError("server.quic.max_streams must be at least 1")
+    if quic.idle_timeout <= 0:
+        raise ConfigError("server.quic.idle_timeout must be positive")
+    mds = quic.max_datagram_size
+    if mds is not None and not 1200 <= mds <= 1452:
+        raise ConfigError("server.quic.max_datagram_size must be between 1200 and 1452 (bytes of UDP payload)")
+    if cfg.server.version is not None:
+        from relay.protocol.lite.version import Version
+
+        for name in cfg.server.version:
+            if name != "moql" and Version.from_alpn(name) is None:
+                raise ConfigError(f"server.version: unsupported version {name!r}")
