@@ -21,6 +21,7 @@ from relay.auth.authorizer import Authorizer
 from relay.auth.keys import KeyError_
 from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
+from relay.errors import LocalError
 from relay.model.cache import CacheBudget
 from relay.model.notify import Notifier
 from relay.model.origin import Origin
@@ -56,7 +57,7 @@ class Sessions(set):
             await self._left.wait()
 
 
-class StartupError(Exception):
+class StartupError(LocalError):
     """The relay cannot start (a port in use, unreadable certificates, ...): exit status 1."""
 
 

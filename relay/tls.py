@@ -12,11 +12,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from relay.errors import LocalError
+
 # Browsers accept serverCertificateHashes pinning only for certificates valid <= 14 days.
 GENERATED_VALIDITY = datetime.timedelta(days=14)
 
 
-class TlsError(Exception):
+class TlsError(LocalError):
     """A certificate or key that cannot be used."""
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from jwt import algorithms
 
+from relay.errors import LocalError
+
 log = logging.getLogger("relay.auth")
 
 HMAC_ALGS = {"HS256", "HS384", "HS512"}
@@ -23,7 +25,7 @@ KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 MAX_KEY_FILE = 64 * 1024
 
 
-class KeyError_(Exception):
+class KeyError_(LocalError):
     """A key file that cannot be used (the message names the problem)."""
 
 

@@ -6,10 +6,11 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from relay.errors import RemoteError
 from relay.model.path import has_prefix, join, norm, overlaps, strip
 
 
-class AuthError(Exception):
+class AuthError(RemoteError):
     """A connection that must be refused: HTTP `status` (401/403/502) or moq close code 6."""
 
     def __init__(self, reason: str, status: int = 401) -> None:

@@ -18,7 +18,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config import values as v
+import relay.config.values as v
 from relay.config.values import Type
 
 

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from relay.errors import LocalError
+
 Addr = tuple[str, int]
 
 
-class ConfigError(Exception):
+class ConfigError(LocalError):
     """A configuration that cannot work; the CLI prints it and exits with status 1."""
 
 

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import trio
 
+from relay.errors import LocalError
 from relay.model.cache import CacheBudget
 from relay.model.subscription import Wish
 from relay.model.track import Frame, Group, Track, TrackClosed, TrackInfo
@@ -19,7 +20,7 @@ MAX_TRACKS_PER_BROADCAST = 1024
 _generation = itertools.count(1)
 
 
-class LimitExceeded(Exception):
+class LimitExceeded(LocalError):
     """A table a peer can grow reached its limit."""
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from relay.errors import RemoteError
 from relay.model.cache import CacheBudget
 from relay.model.notify import Notifier
 from relay.model.subscription import Demand
@@ -39,7 +40,7 @@ BURST_QUIET, BURST_MAX = 0.003, 0.05
 DatagramListener = Callable[[int, int, bytes], None]
 
 
-class TrackClosed(Exception):
+class TrackClosed(RemoteError):
     """The track ended (code None) or was aborted with a moq error code."""
 
     def __init__(self, code: int | None = None) -> None:
@@ -47,13 +48,13 @@ class TrackClosed(Exception):
         self.code = code
 
 
-class GroupAborted(Exception):
+class GroupAborted(RemoteError):
     def __init__(self, code: int) -> None:
         super().__init__(f"group aborted (code {code})")
         self.code = code
 
 
-class TooLarge(Exception):
+class TooLarge(RemoteError):
     """A frame or group above the 32 MiB limit."""
 
 

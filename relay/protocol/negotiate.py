@@ -12,13 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.auth.scope import AuthError, Authorize, Scope
+from relay.errors import RemoteError
 from relay.protocol.lite.version import SUPPORTED, Version
 
 LEGACY = "moql"  # the ALPN (and config name) of the legacy in-band SETUP
 LINK_VERSIONS = [v for v in SUPPORTED if v.alpn != LEGACY]
 
 
-class NegotiationError(Exception):
+class NegotiationError(RemoteError):
     """No version in common, or the connect path's token refused: `status` for HTTP transports,
     `code` (a moq code) for raw QUIC."""
 

@@ -11,6 +11,8 @@ import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+from relay.errors import RemoteError
+
 _conn_ids = itertools.count(1)
 
 
@@ -19,7 +21,7 @@ def next_conn_id() -> int:
     return next(_conn_ids)
 
 
-class TransportError(Exception):
+class TransportError(RemoteError):
     """Base of the errors a transport raises to the session layer."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
+from relay.errors import RemoteError
 from relay.varint import encode_varint
 
 QX_TRANSPORT_PARAMETERS = 0x3F5153300D0A0D0A
@@ -42,7 +43,7 @@ TRANSPORT_PARAMETER_ERROR = 0x8
 PROTOCOL_VIOLATION = 0xA
 
 
-class QmuxError(Exception):
+class QmuxError(RemoteError):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code

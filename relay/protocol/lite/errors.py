@@ -3,12 +3,13 @@ bytes raises."""
 
 from __future__ import annotations
 
+from relay.errors import RemoteError
 from relay.model.codes import ErrorCode
 
 __all__ = ["ErrorCode", "ProtocolError"]
 
 
-class ProtocolError(Exception):
+class ProtocolError(RemoteError):
     """Bytes from a peer that break the protocol. `code` is the moq error code to signal."""
 
     def __init__(self, code: int, message: str) -> None:

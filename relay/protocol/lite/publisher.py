@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from relay.concurrency import open_nursery
+from relay.errors import Refused
 from relay.model import path as paths
 from relay.model.broadcast import Broadcast, LimitExceeded, Subscription
 from relay.model.origin import Origin
@@ -56,7 +57,7 @@ class LitePublisher:
     async def serve_announce(self, send: SendStream, reader: MessageReader, request: m.AnnounceRequest) -> None:
         s = self.session
         if self.announce_streams >= s.limits.max_announce_streams:
-            raise ProtocolError(ErrorCode.BOUNDS_EXCEEDED, "too many announce streams")
+            raise Refused(ErrorCode.BOUNDS_EXCEEDED, "too many announce streams")
         self.announce_streams += 1
         try:
             prefix = paths.norm(request.prefix)
@@ -98,7 +99,7 @@ class LitePublisher:
         v = self.session.version
         broadcast = self.lookup(request.broadcast)
         if broadcast is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {request.broadcast!r}")
+            raise Refused(ErrorCode.NOT_FOUND, f"no broadcast {request.broadcast!r}")
         info = await self._track_info(broadcast, request.track)
         await send.write(m.TrackInfoMsg(priority=info.priority, ordered=info.ordered,
                                         max_latency_ms=info.max_latency_ms,
@@ -112,9 +113,9 @@ class LitePublisher:
             with trio.fail_after(s.limits.track_info_timeout):
                 return await broadcast.track_info(name)
         except trio.TooSlowError as exc:
-            raise ProtocolError(ErrorCode.TIMEOUT, f"no TRACK_INFO for {name!r}") from exc
+            raise Refused(ErrorCode.TIMEOUT, f"no TRACK_INFO for {name!r}") from exc
         except (StreamReset, SessionClosed, StreamEnded, ProtocolError, TrackClosed, LimitExceeded) as exc:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no track {name!r}: {exc}") from exc
+            raise Refused(ErrorCode.NOT_FOUND, f"no track {name!r}: {exc}") from exc
 
     async def serve_subscribe(self, send: SendStream, reader: MessageReader, sub: m.Subscribe) -> None:
         s = self.session
@@ -122,18 +123,18 @@ class LitePublisher:
         if sub.id in self.subscriptions:
             raise ProtocolError(ErrorCode.DUPLICATE, f"subscribe id {sub.id} reused")
         if len(self.subscriptions) >= s.limits.max_subscriptions:
-            raise ProtocolError(ErrorCode.BOUNDS_EXCEEDED, "too many subscriptions")
+            raise Refused(ErrorCode.BOUNDS_EXCEEDED, "too many subscriptions")
         broadcast = self.lookup(sub.broadcast)
         if broadcast is None:
             log.info("%s subscribe to unknown %s/%s", s.name, sub.broadcast, sub.track)
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {sub.broadcast!r}")
+            raise Refused(ErrorCode.NOT_FOUND, f"no broadcast {sub.broadcast!r}")
         self.subscriptions.add(sub.id)
         try:
             with contextlib.ExitStack() as routes:
                 subscription = routes.enter_context(broadcast.subscribe(sub.track, _wish(sub, v)))
                 await self._run_subscription(sub, send, reader, subscription, broadcast, routes)
         except (TrackClosed, LimitExceeded) as exc:
-            raise ProtocolError(ErrorCode.NOT_FOUND, str(exc)) from exc
+            raise Refused(ErrorCode.NOT_FOUND, str(exc)) from exc
         finally:
             self.subscriptions.discard(sub.id)
 
@@ -213,7 +214,7 @@ class LitePublisher:
         v = self.session.version
         broadcast = self.lookup(fetch.broadcast)
         if broadcast is None:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"no broadcast {fetch.broadcast!r}")
+            raise Refused(ErrorCode.NOT_FOUND, f"no broadcast {fetch.broadcast!r}")
         group = broadcast.cached_group(fetch.track, fetch.group)
         if group is not None:
             frames = group.frames_from(0)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import trio
 
 from relay.auth.scope import AuthError, Authorize, Scope
+from relay.errors import Refused
 from relay.model.origin import Origin
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
@@ -304,6 +305,10 @@ class LiteSession:
             recv.stop(ErrorCode.CANCEL)
         except ProtocolError as exc:
             log.info("%s stream error: %s", self.name, exc)
+            send.reset(exc.code)
+            recv.stop(exc.code)
+        except Refused as exc:
+            log.info("%s request refused: %s", self.name, exc)
             send.reset(exc.code)
             recv.stop(exc.code)
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from relay.errors import RemoteError
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.version import Version
@@ -18,7 +19,7 @@ from relay.transport.base import RecvStream
 READ_CHUNK = 256 * 1024
 
 
-class StreamEnded(Exception):
+class StreamEnded(RemoteError):
     """The peer finished the stream in the middle of something we were reading."""
 
 

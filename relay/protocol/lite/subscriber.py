@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from relay.concurrency import open_nursery
+from relay.errors import Refused
 from relay.model import path as paths
 from relay.model.broadcast import Broadcast, LimitExceeded
 from relay.model.subscription import Wish
@@ -232,10 +233,10 @@ class LiteSubscriber:
     async def fetch_group(self, broadcast_path: str, name: str, sequence: int, priority: int = 0):
         """TrackSource: one past group from this peer by FETCH (lite-05+), frames as they come.
 
-        Raises ProtocolError(NOT_FOUND) when the peer cannot serve it."""
+        Raises Refused(NOT_FOUND) when the peer cannot serve it."""
         s = self.session
         if not s.version.has_fetch:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"{s.version.name_str} peers cannot be fetched from")
+            raise Refused(ErrorCode.NOT_FOUND, f"{s.version.name_str} peers cannot be fetched from")
         # As with TRACK, moq-rs resets a FETCH whose sender already finished: FIN after.
         send, reader = await self._request(m.BiStream.FETCH, m.Fetch(self._relative(broadcast_path), name,
                                                                      priority, sequence), s.limits.max_frame + 64)
@@ -249,7 +250,7 @@ class LiteSubscriber:
                 timestamp += frame[0]
                 yield Frame(frame[1], timestamp)
         except (StreamEnded, TransportError) as exc:
-            raise ProtocolError(ErrorCode.NOT_FOUND, f"upstream fetch failed: {exc}") from exc
+            raise Refused(ErrorCode.NOT_FOUND, f"upstream fetch failed: {exc}") from exc
         finally:
             reader.recv.stop(ErrorCode.CANCEL)
 
