@@ -29,6 +29,10 @@ from harness import (
     wait_until,
 )
 
+# Anonymous relays, but node advertisements under the reserved `.internal/` prefix need a grant that
+# names it (relay spec §8.7): in production, the cluster token's.
+GOSSIP_AUTH = 'public = ["", ".internal"]'
+
 
 def cluster_extra(port: int, root: int | None = None, connect: list[int] | None = None, query: str = "") -> str:
     lines = ["[client.tls]", "disable_verify = true", "[cluster]"]
@@ -49,9 +53,9 @@ async def test_leaf_to_leaf_and_root_one_upstream_per_link_no_loops(tmp_path) ->
     pr, pa, pb = free_port(), free_port(), free_port()
     stop = Flag()
     async with contextlib.AsyncExitStack() as stack:
-        root = await stack.enter_async_context(running_relay(tmp_path, port=pr, extra=cluster_extra(pr)))
-        a = await stack.enter_async_context(running_relay(tmp_path, port=pa, extra=cluster_extra(pa, pr)))
-        b = await stack.enter_async_context(running_relay(tmp_path, port=pb, extra=cluster_extra(pb, pr)))
+        root = await stack.enter_async_context(running_relay(tmp_path, port=pr, auth=GOSSIP_AUTH, extra=cluster_extra(pr)))
+        a = await stack.enter_async_context(running_relay(tmp_path, port=pa, auth=GOSSIP_AUTH, extra=cluster_extra(pa, pr)))
+        b = await stack.enter_async_context(running_relay(tmp_path, port=pb, auth=GOSSIP_AUTH, extra=cluster_extra(pb, pr)))
         # Gossip turns the star into a triangle: every node ends up linked to the two others.
         await wait_until(lambda: len(root.handle.origin.active_under(".internal/origins")) == 3, 15)
         await wait_until(lambda: len(a.handle.cluster.link_sessions) + len(b.handle.cluster.link_sessions) == 3, 15)
@@ -99,7 +103,7 @@ async def test_static_connect_star_of_five(tmp_path) -> None:
         for _ in range(4):
             port = free_port()
             leaves.append(await stack.enter_async_context(
-                running_relay(tmp_path, port=port, http=False, extra=cluster_extra(port, connect=[hub_port]))))
+                running_relay(tmp_path, port=port, http=False, auth=GOSSIP_AUTH, extra=cluster_extra(port, connect=[hub_port]))))
         await wait_until(lambda: all(len(x.handle.cluster.link_sessions) == 1 for x in leaves), 15)
         async with trio.open_nursery() as n:
             n.start_soon(in_thread, lambda: publish_until(leaves[0].url("moql", "anon"), "star", stop))
@@ -122,9 +126,9 @@ async def test_subscription_fails_over_to_the_next_route(tmp_path) -> None:
     pr, pa, pb = free_port(), free_port(), free_port()
     stop, three, killed = Flag(), Flag(), Flag()
     async with contextlib.AsyncExitStack() as stack:
-        root = await stack.enter_async_context(running_relay(tmp_path, port=pr, extra=cluster_extra(pr)))
-        a = await stack.enter_async_context(running_relay(tmp_path, port=pa, extra=cluster_extra(pa, pr)))
-        b = await stack.enter_async_context(running_relay(tmp_path, port=pb, extra=cluster_extra(pb, pr)))
+        root = await stack.enter_async_context(running_relay(tmp_path, port=pr, auth=GOSSIP_AUTH, extra=cluster_extra(pr)))
+        a = await stack.enter_async_context(running_relay(tmp_path, port=pa, auth=GOSSIP_AUTH, extra=cluster_extra(pa, pr)))
+        b = await stack.enter_async_context(running_relay(tmp_path, port=pb, auth=GOSSIP_AUTH, extra=cluster_extra(pb, pr)))
         await wait_until(lambda: len(a.handle.cluster.link_sessions) + len(b.handle.cluster.link_sessions) == 3, 15)
 
         async def viewer() -> list[bytes]:
@@ -187,7 +191,7 @@ async def test_link_cost_prices_both_directions(tmp_path) -> None:
     async with contextlib.AsyncExitStack() as stack:
         hub = await stack.enter_async_context(running_relay(tmp_path, port=hub_port, http=False))
         leaf = await stack.enter_async_context(running_relay(
-            tmp_path, port=leaf_port, http=False, extra=cluster_extra(leaf_port, connect=[hub_port], query="?cost=5")))
+            tmp_path, port=leaf_port, http=False, auth=GOSSIP_AUTH, extra=cluster_extra(leaf_port, connect=[hub_port], query="?cost=5")))
         await wait_until(lambda: len(leaf.handle.cluster.link_sessions) == 1, 15)
         async with trio.open_nursery() as n:
             n.start_soon(in_thread, lambda: publish_until(leaf.url("moql", "anon"), "up", stop))
@@ -213,7 +217,7 @@ async def test_link_cost_prices_both_directions(tmp_path) -> None:
 class RelayProcess:
     def __init__(self, tmp_path, name: str, port: int, extra: str) -> None:
         self.path = tmp_path / f"{name}.toml"
-        self.path.write_text(relay_toml(port, None, extra=extra, idle="3s"))
+        self.path.write_text(relay_toml(port, None, auth=GOSSIP_AUTH, extra=extra, idle="3s"))
         self.port = port
         self.proc: subprocess.Popen | None = None
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.errors import RemoteError
-from relay.model.path import has_prefix, join, norm, overlaps, strip
+from relay.model.path import has_prefix, join, norm, overlaps, reserved_prefix, strip
 
 
 class AuthError(RemoteError):
@@ -27,6 +27,11 @@ class Scope:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
     expires: float | None = None
+    # The grants that name a reserved prefix (absolute paths at or under `.internal`/`.stats`),
+    # kept apart because re-anchoring at a connection path loses the difference between a grant
+    # that names `.internal` and a root grant inherited by a session connected at `/.internal`.
+    reserved_publish: tuple[str, ...] = ()
+    reserved_subscribe: tuple[str, ...] = ()
 
     def absolute(self, rel: str) -> str:
         return join(self.root, norm(rel))
@@ -34,16 +39,30 @@ class Scope:
     def relative(self, absolute: str) -> str | None:
         return strip(absolute, self.root)
 
+    def _granted(self, grants: tuple[str, ...], named: tuple[str, ...], rel: str) -> bool:
+        """A grant covers `rel`; under a reserved prefix, also one that names it (at or above
+        the path), never one inherited from a parent such as the root."""
+        if not any(has_prefix(rel, g) for g in grants):
+            return False
+        absolute = self.absolute(rel)
+        return reserved_prefix(absolute) is None or any(has_prefix(absolute, n) for n in named)
+
     def can_publish(self, rel: str) -> bool:
-        rel = norm(rel)
-        return any(has_prefix(rel, p) for p in self.publish)
+        return self._granted(self.publish, self.reserved_publish, norm(rel))
 
     def can_subscribe(self, rel: str) -> bool:
-        rel = norm(rel)
-        return any(has_prefix(rel, p) for p in self.subscribe)
+        return self._granted(self.subscribe, self.reserved_subscribe, norm(rel))
+
+    def can_see(self, absolute: str) -> bool:
+        """May this session learn that the broadcast at `absolute` exists (announcements)?"""
+        rel = self.relative(absolute)
+        return rel is not None and self.can_subscribe(rel)
 
     def watch_prefixes(self, rel_prefix: str) -> list[str]:
-        """The parts of `rel_prefix` this session may see, as relative prefixes to watch."""
+        """The parts of `rel_prefix` this session may see, as relative prefixes to watch.
+
+        A watch can be wider than what may be seen (the root covers `.internal/`): filter what it
+        reports with `can_see`."""
         rel_prefix = norm(rel_prefix)
         out: list[str] = []
         for grant in self.subscribe:
@@ -81,10 +100,15 @@ def scope_from_grants(conn_path: str, token_root: str, put: list[str], get: list
                 kept.append("")
         return tuple(dict.fromkeys(kept))
 
+    def reserved(grants: list[str]) -> tuple[str, ...]:
+        absolute = (join(r, norm(g)) for g in grants)
+        return tuple(a for a in absolute if reserved_prefix(a) is not None)
+
     publish, subscribe = rebase(put), rebase(get)
     if not publish and not subscribe:
         raise AuthError(f"nothing granted at /{p}")
-    return Scope(root=p, publish=publish, subscribe=subscribe, expires=expires)
+    return Scope(root=p, publish=publish, subscribe=subscribe, expires=expires,
+                 reserved_publish=reserved(put), reserved_subscribe=reserved(get))
 
 
 def public_scope(conn_path: str, public_subscribe: list[str], public_publish: list[str]) -> Scope:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 MAX_PARTS = 32
 
+# Written only by the relay itself and by cluster peers granted them by name (relay spec §8.7):
+# node advertisements live under `.internal/`, and a relay dials what it finds there.
+RESERVED = (".internal", ".stats")
+
 
 def norm(path: str) -> str:
     """Drop empty segments: '/a//b/' -> 'a/b', '/' -> ''."""
@@ -42,3 +46,9 @@ def join(a: str, b: str) -> str:
 def overlaps(a: str, b: str) -> bool:
     """Either path covers the other."""
     return has_prefix(a, b) or has_prefix(b, a)
+
+
+def reserved_prefix(path: str) -> str | None:
+    """The reserved prefix (`.internal`, `.stats`) that covers `path`, or None."""
+    first = path.split("/", 1)[0]
+    return first if first in RESERVED else None

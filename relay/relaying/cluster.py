@@ -224,5 +224,7 @@ class Cluster:
 
 
 def _full_scope(_: str) -> Scope:
-    # A link carries the whole origin both ways; the peer authorises us with our token.
-    return Scope(root="", publish=("",), subscribe=("",))
+    # A link carries the whole origin both ways, the reserved prefixes included (node
+    # advertisements): we dialed this peer from our own configuration. It authorises us with our token.
+    return Scope(root="", publish=("",), subscribe=("",), reserved_publish=paths.RESERVED,
+                 reserved_subscribe=paths.RESERVED)

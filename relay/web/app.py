@@ -98,7 +98,7 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
         for watch in scope.watch_prefixes(""):
             for abs_path, _ in origin.active_under(scope.absolute(watch)):
                 rel = scope.relative(abs_path)
-                if rel is not None:
+                if rel is not None and scope.can_see(abs_path):
                     found.add(rel)
         return text("\n".join(sorted(found)))
 

@@ -48,6 +48,9 @@ class LitePublisher:
         s = self.session
         if broadcast is None or broadcast.source is self.session.subscriber:
             return None
+        assert s.scope is not None
+        if not s.scope.can_see(abs_path):  # a reserved prefix the peer's grants do not name
+            return None
         if s.peer_hop and s.peer_hop in broadcast.hops:
             return None
         if len(broadcast.hops) >= m.MAX_HOPS:

@@ -151,7 +151,12 @@ class LiteSubscriber:
             log.info("%s ignoring announce %s with %d hops", s.name, rel, len(hops))
             return
         if not s.scope.can_publish(rel):
-            log.info("%s announce outside its publish scope ignored: %s", s.name, rel)
+            if paths.reserved_prefix(s.scope.absolute(rel)):
+                log.warning("%s announce of %s refused: the reserved prefix /%s is only for the relay and "
+                            "cluster peers granted it by name", s.name, s.scope.absolute(rel),
+                            paths.reserved_prefix(s.scope.absolute(rel)))
+            else:
+                log.info("%s announce outside its publish scope ignored: %s", s.name, rel)
             return
         abs_path = s.scope.absolute(rel)
         old = mine.pop(rel, None)
