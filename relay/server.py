@@ -32,7 +32,12 @@ from relay.protocol.negotiate import LEGACY, NegotiationError, Negotiator, versi
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
 from relay.transport.quic import QuicEndpoint
-from relay.transport.websocket import WebSocketSession, mux_for, select_subprotocol
+from relay.transport.websocket import (
+    MAX_MESSAGE,
+    WebSocketSession,
+    mux_for,
+    select_subprotocol,
+)
 from relay.transport.webtransport import WtDecision
 from relay.web.app import WsDecision, create_app
 
@@ -216,6 +221,10 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             # WebSocket pings keep quiet sessions alive through middleboxes and, with TCP, tell
             # a dead peer from a quiet one on wires without keep-alives (the `webtransport` wire).
             hc.websocket_ping_interval = WS_PING_INTERVAL
+            # The largest message hypercorn assembles (hypercorn holds up to 10 per connection
+            # for us). A smaller queue (max_app_queue_size) would be tighter, but hypercorn
+            # then stops reading a peer whose handler has ended before the close handshake.
+            hc.websocket_max_message_size = MAX_MESSAGE
             http_urls = await nursery.start(_serve_http, serve, app, hc)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, sessions=sessions,

@@ -33,6 +33,8 @@ FORBIDDEN_PARAMS = {0x00, 0x02, 0x03, *range(0x0A, 0x11)}
 DEFAULT_MAX_RECORD = 16382
 MAX_STREAM_CHUNK = 16352  # Rust's send ceiling for one STREAM payload
 MAX_INCOMING_MESSAGE = 1 << 20  # a peer's record is capped by the max_record_size we advertise
+MAX_FRAMES_PER_MESSAGE = 256
+MAX_CONTROL_BACKLOG = 8192  # control frames waiting for the driver (a peer that does not read)
 
 # error codes (QUIC transport error numbering)
 FLOW_CONTROL_ERROR = 0x3
@@ -189,6 +191,7 @@ class QmuxConnection:
         self.conn_window = max_data
         self.stream_window = max_stream_data
         self._out: list[bytes] = []  # whole frames, packed into messages on demand
+        self._pong: int | None = None  # the newest PING sequence not answered yet
         self._events: list[StreamData | StreamReset | StopSending | ConnectionClosed] = []
         self._send: dict[int, _SendState] = {}
         self._recv: dict[int, _RecvState] = {}
@@ -258,8 +261,21 @@ class QmuxConnection:
         if len(data) > MAX_INCOMING_MESSAGE:
             raise QmuxError(PROTOCOL_VIOLATION, f"message of {len(data)} bytes")
         buf = _Buf(data)
+        frames = 0
         while not buf.eof():
+            frames += 1
+            if frames > MAX_FRAMES_PER_MESSAGE:
+                # Peers send one frame per message (moq-rs, @moq/qmux); thousands of tiny ones
+                # (PINGs, PADDING) would cost us a Python loop turn each.
+                raise QmuxError(PROTOCOL_VIOLATION, f"more than {MAX_FRAMES_PER_MESSAGE} frames in one message")
             self._frame(buf)
+        if self._pong is not None:
+            self._out.append(enc(QX_PING_RESPONSE) + enc(self._pong))
+            self._pong = None
+        if len(self._out) > MAX_CONTROL_BACKLOG:
+            # RESET/STOP/credit answers piling up: the driver stopped taking messages because
+            # the peer does not read them.
+            raise QmuxError(PROTOCOL_VIOLATION, "peer does not read what we send")
 
     def _frame(self, buf: _Buf) -> None:
         kind = buf.varint()
@@ -328,7 +344,9 @@ class QmuxConnection:
             self.peer_params = decode_params(buf.take(buf.varint()))
             self._apply_peer_params()
         elif kind == QX_PING_REQUEST:
-            self._out.append(enc(QX_PING_RESPONSE) + enc(buf.varint()))
+            # Answered once per batch, with the newest sequence number: it vouches for the older
+            # ones too, and a message packed with PINGs must not become one answer each.
+            self._pong = buf.varint()
         elif kind == QX_PING_RESPONSE:
             buf.varint()
         else:

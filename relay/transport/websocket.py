@@ -35,7 +35,20 @@ SEND_HIGH_WATER = 1 << 20  # a writer waits while its stream holds this much uns
 STREAM_RECV_LIMIT = 40 << 20  # unread bytes on one stream (> the 32 MiB frame cap)
 SESSION_RECV_LIMIT = 64 << 20
 ACCEPT_BACKLOG = 1024
+# The largest WebSocket message the HTTP server assembles: the seed-era polyfill wire sends a
+# stream write as one message (QMux records are capped at 1 MiB by the mux itself).
+MAX_MESSAGE = polyfill.MAX_INCOMING_MESSAGE
 FLUSH_TIMEOUT = 2.0  # for the last messages (a close frame) once the session is over
+# Outgoing messages the writer holds for a slow peer: above this the reader stops taking the
+# peer's messages (TCP pushes back on it) until the writer is under the low-water mark again;
+# a peer that takes nothing for STALL_TIMEOUT meanwhile is closed.
+OUTGOING_HIGH_WATER = 4 << 20
+OUTGOING_LOW_WATER = 1 << 20
+STALL_TIMEOUT = 20.0
+# Messages a peer may send per second (a burst of as many): past it the reader waits, so a flood
+# of small messages costs the relay a bounded share of its one thread. A 16 KiB QMux record per
+# message is 650 Mbit/s at this rate.
+MESSAGE_RATE = 5000.0
 
 # Server preference: for each of our ALPNs qmux-01 then qmux-00 (as HEAD's relay), then the
 # bare wire versions meaning "no app protocol": the legacy in-band SETUP; the flow-controlled
@@ -219,6 +232,8 @@ class WebSocketSession(TransportSession):
         self.unread = 0
         self._credit = trio.Event()
         self._writer_done = trio.Event()
+        self.unsent = 0  # bytes of messages taken from the mux and not yet sent
+        self._sent: trio.Event | None = None  # set by the writer when the reader waits for it
 
     # -- the pump -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -238,7 +253,9 @@ class WebSocketSession(TransportSession):
 
     async def _reader(self) -> None:
         idle_timeout = self.conn.idle_timeout
+        bucket = TokenBucket(MESSAGE_RATE, MESSAGE_RATE)
         while self.closed is None:
+            await bucket.take()
             # Idle means nothing moved either way: @moq/lite sends nothing while it only
             # receives (no keep-alives), and a peer we keep writing to is not idle.
             deadline = math.inf if idle_timeout is None else self._last_activity + idle_timeout
@@ -271,6 +288,23 @@ class WebSocketSession(TransportSession):
                 self._fail(qmux.FLOW_CONTROL_ERROR, "receive buffers exceeded")
                 return
             self.kick()
+            if self.unsent > OUTGOING_HIGH_WATER and not await self._wait_drained():
+                log.warning("conn=%s peer read nothing of %d queued bytes for %.0fs; closing",
+                            self.info.conn_id, self.unsent, STALL_TIMEOUT)
+                self._fail(qmux.FLOW_CONTROL_ERROR, "peer does not read")
+                return
+
+    async def _wait_drained(self) -> bool:
+        """Wait until the writer holds at most OUTGOING_LOW_WATER; False if no message left
+        for STALL_TIMEOUT in the meantime."""
+        while self.unsent > OUTGOING_LOW_WATER and self.closed is None:
+            self._sent = trio.Event()
+            with trio.move_on_after(STALL_TIMEOUT):
+                await self._sent.wait()
+                continue
+            return False
+        self._sent = None
+        return True
 
     def _forget_finished(self) -> None:
         """Drop stream objects whose both halves are over: one uni stream per group adds up."""
@@ -292,8 +326,12 @@ class WebSocketSession(TransportSession):
             if rounds % 512 == 0:
                 self._forget_finished()
             messages = self.conn.messages_to_send()
+            self.unsent += sum(map(len, messages))
             for message in messages:
                 await self.channel.send(message)
+                self.unsent -= len(message)
+                if self._sent is not None:
+                    self._sent.set()
             if messages:
                 self._last_activity = trio.current_time()
             self.progress.set()
@@ -443,6 +481,26 @@ class WebSocketSession(TransportSession):
                 await self.channel.close(1000, "")
             except Exception:
                 pass
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` saved up; `take()` waits for one."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = trio.current_time()
+
+    async def take(self) -> None:
+        now = trio.current_time()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            await trio.sleep((1 - self.tokens) / self.rate)
+            self.tokens = 1.0
+            self.stamp = trio.current_time()
+        self.tokens -= 1
 
 
 class QuartChannel:
