@@ -18,7 +18,7 @@ from relay.model.subscription import Wish
 from relay.model.track import Frame, Track, TrackInfo
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
-from relay.protocol.lite.session import LiteSession
+from relay.protocol.lite.session import LiteSession, SessionLimits
 from relay.protocol.lite.streams import MessageReader
 from relay.protocol.lite.version import Version
 from relay.transport.base import RecvStream, SendStream, StreamReset
@@ -85,10 +85,10 @@ class Peer:
 
 @contextlib.asynccontextmanager
 async def relay_session(v: Version = V6, scope: Scope = EVERYTHING, origin: Origin | None = None,
-                        ) -> AsyncIterator[Peer]:
+                        limits: SessionLimits | None = None) -> AsyncIterator[Peer]:
     client, server = memory_pair(v.alpn, "/")
     origin = Origin() if origin is None else origin
-    session = LiteSession(server, v, origin, authorize=lambda target: scope, hop_id=7, scope=scope)
+    session = LiteSession(server, v, origin, authorize=lambda target: scope, hop_id=7, scope=scope, limits=limits)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(session.run)
         try:

@@ -136,8 +136,10 @@ class LitePublisher:
             with contextlib.ExitStack() as routes:
                 subscription = routes.enter_context(broadcast.subscribe(sub.track, _wish(sub, v)))
                 await self._run_subscription(sub, send, reader, subscription, broadcast, routes)
-        except (TrackClosed, LimitExceeded) as exc:
+        except TrackClosed as exc:
             raise Refused(ErrorCode.NOT_FOUND, str(exc)) from exc
+        except LimitExceeded as exc:
+            raise Refused(ErrorCode.BOUNDS_EXCEEDED, str(exc)) from exc
         finally:
             self.subscriptions.discard(sub.id)
 
