@@ -16,8 +16,9 @@ import trio
 from relay.tls import generate_self_signed
 from relay.transport.base import SessionClosed, TransportSession
 from relay.transport.engines import available, get_engine
-from relay.transport.quic import QuicEndpoint, code_from_wire, code_to_wire
-from relay.transport.webtransport import WtDecision, parse_sf_string_list
+from relay.transport.quic import QuicEndpoint, WtDecision, code_from_wire, code_to_wire, moq_apps
+from relay.transport.quic.udp import UdpSocket
+from relay.transport.quic.webtransport import parse_sf_string_list
 
 ENGINES = [
     "aioquic",
@@ -174,8 +175,9 @@ async def echo_handler(session: TransportSession) -> None:
             n.start_soon(echo, send, recv)
 
 
-def endpoint(engine: str, alpns: list[str], handler: Any = echo_handler, **kw: Any) -> QuicEndpoint:
-    return QuicEndpoint([("127.0.0.1", 0)], IDENTITY, alpns, handler, engine=engine, **kw)
+def endpoint(engine: str, alpns: list[str], handler: Any = echo_handler, wt_select: Any = None,
+             **kw: Any) -> QuicEndpoint:
+    return QuicEndpoint([("127.0.0.1", 0)], IDENTITY, moq_apps(alpns, wt_select), handler, engine=engine, **kw)
 
 
 # --------------------------------------------------------------------------- unit
@@ -313,7 +315,7 @@ async def test_ipv4_and_ipv6_same_port() -> None:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    ep = QuicEndpoint([("127.0.0.1", port), ("::1", port)], IDENTITY, ["moq-lite-03"], echo_handler)
+    ep = QuicEndpoint([("127.0.0.1", port), ("::1", port)], IDENTITY, moq_apps(["moq-lite-03"]), echo_handler)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             try:
@@ -518,10 +520,8 @@ async def test_rust_client_connects(engine: str, scheme: str) -> None:
 async def test_send_batch_segments_runs_and_keeps_order() -> None:
     """A flush of equal-sized datagrams leaves in GSO sends (where the kernel has it) and
     arrives as the same datagrams, in order, to the right peers."""
-    from relay.transport.quic import _UdpSocket
-
-    ep = QuicEndpoint([("127.0.0.1", 0)], IDENTITY, ["x"], echo_handler)
-    sender = _UdpSocket(ep, "127.0.0.1", 0)
+    ep = QuicEndpoint([("127.0.0.1", 0)], IDENTITY, moq_apps(["x"]), echo_handler)
+    sender = UdpSocket(ep, "127.0.0.1", 0)
     rx = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:
         for r in rx:
