@@ -413,6 +413,47 @@ async def test_webtransport_rejected_and_404(engine: str) -> None:
             nursery.cancel_scope.cancel()
 
 
+def wt_connect(cl: TestClient, path: bytes = b"/anon") -> int:
+    req = cl.quic.get_next_available_stream_id()
+    cl.h3.send_headers(req, [
+        (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+        (b":authority", b"localhost"), (b":path", path),
+        (b"wt-available-protocols", b'"moq-lite-04", "moq-lite-03"'),
+    ])
+    cl.flush()
+    return req
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_webtransport_close_waits_for_the_capsule_ack(engine: str) -> None:
+    """A session the relay closes sends the close capsule, then closes the QUIC connection once
+    the peer acknowledged it: soon after, not after the grace period (this client never closes)."""
+    from relay.transport.quic.webtransport import CLOSE_GRACE, CLOSE_WEBTRANSPORT_SESSION
+
+    async def handler(session: TransportSession) -> None:
+        session.close(5, "done")
+
+    ep = endpoint(engine, ["h3"], handler, wt_select=wt_select)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            cl = TestClient(ep.addresses[0], ["h3"], h3=True, engine=engine)
+            await nursery.start(cl.run)
+            await cl.handshake.wait()
+            req = wt_connect(cl)
+            await cl.wait_for(lambda: req in cl.headers)
+            started = trio.current_time()
+            await cl.wait_for(lambda: cl.terminated is not None)
+            elapsed = trio.current_time() - started
+            assert req in cl.fin
+            capsule = bytes(cl.data[req])
+            assert capsule[:2] == (CLOSE_WEBTRANSPORT_SESSION | 0x4000).to_bytes(2, "big")
+            assert capsule.endswith((5).to_bytes(4, "big") + b"done")
+            assert code_from_wire(cl.terminated.error_code) == 5
+            assert elapsed < CLOSE_GRACE / 2, elapsed
+            nursery.cancel_scope.cancel()
+
+
 @pytest.mark.skipif(not available(CID_LESS_CLIENT), reason=f"the client is {CID_LESS_CLIENT}, not installed")
 @pytest.mark.parametrize("engine", ENGINES)
 async def test_webtransport_client_without_connection_id(engine: str) -> None:

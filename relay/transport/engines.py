@@ -142,6 +142,18 @@ class Engine:
         except Exception:
             return 0
 
+    def sent_data_acknowledged(self, quic: Any, stream_id: int) -> bool:
+        """Whether the peer acknowledged everything we sent on the stream, FIN included.
+
+        aioquic tracks that per stream (its sender is finished once data and FIN are acked; a
+        stream it discarded is done both ways). qh3 reports no per-stream acknowledgement: there
+        it is the stream's data all transmitted and nothing of the connection in flight."""
+        if self.name == "aioquic":
+            stream = quic._streams.get(stream_id)
+            return stream is None or stream.sender.is_finished
+        core = quic._core
+        return core is None or (quic.get_send_buffer_size(stream_id) == 0 and core.bytes_in_flight == 0)
+
     def can_open_stream(self, quic: Any, is_unidirectional: bool) -> bool:
         """Whether the peer's MAX_STREAMS allows one more locally opened stream."""
         if self.name == "aioquic":

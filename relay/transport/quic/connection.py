@@ -7,7 +7,8 @@ ALPN, handshake, termination) and hands every other event to its `ConnectionApp`
 The connection never knows which one it carries.
 
 Task tree: the endpoint runs `run()` per connection; it owns a nursery holding the driver
-(timer / flush) and the session handler, so cancelling a connection cancels all of it.
+(timer / flush) and the session handler, so cancelling a connection cancels all of it. The
+handler's task starts with the nursery and waits there until the app has a session for it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ class AppRegistry:
 
 
 @dataclass(frozen=True)
+class _PendingClose:
+    """A connection close waiting until the peer acknowledged a stream (see close_when_acknowledged)."""
+
+    stream_id: int
+    error_code: int
+    reason: str
+    deadline: float
+
+
+@dataclass(frozen=True)
 class ConnectionSettings:
     """The endpoint's limits every connection and its session apply."""
 
@@ -107,13 +118,14 @@ class Connection:
         self.priorities: dict[int, int] = {}
         self.unread_total = 0  # received stream bytes nobody read yet, all streams
         self.terminated = False
-        self._nursery: trio.Nursery | None = None
-        self._pending_spawn: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
+        self._cancel = trio.CancelScope()  # around run(): cancelled when the connection ends
+        self._session_started = trio.Event()  # start_handler was called: the handler may run
+        self._settled = trio.Event()  # the session started, or the connection ended before
+        self._pending_close: _PendingClose | None = None
         self._wake_event = trio.Event()
         self._flushed = trio.lowlevel.ParkingLot()
         self._last_rx = trio.current_time()
         self._ping_uid = 0
-        self._handler_started = False
 
     @property
     def remote(self) -> str:
@@ -190,8 +202,8 @@ class Connection:
             self.app.connection_terminated(error_code, reason)
         self.router.forget(self)
         self.unpark_writers()
-        if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+        self._settled.set()
+        self._cancel.cancel()
 
     def _fail(self) -> None:
         try:
@@ -209,6 +221,22 @@ class Connection:
             self._on_terminated(code, reason)
             return
         self.wake()
+
+    def close_when_acknowledged(self, stream_id: int, code: int, reason: str, timeout: float) -> None:
+        """close_quic once the peer acknowledged all we sent on `stream_id` (WebTransport's
+        close capsule), at the latest after `timeout` seconds; the peer closing first ends it."""
+        if self.terminated or self._pending_close is not None:
+            return
+        self._pending_close = _PendingClose(stream_id, code, reason, trio.current_time() + timeout)
+        self.wake()
+
+    def _close_if_acknowledged(self, now: float) -> None:
+        pending = self._pending_close
+        if pending is None or self.terminated:
+            return
+        if now >= pending.deadline or self.engine.sent_data_acknowledged(self.quic, pending.stream_id):
+            self._pending_close = None
+            self.close_quic(pending.error_code, pending.reason)
 
     # -- streams (the StreamWire of stream.py)
     def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
@@ -275,20 +303,22 @@ class Connection:
         self._wake_event.set()
 
     # -- tasks
-    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        if self._nursery is None:
-            self._pending_spawn.append((fn, args))
-        else:
-            self._nursery.start_soon(fn, *args)
-
     def start_handler(self, session: TransportSession) -> None:
-        if self._handler_started:
+        """The app has its session: let the handler run it (once per connection)."""
+        if self.session is not None:
             return
-        self._handler_started = True
         self.session = session
-        self.spawn(self._run_handler, session)
+        self._session_started.set()
+        self._settled.set()
 
-    async def _run_handler(self, session: TransportSession) -> None:
+    async def wait_settled(self) -> None:
+        """Until the handler got its session or the connection ended without one."""
+        await self._settled.wait()
+
+    async def _run_handler(self) -> None:
+        await self._session_started.wait()
+        session = self.session
+        assert session is not None
         try:
             await self.handler(session)
         except* Exception:
@@ -301,14 +331,10 @@ class Connection:
 
     async def run(self) -> None:
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                for fn, args in self._pending_spawn:
-                    nursery.start_soon(fn, *args)
-                self._pending_spawn.clear()
-                if self.terminated:
-                    nursery.cancel_scope.cancel()
-                await self._drive()
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._run_handler)
+                    await self._drive()
         finally:
             if not self.terminated:
                 # Cancelled from outside (endpoint shutting down): tell the peer, best effort.
@@ -327,6 +353,8 @@ class Connection:
             deadline = math.inf if timer is None else timer
             if keep_alive:
                 deadline = min(deadline, self._last_rx + keep_alive)
+            if self._pending_close is not None:
+                deadline = min(deadline, self._pending_close.deadline)
             if self._wake_event.is_set():
                 # Woken while flushing (the common case under load): no cancel scope needed.
                 await trio.lowlevel.checkpoint()
@@ -350,4 +378,5 @@ class Connection:
                 except Exception:
                     pass
                 self._last_rx = now  # one PING per idle period
+            self._close_if_acknowledged(now)
             self.transmit()

@@ -144,10 +144,9 @@ class QuicEndpoint:
                 nursery.start_soon(conn.run)
                 conn.transmit()
                 with trio.fail_after(timeout):
-                    while conn.session is None:
-                        if conn.terminated:
-                            raise ConnectionError(f"connection to {host}:{port} closed during the handshake")
-                        await trio.sleep(0.01)
+                    await conn.wait_settled()
+                if conn.session is None:
+                    raise ConnectionError(f"connection to {host}:{port} closed during the handshake")
                 yield conn
                 nursery.cancel_scope.cancel()
         finally:

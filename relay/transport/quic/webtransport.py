@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import trio
-
 from relay.transport.base import SessionClosed, SessionInfo
 from relay.transport.quic.codes import code_from_wire, code_to_wire
 from relay.transport.quic.connection import AppFactory, Connection
@@ -156,8 +154,7 @@ class WtSession(BaseQuicSession):
             return
         self._send_close(code, reason)
         self._terminate(SessionClosed(code, reason))
-        # Give the capsule a moment to arrive (the peer usually closes first), then close QUIC.
-        self._conn.spawn(self._close_connection_later, code, reason)
+        self._close_connection_after_capsule(code, reason)
 
     def _send_close(self, code: int, reason: str) -> None:
         if self._fin_sent:
@@ -169,14 +166,10 @@ class WtSession(BaseQuicSession):
             pass
         self._conn.wake()
 
-    async def _close_connection_later(self, code: int, reason: str) -> None:
-        with trio.move_on_after(CLOSE_GRACE):
-            while not self._conn.terminated:
-                await self._conn.wait_flushed()
-                if self._conn.unsent_bytes(self.session_id) == 0:
-                    await trio.sleep(0.05)  # roughly one loopback RTT for the ACK / peer close
-                    break
-        self._conn.close_quic(code_to_wire(code), reason)
+    def _close_connection_after_capsule(self, code: int, reason: str) -> None:
+        # CONNECTION_CLOSE right behind the capsule could overtake it or make the peer drop
+        # it, so the capsule arrives first (the peer usually closes the connection itself).
+        self._conn.close_when_acknowledged(self.session_id, code_to_wire(code), reason, CLOSE_GRACE)
 
     # -- CONNECT stream: capsules
     def connect_stream_data(self, data: bytes, ended: bool) -> None:
@@ -208,7 +201,7 @@ class WtSession(BaseQuicSession):
             return
         self._send_close(code, reason)  # FIN our side of the CONNECT stream too
         self._terminate(SessionClosed(code, reason))
-        self._conn.spawn(self._close_connection_later, code, reason)
+        self._close_connection_after_capsule(code, reason)
 
     def connection_terminated(self, error_code: int, reason: str) -> None:
         code = code_from_wire(error_code)
