@@ -288,23 +288,95 @@ async def test_server_streams_reset_and_close(engine: str) -> None:
             nursery.cancel_scope.cancel()
 
 
+GREASE_VERSION = 0x1A2A3A4A  # reserved for forcing Version Negotiation (RFC 9000 §15)
+
+
+def long_header(version: int, dcid: bytes, scid: bytes, size: int, first: int = 0xC0) -> bytes:
+    head = bytes([first]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
+    return head + os.urandom(size - len(head))
+
+
+def v1_initial(dcid: bytes, size: int) -> bytes:
+    """A well-formed v1 Initial header (no token, a length covering the rest) padded to `size`."""
+    head = bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([len(dcid)]) + dcid + bytes([0]) + bytes([0])
+    rest = size - len(head) - 2
+    return head + (0x4000 | rest).to_bytes(2, "big") + os.urandom(rest)
+
+
+async def version_negotiation_reply(s: Any, dcid: bytes, scid: bytes) -> bytes:
+    """Send a datagram of an unknown version that asks for Version Negotiation, return the reply.
+    Datagrams sent before it on the same socket were read (and routed) before it."""
+    await s.send(long_header(GREASE_VERSION, dcid, scid, 1200))
+    while True:
+        reply = await s.recv(65535)
+        if reply[6 : 6 + reply[5]] == scid:
+            return reply
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_unknown_version_gets_version_negotiation(engine: str) -> None:
+    ep = endpoint(engine, ["moq-lite-03"])
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.connect(ep.addresses[0])
+                dcid, scid = os.urandom(8), os.urandom(5)
+                reply = await version_negotiation_reply(s, dcid, scid)
+            # RFC 9000 §17.2.1, decoded by hand: long header, version 0, the IDs swapped, versions.
+            assert reply[0] & 0x80
+            assert int.from_bytes(reply[1:5], "big") == 0
+            assert reply[5] == len(scid) and reply[6 : 6 + len(scid)] == scid
+            at = 6 + len(scid)
+            assert reply[at] == len(dcid) and reply[at + 1 : at + 1 + len(dcid)] == dcid
+            listed = reply[at + 1 + len(dcid) :]
+            versions = [int.from_bytes(listed[i : i + 4], "big") for i in range(0, len(listed), 4)]
+            assert 1 in versions and GREASE_VERSION not in versions
+            assert versions == [int(v) for v in ep.configuration.supported_versions]
+            # ... and by the engine's own parser.
+            eng = get_engine(engine)
+            header = eng.parse_header(reply, 8)
+            assert header.packet_type == eng.QuicPacketType.VERSION_NEGOTIATION
+            assert list(header.supported_versions) == versions
+            assert ep.stats["version_negotiation"] == 1
+            assert ep.connections == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_unknown_version_small_or_negotiation_gets_no_reply() -> None:
+    """Under 1200 bytes an unknown version is dropped (RFC 9000 §6.1), and a Version Negotiation
+    packet is never answered: the only reply is to the large datagram sent after them."""
+    ep = endpoint("aioquic", ["moq-lite-03"])
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.connect(ep.addresses[0])
+                small_scid, vn_scid = os.urandom(5), os.urandom(6)
+                await s.send(long_header(GREASE_VERSION, os.urandom(8), small_scid, 1199))
+                await s.send(long_header(0, os.urandom(8), vn_scid, 1200, first=0x80))
+                scid = os.urandom(7)
+                reply = await version_negotiation_reply(s, os.urandom(8), scid)
+                assert reply[6 : 6 + len(scid)] == scid
+            assert ep.stats["version_negotiation"] == 1
+            assert ep.stats["dropped"] == 2
+            nursery.cancel_scope.cancel()
+
+
 async def test_short_initial_creates_no_connection() -> None:
     ep = endpoint("aioquic", ["moq-lite-03"])
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(ep.serve)
-            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-            dcid = os.urandom(8)
-            pkt = bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([8]) + dcid + bytes([0]) + os.urandom(1000)
-            await s.sendto(pkt, ep.addresses[0])
-            await s.sendto(os.urandom(50), ep.addresses[0])  # junk short header
-            for _ in range(50):
-                if ep.stats["dropped_short_initial"]:
-                    break
-                await trio.sleep(0.01)
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.connect(ep.addresses[0])
+                await s.send(v1_initial(os.urandom(8), 1100))
+                await s.send(os.urandom(50))  # junk short header
+                await s.send(bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([8]) + os.urandom(8))  # truncated
+                await version_negotiation_reply(s, os.urandom(8), os.urandom(5))  # the others were routed
             assert ep.stats["dropped_short_initial"] == 1
+            assert ep.stats["dropped"] == 2
             assert ep.connections == []
-            s.close()
             nursery.cancel_scope.cancel()
 
 

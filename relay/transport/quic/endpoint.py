@@ -20,12 +20,17 @@ import trio
 from relay.tls import Identity
 from relay.transport.engines import Engine, get_engine
 from relay.transport.quic.connection import AppRegistry, Connection, ConnectionSettings, Handler
+from relay.transport.quic.packet import (
+    MIN_INITIAL_DATAGRAM,
+    VERSION_NEGOTIATION,
+    LongHeader,
+    is_long_header,
+    parse_long_header,
+)
 from relay.transport.quic.udp import UdpSocket, format_addr
 
 log = logging.getLogger(__name__)
 
-QUIC_V1 = 0x00000001
-QUIC_V2 = 0x6B3343CF
 LOCAL_CID_LENGTH = 8  # engines' default connection_id_length; short headers carry this many bytes
 
 
@@ -70,7 +75,8 @@ class QuicEndpoint:
                              "max_data": max_data, "max_stream_data": max_stream_data,
                              "max_datagram_size": max_datagram_size}
         self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
-        self._supported_versions = set(self.configuration.supported_versions)
+        self._versions = [int(v) for v in self.configuration.supported_versions]  # preferred first
+        self._supported_versions = set(self._versions)
         # aioquic, for the clients our engine cannot serve (see Engine.serves_empty_client_cid).
         self._fallback: tuple[Engine, Any] | None = None
         self._sockets: list[UdpSocket] = []
@@ -78,7 +84,7 @@ class QuicEndpoint:
         self._conns: set[Connection] = set()
         self._nursery: trio.Nursery | None = None
         self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0,
-                      "fallback_engine": 0}
+                      "fallback_engine": 0, "version_negotiation": 0}
 
     def set_identity(self, identity: Identity) -> None:
         """Serve new connections with another certificate (existing ones keep theirs)."""
@@ -197,36 +203,45 @@ class QuicEndpoint:
     def route(self, data: bytes, addr: Any, sock: UdpSocket) -> Connection | None:
         if not data:
             return None
-        first = data[0]
-        if not first & 0x80:
+        if not is_long_header(data):
+            # Short header: the destination connection ID is one of ours, of our fixed length;
+            # this is every packet of an established connection, so no full header parse.
             conn = self._cids.get(data[1 : 1 + LOCAL_CID_LENGTH])
             if conn is None:
                 self.stats["dropped"] += 1
             return conn
-        if len(data) < 7:
+        header = parse_long_header(data)
+        if header is None:
             self.stats["dropped"] += 1
             return None
-        dcid_len = data[5]
-        if dcid_len > 20 or len(data) < 6 + dcid_len:
-            self.stats["dropped"] += 1
-            return None
-        dcid = data[6 : 6 + dcid_len]
-        conn = self._cids.get(dcid)
+        conn = self._cids.get(header.destination_cid)
         if conn is not None:
             return conn
-        version = int.from_bytes(data[1:5], "big")
-        ptype = (first & 0x30) >> 4
-        is_initial = (version == QUIC_V1 and ptype == 0) or (version == QUIC_V2 and ptype == 1)
-        # Unknown versions are dropped (no Version Negotiation); moq clients use v1.
-        if not is_initial or version not in self._supported_versions or dcid_len < 8:
+        if header.version not in self._supported_versions:
+            self._negotiate_version(header, len(data), addr, sock)
+            return None
+        return self._accept(data, header, addr, sock)
+
+    def _negotiate_version(self, header: LongHeader, size: int, addr: Any, sock: UdpSocket) -> None:
+        """Answer a client packet of a QUIC version we do not speak with the ones we do."""
+        # RFC 9000 §6.1 / §14.1: only a datagram big enough to open a connection gets an answer
+        # (a smaller one must be dropped; answering it would amplify), and never a Version
+        # Negotiation packet itself.
+        if header.version == VERSION_NEGOTIATION or size < MIN_INITIAL_DATAGRAM:
+            self.stats["dropped"] += 1
+            return
+        sock.send(self.engine.version_negotiation(header.destination_cid, header.source_cid, self._versions), addr)
+        self.stats["version_negotiation"] += 1
+
+    def _accept(self, data: bytes, long_header: LongHeader, addr: Any, sock: UdpSocket) -> Connection | None:
+        """A new connection for a client Initial of a version we speak, or None (dropped)."""
+        dcid, scid = long_header.destination_cid, long_header.source_cid
+        header = self.engine.parse_header(data, LOCAL_CID_LENGTH)
+        # RFC 9000 §7.2: a client's first destination connection ID has at least 8 bytes.
+        if header is None or not self.engine.is_initial(header) or len(dcid) < 8:
             self.stats["dropped"] += 1
             return None
-        scid_at = 6 + dcid_len  # the source connection ID's length byte, then the ID
-        if len(data) <= scid_at or data[scid_at] > 20:
-            self.stats["dropped"] += 1
-            return None
-        scid = data[scid_at + 1 : scid_at + 1 + data[scid_at]]
-        if len(data) < 1200:
+        if len(data) < MIN_INITIAL_DATAGRAM:
             # RFC 9000 §14.1: a client Initial is padded to 1200 bytes; smaller ones are not
             # worth a connection (and would be an amplification vector).
             self.stats["dropped_short_initial"] += 1
