@@ -119,7 +119,6 @@ class Connection:
         self.unread_total = 0  # received stream bytes nobody read yet, all streams
         self.terminated = False
         self._cancel = trio.CancelScope()  # around run(): cancelled when the connection ends
-        self._session_started = trio.Event()  # start_handler was called: the handler may run
         self._settled = trio.Event()  # the session started, or the connection ended before
         self._pending_close: _PendingClose | None = None
         self._wake_event = trio.Event()
@@ -308,7 +307,6 @@ class Connection:
         if self.session is not None:
             return
         self.session = session
-        self._session_started.set()
         self._settled.set()
 
     async def wait_settled(self) -> None:
@@ -316,9 +314,10 @@ class Connection:
         await self._settled.wait()
 
     async def _run_handler(self) -> None:
-        await self._session_started.wait()
+        await self._settled.wait()
         session = self.session
-        assert session is not None
+        if session is None:
+            return  # the connection ended before it had a session
         try:
             await self.handler(session)
         except* Exception:
