@@ -12,6 +12,7 @@ each importing only the ones below it:
     session.py       BaseQuicSession, RawQuicSession (the app of the moq ALPNs)
     webtransport.py  WtProtocol, WtSession (the app of ALPN h3)
     apps.py          moq_apps: the relay's AppRegistry
+    packet.py        the version-independent long-header fields (routing, Version Negotiation)
     endpoint.py      QuicEndpoint: routing by connection ID, accepting, dialing
 """
 
