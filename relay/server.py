@@ -31,14 +31,8 @@ from relay.protocol.lite.streams import StreamEnded
 from relay.protocol.negotiate import LEGACY, NegotiationError, Negotiator, versions_from_config
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
-from relay.transport.quic import QuicEndpoint
-from relay.transport.websocket import (
-    MAX_MESSAGE,
-    WebSocketSession,
-    mux_for,
-    select_subprotocol,
-)
-from relay.transport.webtransport import WtDecision
+from relay.transport.quic import QuicEndpoint, WtDecision, moq_apps
+from relay.transport.websocket import MAX_MESSAGE, WebSocketSession, mux_for, select_subprotocol
 from relay.web.app import WsDecision, create_app
 
 log = logging.getLogger("relay.server")
@@ -193,9 +187,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     endpoint = QuicEndpoint(
         binds=list(config.server.bind),
         identity=identity,
-        alpns=negotiator.protocols("quic") + ["h3"],  # h3 = WebTransport
+        apps=moq_apps(negotiator.protocols("quic") + ["h3"], wt_select),  # h3 = WebTransport
         handler=handle,
-        wt_select=wt_select,
         max_streams=quic.max_streams,
         idle_timeout=quic.idle_timeout,
         keep_alive=quic.keep_alive,

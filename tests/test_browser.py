@@ -223,7 +223,7 @@ async def test_browser_refused_by_a_relay_without_its_versions(tmp_path, caplog,
     400 (no wt-protocol in common, and no `moql` for the in-band SETUP): the page's connect fails
     at once with the browser's handshake error, and no session starts."""
     caplog.set_level(logging.INFO, logger="relay.session")
-    caplog.set_level(logging.DEBUG, logger="relay.transport.webtransport")  # last: sets the handler's level
+    caplog.set_level(logging.DEBUG, logger="relay.transport.quic.webtransport")  # last: sets the handler's level
     allowed = WT_ALLOWED[wt]
     assert allowed is not None
     async with running_relay(tmp_path, transport_versions={"webtransport": allowed}) as relay:
@@ -234,5 +234,5 @@ async def test_browser_refused_by_a_relay_without_its_versions(tmp_path, caplog,
     assert "connect" in out["error"] and "WebTransportError" in out["error"], (out, err[-2000:])
     assert elapsed < 15, elapsed  # refused, not left to time out
     assert any(r.getMessage().endswith("CONNECT /anon -> 400") for r in caplog.records
-               if r.name == "relay.transport.webtransport")
+               if r.name == "relay.transport.quic.webtransport")
     assert accepted_versions(caplog) == []

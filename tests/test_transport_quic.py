@@ -16,8 +16,9 @@ import trio
 from relay.tls import generate_self_signed
 from relay.transport.base import SessionClosed, TransportSession
 from relay.transport.engines import available, get_engine
-from relay.transport.quic import QuicEndpoint, code_from_wire, code_to_wire
-from relay.transport.webtransport import WtDecision, parse_sf_string_list
+from relay.transport.quic import QuicEndpoint, WtDecision, code_from_wire, code_to_wire, moq_apps
+from relay.transport.quic.udp import UdpSocket
+from relay.transport.quic.webtransport import parse_sf_string_list
 
 ENGINES = [
     "aioquic",
@@ -174,8 +175,9 @@ async def echo_handler(session: TransportSession) -> None:
             n.start_soon(echo, send, recv)
 
 
-def endpoint(engine: str, alpns: list[str], handler: Any = echo_handler, **kw: Any) -> QuicEndpoint:
-    return QuicEndpoint([("127.0.0.1", 0)], IDENTITY, alpns, handler, engine=engine, **kw)
+def endpoint(engine: str, alpns: list[str], handler: Any = echo_handler, wt_select: Any = None,
+             **kw: Any) -> QuicEndpoint:
+    return QuicEndpoint([("127.0.0.1", 0)], IDENTITY, moq_apps(alpns, wt_select), handler, engine=engine, **kw)
 
 
 # --------------------------------------------------------------------------- unit
@@ -286,23 +288,95 @@ async def test_server_streams_reset_and_close(engine: str) -> None:
             nursery.cancel_scope.cancel()
 
 
+GREASE_VERSION = 0x1A2A3A4A  # reserved for forcing Version Negotiation (RFC 9000 §15)
+
+
+def long_header(version: int, dcid: bytes, scid: bytes, size: int, first: int = 0xC0) -> bytes:
+    head = bytes([first]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid + bytes([len(scid)]) + scid
+    return head + os.urandom(size - len(head))
+
+
+def v1_initial(dcid: bytes, size: int) -> bytes:
+    """A well-formed v1 Initial header (no token, a length covering the rest) padded to `size`."""
+    head = bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([len(dcid)]) + dcid + bytes([0]) + bytes([0])
+    rest = size - len(head) - 2
+    return head + (0x4000 | rest).to_bytes(2, "big") + os.urandom(rest)
+
+
+async def version_negotiation_reply(s: Any, dcid: bytes, scid: bytes) -> bytes:
+    """Send a datagram of an unknown version that asks for Version Negotiation, return the reply.
+    Datagrams sent before it on the same socket were read (and routed) before it."""
+    await s.send(long_header(GREASE_VERSION, dcid, scid, 1200))
+    while True:
+        reply = await s.recv(65535)
+        if reply[6 : 6 + reply[5]] == scid:
+            return reply
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_unknown_version_gets_version_negotiation(engine: str) -> None:
+    ep = endpoint(engine, ["moq-lite-03"])
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.connect(ep.addresses[0])
+                dcid, scid = os.urandom(8), os.urandom(5)
+                reply = await version_negotiation_reply(s, dcid, scid)
+            # RFC 9000 §17.2.1, decoded by hand: long header, version 0, the IDs swapped, versions.
+            assert reply[0] & 0x80
+            assert int.from_bytes(reply[1:5], "big") == 0
+            assert reply[5] == len(scid) and reply[6 : 6 + len(scid)] == scid
+            at = 6 + len(scid)
+            assert reply[at] == len(dcid) and reply[at + 1 : at + 1 + len(dcid)] == dcid
+            listed = reply[at + 1 + len(dcid) :]
+            versions = [int.from_bytes(listed[i : i + 4], "big") for i in range(0, len(listed), 4)]
+            assert 1 in versions and GREASE_VERSION not in versions
+            assert versions == [int(v) for v in ep.configuration.supported_versions]
+            # ... and by the engine's own parser.
+            eng = get_engine(engine)
+            header = eng.parse_header(reply, 8)
+            assert header.packet_type == eng.QuicPacketType.VERSION_NEGOTIATION
+            assert list(header.supported_versions) == versions
+            assert ep.stats["version_negotiation"] == 1
+            assert ep.connections == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_unknown_version_small_or_negotiation_gets_no_reply() -> None:
+    """Under 1200 bytes an unknown version is dropped (RFC 9000 §6.1), and a Version Negotiation
+    packet is never answered: the only reply is to the large datagram sent after them."""
+    ep = endpoint("aioquic", ["moq-lite-03"])
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.connect(ep.addresses[0])
+                small_scid, vn_scid = os.urandom(5), os.urandom(6)
+                await s.send(long_header(GREASE_VERSION, os.urandom(8), small_scid, 1199))
+                await s.send(long_header(0, os.urandom(8), vn_scid, 1200, first=0x80))
+                scid = os.urandom(7)
+                reply = await version_negotiation_reply(s, os.urandom(8), scid)
+                assert reply[6 : 6 + len(scid)] == scid
+            assert ep.stats["version_negotiation"] == 1
+            assert ep.stats["dropped"] == 2
+            nursery.cancel_scope.cancel()
+
+
 async def test_short_initial_creates_no_connection() -> None:
     ep = endpoint("aioquic", ["moq-lite-03"])
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             await nursery.start(ep.serve)
-            s = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
-            dcid = os.urandom(8)
-            pkt = bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([8]) + dcid + bytes([0]) + os.urandom(1000)
-            await s.sendto(pkt, ep.addresses[0])
-            await s.sendto(os.urandom(50), ep.addresses[0])  # junk short header
-            for _ in range(50):
-                if ep.stats["dropped_short_initial"]:
-                    break
-                await trio.sleep(0.01)
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as s:
+                await s.connect(ep.addresses[0])
+                await s.send(v1_initial(os.urandom(8), 1100))
+                await s.send(os.urandom(50))  # junk short header
+                await s.send(bytes([0xC3]) + (1).to_bytes(4, "big") + bytes([8]) + os.urandom(8))  # truncated
+                await version_negotiation_reply(s, os.urandom(8), os.urandom(5))  # the others were routed
             assert ep.stats["dropped_short_initial"] == 1
+            assert ep.stats["dropped"] == 2
             assert ep.connections == []
-            s.close()
             nursery.cancel_scope.cancel()
 
 
@@ -313,7 +387,7 @@ async def test_ipv4_and_ipv6_same_port() -> None:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
     probe.close()
-    ep = QuicEndpoint([("127.0.0.1", port), ("::1", port)], IDENTITY, ["moq-lite-03"], echo_handler)
+    ep = QuicEndpoint([("127.0.0.1", port), ("::1", port)], IDENTITY, moq_apps(["moq-lite-03"]), echo_handler)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             try:
@@ -408,6 +482,47 @@ async def test_webtransport_rejected_and_404(engine: str) -> None:
             assert cl.headers[req][b":status"] == b"403"
             assert cl.headers[req2][b":status"] == b"404"
             assert ep.connections[0].session is None
+            nursery.cancel_scope.cancel()
+
+
+def wt_connect(cl: TestClient, path: bytes = b"/anon") -> int:
+    req = cl.quic.get_next_available_stream_id()
+    cl.h3.send_headers(req, [
+        (b":method", b"CONNECT"), (b":protocol", b"webtransport"), (b":scheme", b"https"),
+        (b":authority", b"localhost"), (b":path", path),
+        (b"wt-available-protocols", b'"moq-lite-04", "moq-lite-03"'),
+    ])
+    cl.flush()
+    return req
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_webtransport_close_waits_for_the_capsule_ack(engine: str) -> None:
+    """A session the relay closes sends the close capsule, then closes the QUIC connection once
+    the peer acknowledged it: soon after, not after the grace period (this client never closes)."""
+    from relay.transport.quic.webtransport import CLOSE_GRACE, CLOSE_WEBTRANSPORT_SESSION
+
+    async def handler(session: TransportSession) -> None:
+        session.close(5, "done")
+
+    ep = endpoint(engine, ["h3"], handler, wt_select=wt_select)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            cl = TestClient(ep.addresses[0], ["h3"], h3=True, engine=engine)
+            await nursery.start(cl.run)
+            await cl.handshake.wait()
+            req = wt_connect(cl)
+            await cl.wait_for(lambda: req in cl.headers)
+            started = trio.current_time()
+            await cl.wait_for(lambda: cl.terminated is not None)
+            elapsed = trio.current_time() - started
+            assert req in cl.fin
+            capsule = bytes(cl.data[req])
+            assert capsule[:2] == (CLOSE_WEBTRANSPORT_SESSION | 0x4000).to_bytes(2, "big")
+            assert capsule.endswith((5).to_bytes(4, "big") + b"done")
+            assert code_from_wire(cl.terminated.error_code) == 5
+            assert elapsed < CLOSE_GRACE / 2, elapsed
             nursery.cancel_scope.cancel()
 
 
@@ -518,10 +633,8 @@ async def test_rust_client_connects(engine: str, scheme: str) -> None:
 async def test_send_batch_segments_runs_and_keeps_order() -> None:
     """A flush of equal-sized datagrams leaves in GSO sends (where the kernel has it) and
     arrives as the same datagrams, in order, to the right peers."""
-    from relay.transport.quic import _UdpSocket
-
-    ep = QuicEndpoint([("127.0.0.1", 0)], IDENTITY, ["x"], echo_handler)
-    sender = _UdpSocket(ep, "127.0.0.1", 0)
+    ep = QuicEndpoint([("127.0.0.1", 0)], IDENTITY, moq_apps(["x"]), echo_handler)
+    sender = UdpSocket(ep, "127.0.0.1", 0)
     rx = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:
         for r in rx:

@@ -25,14 +25,15 @@ class Engine:
 
     def __init__(self, name: str) -> None:
         if name == "aioquic":
-            from aioquic.buffer import encode_uint_var
+            from aioquic.buffer import Buffer, encode_uint_var
             from aioquic.h3 import connection as h3c
             from aioquic.h3 import events as h3e
             from aioquic.quic import events as qe
             from aioquic.quic.configuration import QuicConfiguration
             from aioquic.quic.connection import QuicConnection
+            from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
         elif name == "qh3":
-            from qh3._hazmat import encode_uint_var  # type: ignore[import-not-found,no-redef]
+            from qh3._hazmat import Buffer, encode_uint_var  # type: ignore[import-not-found,no-redef]
             from qh3.h3 import connection as h3c  # type: ignore[import-not-found,no-redef]
             from qh3.h3 import events as h3e  # type: ignore[import-not-found,no-redef]
             from qh3.quic import events as qe  # type: ignore[import-not-found,no-redef]
@@ -40,6 +41,11 @@ class Engine:
                 QuicConfiguration,
             )
             from qh3.quic.connection import QuicConnection  # type: ignore[import-not-found,no-redef]
+            from qh3.quic.packet import (  # type: ignore[import-not-found,no-redef]
+                QuicPacketType,
+                encode_quic_version_negotiation,
+                pull_quic_header,
+            )
         else:
             raise ValueError(f"unknown QUIC engine {name!r} (choose from {ENGINES})")
         self.name = name
@@ -57,6 +63,29 @@ class Engine:
         self.qe: types.ModuleType = qe
         self.h3e: types.ModuleType = h3e
         self.encode_uint_var = encode_uint_var
+        self._Buffer = Buffer
+        self._pull_quic_header = pull_quic_header
+        self._encode_version_negotiation = encode_quic_version_negotiation
+        self.QuicPacketType = QuicPacketType
+
+    # ------------------------------------------------------------------ packets
+
+    def parse_header(self, data: bytes, host_cid_length: int) -> Any | None:
+        """The engine's QuicHeader of the datagram's first packet; None when it is malformed
+        (truncated, a connection ID over 20 bytes, the fixed bit clear)."""
+        try:
+            return self._pull_quic_header(self._Buffer(data=data), host_cid_length)
+        except ValueError:  # both engines' BufferReadError is a ValueError
+            return None
+
+    def is_initial(self, header: Any) -> bool:
+        return header.packet_type == self.QuicPacketType.INITIAL
+
+    def version_negotiation(self, client_dcid: bytes, client_scid: bytes, versions: list[int]) -> bytes:
+        """A Version Negotiation packet answering a client packet with these connection IDs:
+        its IDs swapped (RFC 9000 §17.2.1), then the versions we speak."""
+        return self._encode_version_negotiation(source_cid=client_dcid, destination_cid=client_scid,
+                                                supported_versions=versions)
 
     # ------------------------------------------------------------------ configuration
 
@@ -141,6 +170,18 @@ class Engine:
             return int(quic.get_send_buffer_size(stream_id))
         except Exception:
             return 0
+
+    def sent_data_acknowledged(self, quic: Any, stream_id: int) -> bool:
+        """Whether the peer acknowledged everything we sent on the stream, FIN included.
+
+        aioquic tracks that per stream (its sender is finished once data and FIN are acked; a
+        stream it discarded is done both ways). qh3 reports no per-stream acknowledgement: there
+        it is the stream's data all transmitted and nothing of the connection in flight."""
+        if self.name == "aioquic":
+            stream = quic._streams.get(stream_id)
+            return stream is None or stream.sender.is_finished
+        core = quic._core
+        return core is None or (quic.get_send_buffer_size(stream_id) == 0 and core.bytes_in_flight == 0)
 
     def can_open_stream(self, quic: Any, is_unidirectional: bool) -> bool:
         """Whether the peer's MAX_STREAMS allows one more locally opened stream."""

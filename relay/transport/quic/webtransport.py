@@ -1,4 +1,4 @@
-"""WebTransport over HTTP/3 (moq-lite §3.2, §8.2) on top of the QUIC driver in quic.py.
+"""WebTransport over HTTP/3 (moq-lite §3.2, §8.2): the app of ALPN h3 on a QUIC connection.
 
 The engine's H3Connection (WebTransport enabled: advertises ENABLE_CONNECT_PROTOCOL,
 H3_DATAGRAM and ENABLE_WEBTRANSPORT) parses HTTP/3 and strips the 0x54 / 0x41 stream
@@ -12,23 +12,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import trio
+from typing import Any
 
 from relay.transport.base import SessionClosed, SessionInfo
-from relay.transport.quic import (
-    DATAGRAM_OVERHEAD,
-    UDP_PAYLOAD_LIMIT,
-    BaseQuicSession,
-    code_from_wire,
-    code_to_wire,
-)
+from relay.transport.quic.codes import code_from_wire, code_to_wire
+from relay.transport.quic.connection import AppFactory, Connection
+from relay.transport.quic.session import BaseQuicSession
 
-if TYPE_CHECKING:
-    from relay.transport.quic import Connection
-
-log = logging.getLogger("relay.transport.webtransport")
+log = logging.getLogger(__name__)
 
 CLOSE_WEBTRANSPORT_SESSION = 0x2843
 DRAIN_WEBTRANSPORT_SESSION = 0x78AE
@@ -144,12 +135,10 @@ class WtSession(BaseQuicSession):
 
     @property
     def max_datagram_size(self) -> int:
-        conn = self._conn
-        remote = conn.engine.remote_max_datagram_frame_size(conn.quic)
-        if remote <= 0:
+        room = self._datagram_room()
+        if room <= 0:
             return 0
-        prefix = len(_varint(self.session_id // 4))
-        return max(0, min(remote - 3, UDP_PAYLOAD_LIMIT - DATAGRAM_OVERHEAD) - prefix)
+        return max(0, room - len(_varint(self.session_id // 4)))  # the quarter stream id prefix
 
     def send_datagram(self, data: bytes) -> None:
         if self._closed is not None or not 0 < len(data) <= self.max_datagram_size:
@@ -165,8 +154,7 @@ class WtSession(BaseQuicSession):
             return
         self._send_close(code, reason)
         self._terminate(SessionClosed(code, reason))
-        # Give the capsule a moment to arrive (the peer usually closes first), then close QUIC.
-        self._conn.spawn(self._close_connection_later, code, reason)
+        self._close_connection_after_capsule(code, reason)
 
     def _send_close(self, code: int, reason: str) -> None:
         if self._fin_sent:
@@ -178,17 +166,13 @@ class WtSession(BaseQuicSession):
             pass
         self._conn.wake()
 
-    async def _close_connection_later(self, code: int, reason: str) -> None:
-        with trio.move_on_after(CLOSE_GRACE):
-            while not self._conn.terminated:
-                await self._conn.wait_flushed()
-                if self._conn.engine.unsent_bytes(self._conn.quic, self.session_id) == 0:
-                    await trio.sleep(0.05)  # roughly one loopback RTT for the ACK / peer close
-                    break
-        self._conn.close_quic(code_to_wire(code), reason)
+    def _close_connection_after_capsule(self, code: int, reason: str) -> None:
+        # CONNECTION_CLOSE right behind the capsule could overtake it or make the peer drop
+        # it, so the capsule arrives first (the peer usually closes the connection itself).
+        self._conn.close_when_acknowledged(self.session_id, code_to_wire(code), reason, CLOSE_GRACE)
 
     # -- CONNECT stream: capsules
-    def _on_connect_stream_data(self, data: bytes, ended: bool) -> None:
+    def connect_stream_data(self, data: bytes, ended: bool) -> None:
         self._capsules += data
         pos = 0
         while True:
@@ -202,7 +186,7 @@ class WtSession(BaseQuicSession):
             pos = ln[1] + ln[0]
             if t[0] == CLOSE_WEBTRANSPORT_SESSION and len(body) >= 4:
                 code = int.from_bytes(body[:4], "big")
-                self._peer_closed(code, body[4:].decode(errors="replace"))
+                self.peer_closed(code, body[4:].decode(errors="replace"))
                 return
             # DRAIN_WEBTRANSPORT_SESSION and unknown capsules: nothing to do.
         del self._capsules[:pos]
@@ -210,16 +194,16 @@ class WtSession(BaseQuicSession):
             self.close(1, "capsule too large")
             return
         if ended:
-            self._peer_closed(0, "")
+            self.peer_closed(0, "")
 
-    def _peer_closed(self, code: int, reason: str) -> None:
+    def peer_closed(self, code: int, reason: str) -> None:
         if self._closed is not None:
             return
         self._send_close(code, reason)  # FIN our side of the CONNECT stream too
         self._terminate(SessionClosed(code, reason))
-        self._conn.spawn(self._close_connection_later, code, reason)
+        self._close_connection_after_capsule(code, reason)
 
-    def _on_connection_terminated(self, error_code: int, reason: str) -> None:
+    def connection_terminated(self, error_code: int, reason: str) -> None:
         code = code_from_wire(error_code)
         if code is None:
             code = 0 if error_code == H3_NO_ERROR else error_code
@@ -230,7 +214,8 @@ class WtSession(BaseQuicSession):
 
 
 class WtProtocol:
-    """HTTP/3 on one QUIC connection: CONNECT handling and event routing to the session."""
+    """HTTP/3 on one QUIC connection (its ConnectionApp): CONNECT handling and event routing
+    to the session."""
 
     def __init__(self, conn: Connection, wt_select: WtSelect | None) -> None:
         self.conn = conn
@@ -238,40 +223,52 @@ class WtProtocol:
         self.h3 = conn.engine.H3Connection(conn.quic, enable_webtransport=True)
         self.session: WtSession | None = None
 
-    def _handle_quic_event(self, ev: Any) -> None:
+    @staticmethod
+    def factory(wt_select: WtSelect | None) -> AppFactory:
+        """The AppFactory of ALPN h3, answering CONNECTs with `wt_select`."""
+        return lambda conn: WtProtocol(conn, wt_select)
+
+    # -- ConnectionApp
+    def handshake_completed(self) -> None:
+        pass  # the session starts with its CONNECT, not with the handshake
+
+    def connection_terminated(self, error_code: int, reason: str) -> None:
+        if self.session is not None:
+            self.session.connection_terminated(error_code, reason)
+
+    def handle_event(self, ev: Any) -> None:
         qe = self.conn.engine.qe
         s = self.session
         # Resets/stops of WebTransport streams: the H3 layer does not report them to us.
         if s is not None and isinstance(ev, qe.StreamReset):
             if ev.stream_id == s.session_id:
-                s._peer_closed(0, "CONNECT stream reset")
+                s.peer_closed(0, "CONNECT stream reset")
             else:
-                s._peer_stream_reset(ev.stream_id, ev.error_code)
+                s.peer_stream_reset(ev.stream_id, ev.error_code)
         elif s is not None and isinstance(ev, qe.StopSendingReceived):
-            s._peer_stop_sending(ev.stream_id, ev.error_code)
+            s.peer_stop_sending(ev.stream_id, ev.error_code)
         elif isinstance(ev, qe.StreamDataReceived) and ev.stream_id & 3 == 1:
             # Server-initiated bidi streams are always our WebTransport streams, but the H3
             # layer does not remember that and would parse the peer's bytes as HTTP/3 frames
             # (closing with H3_FRAME_UNEXPECTED); deliver them straight to the session.
-            st = s._streams.get(ev.stream_id) if s is not None else None
-            if st is not None:
-                st._on_data(ev.data, ev.end_stream)
+            if s is not None:
+                s.own_stream_data(ev.stream_id, ev.data, ev.end_stream)
             return
         h3e = self.conn.engine.h3e
         for hev in self.h3.handle_event(ev):
             if isinstance(hev, h3e.WebTransportStreamDataReceived):
                 if s is not None and hev.session_id == s.session_id:
-                    s._peer_stream_data(hev.stream_id, hev.data, hev.stream_ended)
+                    s.peer_stream_data(hev.stream_id, hev.data, hev.stream_ended)
                 else:
                     self._refuse_stream(hev.stream_id)
             elif isinstance(hev, h3e.DatagramReceived):
                 if s is not None and self.conn.engine.datagram_session_id(hev) == s.session_id:
-                    s._peer_datagram(hev.data)
+                    s.peer_datagram(hev.data)
             elif isinstance(hev, h3e.HeadersReceived):
                 self._on_headers(hev)
             elif isinstance(hev, h3e.DataReceived):
                 if s is not None and hev.stream_id == s.session_id:
-                    s._on_connect_stream_data(hev.data, hev.stream_ended)
+                    s.connect_stream_data(hev.data, hev.stream_ended)
             s = self.session
 
     def _refuse_stream(self, stream_id: int) -> None:
@@ -321,19 +318,9 @@ class WtProtocol:
             transport="webtransport",
             protocol=decision.protocol,  # type: ignore[arg-type]  # None = legacy SETUP
             path=path,
-            remote=_remote(self.conn),
+            remote=self.conn.remote,
             conn_id=self.conn.conn_id,
             extra=dict(decision.extra),
         )
         self.session = WtSession(self, sid, info)
         self.conn.start_handler(self.session)
-
-    def _on_connection_terminated(self, error_code: int, reason: str) -> None:
-        # Called only while no session exists (the connection forwards to the session otherwise).
-        pass
-
-
-def _remote(conn: Connection) -> str:
-    from relay.transport.quic import _fmt_addr
-
-    return _fmt_addr(conn.addr)

@@ -1,0 +1,269 @@
+"""The QUIC endpoint: UDP sockets, routing datagrams to connections by connection ID,
+accepting new connections, and dialing outbound ones (cluster links).
+
+Task tree: endpoint nursery -> one socket reader + one socket writer per bound address, and
+one task per accepted connection (`Connection.run`); a dialed connection runs in the task
+tree of whoever dials it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from relay.tls import Identity
+from relay.transport.engines import Engine, get_engine
+from relay.transport.quic.connection import AppRegistry, Connection, ConnectionSettings, Handler
+from relay.transport.quic.packet import (
+    MIN_INITIAL_DATAGRAM,
+    VERSION_NEGOTIATION,
+    LongHeader,
+    is_long_header,
+    parse_long_header,
+)
+from relay.transport.quic.udp import UdpSocket, format_addr
+
+log = logging.getLogger(__name__)
+
+LOCAL_CID_LENGTH = 8  # engines' default connection_id_length; short headers carry this many bytes
+
+
+class QuicEndpoint:
+    """A UDP endpoint accepting QUIC connections for the application protocols in `apps`
+    (by ALPN), and dialing raw-QUIC ones."""
+
+    def __init__(
+        self,
+        binds: list[tuple[str, int]],
+        identity: Identity,
+        apps: AppRegistry,
+        handler: Handler,
+        *,
+        max_streams: int = 10000,
+        idle_timeout: float = 30.0,
+        keep_alive: float | None = None,
+        max_datagram_frame_size: int | None = 65536,
+        engine: str = "aioquic",
+        max_connections: int = 10000,
+        stream_buffer_limit: int = 8 << 20,
+        connection_buffer_limit: int = 64 << 20,
+        accept_backlog: int = 1024,
+        max_data: int = 16 << 20,
+        max_stream_data: int = 4 << 20,
+        gso: bool = True,
+        max_datagram_size: int | None = None,
+    ) -> None:
+        self.binds = list(binds)
+        self.identity = identity
+        self.apps = apps
+        self.alpns = apps.alpns
+        self.handler = handler
+        self.max_streams = max_streams
+        self.max_connections = max_connections
+        self.settings = ConnectionSettings(keep_alive=keep_alive, stream_buffer_limit=stream_buffer_limit,
+                                           connection_buffer_limit=connection_buffer_limit,
+                                           accept_backlog=accept_backlog)
+        self.gso = gso
+        self.engine = get_engine(engine)
+        self._config_args = {"idle_timeout": idle_timeout, "max_datagram_frame_size": max_datagram_frame_size,
+                             "max_data": max_data, "max_stream_data": max_stream_data,
+                             "max_datagram_size": max_datagram_size}
+        self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
+        self._versions = [int(v) for v in self.configuration.supported_versions]  # preferred first
+        self._supported_versions = set(self._versions)
+        # aioquic, for the clients our engine cannot serve (see Engine.serves_empty_client_cid).
+        self._fallback: tuple[Engine, Any] | None = None
+        self._sockets: list[UdpSocket] = []
+        self._cids: dict[bytes, Connection] = {}
+        self._conns: set[Connection] = set()
+        self._nursery: trio.Nursery | None = None
+        self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0,
+                      "fallback_engine": 0, "version_negotiation": 0}
+
+    def set_identity(self, identity: Identity) -> None:
+        """Serve new connections with another certificate (existing ones keep theirs)."""
+        self.identity = identity
+        self.configuration = self.engine.server_configuration(identity, self.alpns, **self._config_args)
+        self._fallback = None
+
+    def _server_engine(self, client_scid: bytes) -> tuple[Engine, Any]:
+        """The engine and configuration for a new connection whose client Initial carried
+        `client_scid`: ours, or aioquic where ours cannot serve that client."""
+        if client_scid or self.engine.serves_empty_client_cid:
+            return self.engine, self.configuration
+        if self._fallback is None:
+            fallback = get_engine("aioquic")
+            self._fallback = fallback, fallback.server_configuration(self.identity, self.alpns, **self._config_args)
+            if not self.stats["fallback_engine"]:
+                log.info("%s cannot serve clients without a connection ID (Chromium-based browsers): "
+                         "aioquic serves them", self.engine.name)
+        return self._fallback
+
+    def _connection(self, sock: UdpSocket, quic: Any, addr: Any, engine: Engine, *, handler: Handler | None = None,
+                    dialed: bool = False) -> Connection:
+        conn = Connection(self, sock, quic, addr, engine=engine, apps=self.apps, handler=handler or self.handler,
+                          settings=self.settings, dialed=dialed)
+        self._conns.add(conn)
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def dial(self, host: str, port: int, alpns: list[str], handler: Handler, *,
+                   server_name: str | None = None, verify: bool = True, cafile: str | None = None,
+                   timeout: float = 10.0) -> AsyncIterator[Connection]:
+        """An outbound raw-QUIC connection from one of our own sockets (cluster links).
+
+        `handler` runs the session once the handshake completes, inside the connection's task
+        tree, which lives exactly as long as this context: leaving it closes the connection."""
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        sock = addr = None
+        for family, _, _, _, sockaddr in infos:
+            for candidate in self._sockets:
+                if candidate.sock.family == family:
+                    sock = candidate
+                    addr = sockaddr if family == socket.AF_INET else sockaddr[:2]
+                    break
+            if sock is not None:
+                break
+        if sock is None or addr is None:
+            raise OSError(f"no local socket can reach {host}:{port}")
+        cfg = self.engine.client_configuration(alpns)
+        cfg.server_name = server_name or host
+        cfg.idle_timeout = self.configuration.idle_timeout
+        cfg.max_datagram_size = self.configuration.max_datagram_size
+        if verify:
+            cfg.verify_mode = ssl.CERT_REQUIRED
+            if cafile:
+                cfg.load_verify_locations(cafile)
+        quic = self.engine.QuicConnection(configuration=cfg)
+        self.engine.set_local_max_streams(quic, self.max_streams)
+        conn = self._connection(sock, quic, addr, self.engine, handler=handler, dialed=True)
+        self.add_cid(quic.host_cid, conn)
+        quic.connect(addr, trio.current_time())
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(conn.run)
+                conn.transmit()
+                with trio.fail_after(timeout):
+                    await conn.wait_settled()
+                if conn.session is None:
+                    raise ConnectionError(f"connection to {host}:{port} closed during the handshake")
+                yield conn
+                nursery.cancel_scope.cancel()
+        finally:
+            if not conn.terminated:
+                conn.close_quic(0, "link closed")
+                conn.transmit()
+            self.forget(conn)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [s.address for s in self._sockets]
+
+    @property
+    def connections(self) -> list[Connection]:
+        return list(self._conns)
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            for host, port in self.binds:
+                self._sockets.append(UdpSocket(self, host, port, gso=self.gso))
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for s in self._sockets:
+                    nursery.start_soon(s.reader)
+                    nursery.start_soon(s.writer)
+                log.info("QUIC endpoint (%s) on %s", self.engine.name, ", ".join(format_addr(a) for a in self.addresses))
+                task_status.started()
+        finally:
+            for s in self._sockets:
+                s.close()
+
+    # -- ConnectionRouter
+    def add_cid(self, cid: bytes, conn: Connection) -> None:
+        self._cids[cid] = conn
+        conn.cids.add(cid)
+
+    def remove_cid(self, cid: bytes, conn: Connection) -> None:
+        if self._cids.get(cid) is conn:
+            del self._cids[cid]
+        conn.cids.discard(cid)
+
+    def forget(self, conn: Connection) -> None:
+        for cid in list(conn.cids):
+            self.remove_cid(cid, conn)
+        self._conns.discard(conn)
+
+    # -- DatagramRouter
+    def route(self, data: bytes, addr: Any, sock: UdpSocket) -> Connection | None:
+        if not data:
+            return None
+        if not is_long_header(data):
+            # Short header: the destination connection ID is one of ours, of our fixed length;
+            # this is every packet of an established connection, so no full header parse.
+            conn = self._cids.get(data[1 : 1 + LOCAL_CID_LENGTH])
+            if conn is None:
+                self.stats["dropped"] += 1
+            return conn
+        header = parse_long_header(data)
+        if header is None:
+            self.stats["dropped"] += 1
+            return None
+        conn = self._cids.get(header.destination_cid)
+        if conn is not None:
+            return conn
+        if header.version not in self._supported_versions:
+            self._negotiate_version(header, len(data), addr, sock)
+            return None
+        return self._accept(data, header, addr, sock)
+
+    def _negotiate_version(self, header: LongHeader, size: int, addr: Any, sock: UdpSocket) -> None:
+        """Answer a client packet of a QUIC version we do not speak with the ones we do."""
+        # RFC 9000 §6.1 / §14.1: only a datagram big enough to open a connection gets an answer
+        # (a smaller one must be dropped; answering it would amplify), and never a Version
+        # Negotiation packet itself.
+        if header.version == VERSION_NEGOTIATION or size < MIN_INITIAL_DATAGRAM:
+            self.stats["dropped"] += 1
+            return
+        sock.send(self.engine.version_negotiation(header.destination_cid, header.source_cid, self._versions), addr)
+        self.stats["version_negotiation"] += 1
+
+    def _accept(self, data: bytes, long_header: LongHeader, addr: Any, sock: UdpSocket) -> Connection | None:
+        """A new connection for a client Initial of a version we speak, or None (dropped)."""
+        dcid, scid = long_header.destination_cid, long_header.source_cid
+        header = self.engine.parse_header(data, LOCAL_CID_LENGTH)
+        # RFC 9000 §7.2: a client's first destination connection ID has at least 8 bytes.
+        if header is None or not self.engine.is_initial(header) or len(dcid) < 8:
+            self.stats["dropped"] += 1
+            return None
+        if len(data) < MIN_INITIAL_DATAGRAM:
+            # RFC 9000 §14.1: a client Initial is padded to 1200 bytes; smaller ones are not
+            # worth a connection (and would be an amplification vector).
+            self.stats["dropped_short_initial"] += 1
+            return None
+        if len(self._conns) >= self.max_connections or self._nursery is None:
+            self.stats["refused_max_connections"] += 1
+            return None
+        engine, configuration = self._server_engine(scid)
+        try:
+            quic = engine.new_server_connection(configuration, dcid)
+            engine.set_local_max_streams(quic, self.max_streams)
+        except Exception:
+            log.exception("cannot create a connection for %s", format_addr(addr))
+            return None
+        conn = self._connection(sock, quic, addr, engine)
+        self.add_cid(dcid, conn)
+        self.add_cid(quic.host_cid, conn)
+        if engine is self.engine:
+            log.debug("conn=%d new connection from %s", conn.conn_id, format_addr(addr))
+        else:
+            self.stats["fallback_engine"] += 1
+            log.debug("conn=%d new connection from %s, served by %s: the client has no connection ID",
+                      conn.conn_id, format_addr(addr), engine.name)
+        self._nursery.start_soon(conn.run)
+        return conn
