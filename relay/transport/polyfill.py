@@ -36,6 +36,7 @@ from relay.transport.qmux import (
     StreamData,
     StreamReset,
 )
+from relay.transport.sendbuf import SendBuffer
 from relay.varint import encode_varint as enc
 
 SUBPROTOCOL = "webtransport"
@@ -91,21 +92,6 @@ class _Reader:
             raise PolyfillError(FRAME_ENCODING_ERROR, f"{len(self.data) - self.pos} trailing bytes after {what}")
 
 
-class _Send:
-    __slots__ = ("pending", "queued", "fin_queued", "fin_sent", "reset")
-
-    def __init__(self) -> None:
-        self.pending: collections.deque[bytes] = collections.deque()
-        self.queued = 0
-        self.fin_queued = False
-        self.fin_sent = False
-        self.reset = False
-
-    @property
-    def over(self) -> bool:
-        return self.reset or self.fin_sent
-
-
 class _Recv:
     __slots__ = ("fin", "done")
 
@@ -126,7 +112,7 @@ class PolyfillConnection:
         self.closed = False
         self._out: list[bytes] = []  # control frames, one per message
         self._events: list[Event] = []
-        self._send: dict[int, _Send] = {}
+        self._send: dict[int, SendBuffer] = {}
         self._recv: dict[int, _Recv] = {}
         self._order: collections.deque[int] = collections.deque()  # streams with data queued
         self._next_local = {False: 0, True: 0}  # uni? -> streams we opened
@@ -148,7 +134,7 @@ class PolyfillConnection:
         n = self._next_local[uni]
         self._next_local[uni] += 1
         sid = (n << 2) | (2 if uni else 0) | (1 if self.is_server else 0)
-        self._send[sid] = _Send()
+        self._send[sid] = SendBuffer()
         if not uni:
             self._recv[sid] = _Recv()
         return sid
@@ -207,7 +193,7 @@ class PolyfillConnection:
             new_sid = (i << 2) | (sid & 3)
             self._recv[new_sid] = _Recv()
             if not uni:
-                self._send[new_sid] = _Send()
+                self._send[new_sid] = SendBuffer()
         self._peer_next[uni] = index + 1
         self._peer_live[uni] += opening
         return self._recv[sid]
@@ -263,14 +249,8 @@ class PolyfillConnection:
             state = self._send.get(sid)
         if state is None:
             raise PolyfillError(STREAM_STATE_ERROR, f"stream {sid} cannot send")
-        if state.reset or state.fin_queued:
-            return
-        if data:
-            state.pending.append(bytes(data))
-            state.queued += len(data)
-        if fin:
-            state.fin_queued = True
-        self._order.append(sid)
+        if state.push(data, fin):
+            self._order.append(sid)
 
     def pending(self, sid: int) -> int:
         state = self._send.get(sid)
@@ -278,11 +258,8 @@ class PolyfillConnection:
 
     def reset_stream(self, sid: int, code: int) -> None:
         state = self._send.get(sid)
-        if state is None or state.over:
+        if state is None or not state.abort():
             return
-        state.reset = True
-        state.pending.clear()
-        state.queued = 0
         self._out.append(bytes((RESET_STREAM,)) + enc(sid) + enc(code))
         self._maybe_forget(sid)
 
@@ -322,16 +299,12 @@ class PolyfillConnection:
             if state is None or state.over:
                 continue
             head = enc(sid)
-            while state.pending:
-                chunk = state.pending.popleft()
-                for start in range(0, len(chunk), MAX_CHUNK):
-                    piece = chunk[start : start + MAX_CHUNK]
-                    last = not state.pending and start + MAX_CHUNK >= len(chunk)
-                    fin = state.fin_queued and last
-                    messages.append(bytes((STREAM_FIN if fin else STREAM,)) + head + piece)
-                    state.fin_sent = state.fin_sent or fin
-                state.queued -= len(chunk)
-            if state.fin_queued and not state.fin_sent:
+            while state:
+                piece = state.take(MAX_CHUNK)
+                fin = state.fin_queued and not state
+                messages.append(bytes((STREAM_FIN if fin else STREAM,)) + head + piece)
+                state.fin_sent = state.fin_sent or fin
+            if state.fin_due():
                 messages.append(bytes((STREAM_FIN,)) + head)
                 state.fin_sent = True
             if state.fin_sent:

@@ -12,6 +12,7 @@ import collections
 from dataclasses import dataclass, field
 
 from relay.errors import RemoteError
+from relay.transport.sendbuf import SendBuffer
 from relay.varint import encode_varint
 
 QX_TRANSPORT_PARAMETERS = 0x3F5153300D0A0D0A
@@ -154,17 +155,13 @@ def decode_params(raw: bytes) -> dict[int, int | bytes]:
 
 
 # ----------------------------------------------------------------------------- streams
-class _SendState:
-    __slots__ = ("pending", "offset", "limit", "fin_queued", "fin_sent", "reset", "queued")
+class _SendState(SendBuffer):
+    __slots__ = ("offset", "limit")
 
     def __init__(self, limit: int) -> None:
-        self.pending: collections.deque[bytes] = collections.deque()
-        self.queued = 0  # bytes waiting in `pending`
+        super().__init__()
         self.offset = 0  # bytes sent
         self.limit = limit  # peer's MAX_STREAM_DATA
-        self.fin_queued = False
-        self.fin_sent = False
-        self.reset = False
 
 
 class _RecvState:
@@ -469,14 +466,8 @@ class QmuxConnection:
                 state = self._send.get(sid)
             if state is None:
                 raise QmuxError(STREAM_STATE_ERROR, f"stream {sid} cannot send")
-        if state.reset or state.fin_queued:
-            return
-        if data:
-            state.pending.append(bytes(data))
-            state.queued += len(data)
-        if fin:
-            state.fin_queued = True
-        self._order.append(sid)
+        if state.push(data, fin):
+            self._order.append(sid)
 
     def pending(self, sid: int) -> int:
         state = self._send.get(sid)
@@ -484,11 +475,8 @@ class QmuxConnection:
 
     def reset_stream(self, sid: int, code: int) -> None:
         state = self._send.get(sid)
-        if state is None or state.reset or state.fin_sent:
+        if state is None or not state.abort():
             return
-        state.reset = True
-        state.pending.clear()
-        state.queued = 0
         self._out.append(enc(0x04) + enc(sid) + enc(code) + enc(state.offset))
         self._maybe_forget(sid)
 
@@ -516,7 +504,7 @@ class QmuxConnection:
         send = self._send.get(sid)
         recv = self._recv.get(sid)
         recv_over = recv is None or (recv.done and (not recv.stopped or recv.fin))
-        if (send is None or send.reset or send.fin_sent) and recv_over:
+        if (send is None or send.over) and recv_over:
             self._send.pop(sid, None)
             self._recv.pop(sid, None)
 
@@ -539,32 +527,20 @@ class QmuxConnection:
             state = self._send.get(sid)
             if state is None or state.reset:
                 continue
-            progressed = False
-            while state.pending:
+            while state:
                 credit = min(state.limit - state.offset, self._send_max_data - self._send_data_total)
                 if credit <= 0:
                     break
-                chunk = state.pending[0]
-                take = min(len(chunk), credit, budget_chunk)
-                piece = chunk[:take]
-                if take == len(chunk):
-                    state.pending.popleft()
-                else:
-                    state.pending[0] = chunk[take:]
-                state.queued -= take
-                fin = state.fin_queued and not state.pending
-                self._out.append(enc(0x0F if fin else 0x0E) + enc(sid) + enc(state.offset) + enc(take) + piece)
-                state.offset += take
-                self._send_data_total += take
-                progressed = True
-                if fin:
-                    state.fin_sent = True
-            if state.fin_queued and not state.pending and not state.fin_sent:
+                piece = state.take(min(credit, budget_chunk))
+                fin = state.fin_queued and not state
+                self._out.append(enc(0x0F if fin else 0x0E) + enc(sid) + enc(state.offset) + enc(len(piece)) + piece)
+                state.offset += len(piece)
+                self._send_data_total += len(piece)
+                state.fin_sent = state.fin_sent or fin
+            if state.fin_due():
                 self._out.append(enc(0x0F) + enc(sid) + enc(state.offset) + enc(0))
                 state.fin_sent = True
-                progressed = True
-            if state.pending:
+            if state:
                 self._order.append(sid)  # blocked on credit: retry when MAX_* arrives
             elif state.fin_sent:
                 self._maybe_forget(sid)
-            del progressed

@@ -28,6 +28,7 @@ from relay.transport.base import (
     TransportError,
     TransportSession,
 )
+from relay.transport.chunks import ChunkQueue
 
 log = logging.getLogger("relay.websocket")
 
@@ -132,8 +133,7 @@ class _Stream(SendStream, RecvStream):
     def __init__(self, session: WebSocketSession, sid: int) -> None:
         self.session = session
         self.stream_id = sid
-        self.buf: collections.deque[bytes] = collections.deque()
-        self.size = 0
+        self.buf = ChunkQueue()
         self.fin = False
         self.error: TransportError | None = None
         self.stopped: int | None = None
@@ -149,13 +149,7 @@ class _Stream(SendStream, RecvStream):
         s = self.session
         while True:
             if self.buf:
-                chunk = self.buf[0]
-                if len(chunk) <= max_bytes:
-                    self.buf.popleft()
-                else:
-                    self.buf[0] = chunk[max_bytes:]
-                    chunk = chunk[:max_bytes]
-                self.size -= len(chunk)
+                chunk = self.buf.take(max_bytes)
                 s.unread -= len(chunk)
                 s.conn.consumed(self.stream_id, len(chunk), fin_read=self.fin and not self.buf)
                 s.kick()
@@ -171,9 +165,7 @@ class _Stream(SendStream, RecvStream):
     def stop(self, code: int = 0) -> None:
         if self.fin or self.error is not None or self.session.closed is not None:
             return
-        self.session.unread -= self.size
-        self.buf.clear()
-        self.size = 0
+        self.session.unread -= self.buf.clear()
         self.error = StreamReset(None)
         self.session.conn.stop_sending(self.stream_id, code)
         self.session.kick()
@@ -366,9 +358,8 @@ class WebSocketSession(TransportSession):
                     continue
                 if ev.data:
                     stream.buf.append(ev.data)
-                    stream.size += len(ev.data)
                     self.unread += len(ev.data)
-                    if stream.size > STREAM_RECV_LIMIT:
+                    if stream.buf.size > STREAM_RECV_LIMIT:
                         stream.stop(11)
                         stream.error = StreamReset(11)
                 if ev.fin:
@@ -379,9 +370,7 @@ class WebSocketSession(TransportSession):
             elif isinstance(ev, qmux.StreamReset):
                 stream = self._stream(ev.stream_id)
                 if stream is not None and not stream.fin:
-                    self.unread -= stream.size
-                    stream.buf.clear()
-                    stream.size = 0
+                    self.unread -= stream.buf.clear()
                     stream.error = StreamReset(ev.code)  # QMux codes are raw moq codes
                     stream._wake()
             elif isinstance(ev, qmux.StopSending):

@@ -182,6 +182,20 @@ class BaseQuicSession(TransportSession):
     def _create_stream_id(self, uni: bool) -> int:
         """The next id for a stream we open (WebTransport also announces it to the peer)."""
 
+    @abc.abstractmethod
+    def _queue_datagram(self, data: bytes) -> None:
+        """Hand one datagram to the engine, framed as this kind of session frames it."""
+
+    def send_datagram(self, data: bytes) -> None:
+        # Best effort by definition: too large, closed or refused by the engine, it is dropped.
+        if self._closed is not None or not 0 < len(data) <= self.max_datagram_size:
+            return
+        try:
+            self._queue_datagram(bytes(data))
+        except Exception:
+            return
+        self._conn.wake()
+
 
 class RawQuicSession(BaseQuicSession):
     """moq directly on QUIC: streams 1:1, datagrams unprefixed, close = CONNECTION_CLOSE.
@@ -223,14 +237,8 @@ class RawQuicSession(BaseQuicSession):
     def max_datagram_size(self) -> int:
         return self._datagram_room()
 
-    def send_datagram(self, data: bytes) -> None:
-        if self._closed is not None or not 0 < len(data) <= self.max_datagram_size:
-            return
-        try:
-            self._conn.quic.send_datagram_frame(bytes(data))
-        except Exception:
-            return
-        self._conn.wake()
+    def _queue_datagram(self, data: bytes) -> None:
+        self._conn.quic.send_datagram_frame(data)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if self._closed is not None:

@@ -12,8 +12,8 @@ from typing import Protocol
 import trio
 
 from relay.transport.base import RecvStream, SendStream, SessionClosed, StreamReset, TransportError
+from relay.transport.chunks import ChunkQueue
 from relay.transport.quic.codes import code_to_wire
-from relay.transport.recvbuf import ReceiveBuffer
 
 SEND_HIGH_WATER = 1 << 20  # write() waits while a stream has more unsent bytes than this
 
@@ -68,7 +68,7 @@ class QuicStream(SendStream, RecvStream):
         self._owner = owner
         self._wire = wire
         # receive half
-        self._rbuf = ReceiveBuffer()
+        self._rbuf = ChunkQueue()
         self._rfin = not readable
         self._rdone = not readable  # nothing more will ever be read
         self._rerr: TransportError | None = None
@@ -138,7 +138,7 @@ class QuicStream(SendStream, RecvStream):
         if self._rdone:
             return  # stopped by us; late data is discarded
         if data:
-            self._rbuf.append(bytes(data))
+            self._rbuf.append(data)
             self._owner.unread_changed(len(data))
         if fin:
             self._rfin = True

@@ -140,14 +140,8 @@ class WtSession(BaseQuicSession):
             return 0
         return max(0, room - len(_varint(self.session_id // 4)))  # the quarter stream id prefix
 
-    def send_datagram(self, data: bytes) -> None:
-        if self._closed is not None or not 0 < len(data) <= self.max_datagram_size:
-            return
-        try:
-            self._conn.engine.send_h3_datagram(self._proto.h3, self.session_id, bytes(data))
-        except Exception:
-            return
-        self._conn.wake()
+    def _queue_datagram(self, data: bytes) -> None:
+        self._conn.engine.send_h3_datagram(self._proto.h3, self.session_id, data)
 
     def close(self, code: int = 0, reason: str = "") -> None:
         if self._closed is not None:

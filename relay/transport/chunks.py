@@ -1,6 +1,7 @@
-"""Received stream bytes the application has not read yet (sans-IO, for any stream transport).
+"""Stream bytes waiting in order (sans-IO, for any stream transport): received and not read yet,
+or written and not framed yet.
 
-Chunks stay as they arrived, so a read of the usual size hands one over without copying.
+Chunks stay as they arrived, so taking the usual size hands one over without copying.
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from __future__ import annotations
 from collections import deque
 
 
-class ReceiveBuffer:
-    """Unread bytes of one stream in arrival order; `size` counts them."""
+class ChunkQueue:
+    """Bytes of one stream in order, as the chunks they came in; `size` counts them."""
 
     __slots__ = ("_chunks", "size")
 
@@ -22,7 +23,7 @@ class ReceiveBuffer:
 
     def append(self, data: bytes) -> None:
         if data:
-            self._chunks.append(data)
+            self._chunks.append(bytes(data))
             self.size += len(data)
 
     def take(self, max_bytes: int) -> bytes:
