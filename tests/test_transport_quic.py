@@ -687,3 +687,46 @@ async def test_larger_datagrams_with_the_rust_client(tmp_path, engine: str, sche
                     stop.set()
         assert len(got) == 10 and all(p in payloads for p in got)
         assert relay.handle.endpoint._sockets[0].largest_sent > 1300
+
+
+def client_initial(engine: str, addr: tuple[str, int]) -> bytes:
+    """The first datagram of a fresh client connection (a real, padded Initial with its own IDs)."""
+    eng = get_engine(engine)
+    cfg = eng.QuicConfiguration(is_client=True, alpn_protocols=["moq-lite-03"])
+    quic = eng.QuicConnection(configuration=cfg)
+    quic.connect(addr, 0.0)
+    datagrams = quic.datagrams_to_send(0.0)
+    assert datagrams and len(datagrams[0][0]) >= 1200
+    return datagrams[0][0]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_pending_handshakes_are_bounded_and_expire(engine: str) -> None:
+    """A flood of Initials that never finish their handshake holds at most `max_handshakes`
+    connections, each for at most the handshake timeout; established ones are untouched."""
+    ep = endpoint(engine, ["moq-lite-03"], max_handshakes=5, handshake_timeout=1.0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            addr = ep.addresses[0]
+            canary = TestClient(addr, ["moq-lite-03"], engine=engine)
+            await nursery.start(canary.run)
+            await canary.handshake.wait()
+            with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as flood:
+                await flood.connect(addr)
+                for _ in range(20):
+                    await flood.send(client_initial(engine, addr))
+                while ep.stats["refused_pending_handshakes"] < 15:
+                    await trio.sleep(0.01)  # the socket reader gets to them
+                assert ep.pending_handshakes == 5 and len(ep.connections) == 6
+                # The half-open ones are dropped after the timeout; the canary stays.
+                with trio.fail_after(5):
+                    while ep.pending_handshakes:
+                        await trio.sleep(0.05)
+                assert len(ep.connections) == 1 and canary.terminated is None
+            # A new client gets in once the table has room again.
+            late = TestClient(addr, ["moq-lite-03"], engine=engine)
+            await nursery.start(late.run)
+            await late.handshake.wait()
+            assert len(ep.connections) == 2 and ep.stats["refused_pending_handshakes"] == 15
+            nursery.cancel_scope.cancel()

@@ -83,6 +83,7 @@ class ConnectionSettings:
     stream_buffer_limit: int = 8 << 20  # unread bytes of one stream before it is stopped
     connection_buffer_limit: int = 64 << 20  # unread bytes of all streams before the close
     accept_backlog: int = 1024  # peer streams waiting for accept_bi/accept_uni
+    handshake_timeout: float = 10.0  # an accepted connection not established by then is dropped
 
 
 class ConnectionRouter(Protocol):
@@ -94,6 +95,9 @@ class ConnectionRouter(Protocol):
 
     def forget(self, conn: Connection) -> None:
         """The connection is over: route nothing more to it."""
+
+    def established(self, conn: Connection) -> None:
+        """The connection's handshake completed (it no longer counts as pending)."""
 
 
 class Connection:
@@ -118,6 +122,8 @@ class Connection:
         self.priorities: dict[int, int] = {}
         self.unread_total = 0  # received stream bytes nobody read yet, all streams
         self.terminated = False
+        self.established = False  # the handshake completed
+        self._born = trio.current_time()
         self._cancel = trio.CancelScope()  # around run(): cancelled when the connection ends
         self._settled = trio.Event()  # the session started, or the connection ended before
         self._pending_close: _PendingClose | None = None
@@ -162,6 +168,9 @@ class Connection:
                 elif isinstance(ev, qe.ProtocolNegotiated):
                     self._choose_app(ev.alpn_protocol)
                 elif isinstance(ev, qe.HandshakeCompleted):
+                    if not self.established:
+                        self.established = True
+                        self.router.established(self)
                     self._choose_app(ev.alpn_protocol)
                     if self.app is not None:
                         self.app.handshake_completed()
@@ -354,6 +363,9 @@ class Connection:
                 deadline = min(deadline, self._last_rx + keep_alive)
             if self._pending_close is not None:
                 deadline = min(deadline, self._pending_close.deadline)
+            handshake_deadline = math.inf if self.established or self.dialed else \
+                self._born + self.settings.handshake_timeout
+            deadline = min(deadline, handshake_deadline)
             if self._wake_event.is_set():
                 # Woken while flushing (the common case under load): no cancel scope needed.
                 await trio.lowlevel.checkpoint()
@@ -362,6 +374,13 @@ class Connection:
                     await self._wake_event.wait()
             self._wake_event = trio.Event()
             now = trio.current_time()
+            if now >= handshake_deadline and not self.established:
+                # Half-open (a client gone quiet, or a spoofed address): forget it without a
+                # word, so a flood of Initials holds its table slots for a bounded time.
+                log.debug("conn=%d handshake not done after %.0fs; dropped", self.conn_id,
+                          self.settings.handshake_timeout)
+                self._on_terminated(0, "handshake timeout")
+                return
             if timer is not None and now >= timer:
                 try:
                     self.quic.handle_timer(now)

@@ -51,6 +51,8 @@ class QuicEndpoint:
         max_datagram_frame_size: int | None = 65536,
         engine: str = "aioquic",
         max_connections: int = 10000,
+        max_handshakes: int = 1000,
+        handshake_timeout: float = 10.0,
         stream_buffer_limit: int = 8 << 20,
         connection_buffer_limit: int = 64 << 20,
         accept_backlog: int = 1024,
@@ -66,9 +68,11 @@ class QuicEndpoint:
         self.handler = handler
         self.max_streams = max_streams
         self.max_connections = max_connections
+        self.max_handshakes = max_handshakes
+        self._handshaking: set[Connection] = set()  # accepted, handshake not complete
         self.settings = ConnectionSettings(keep_alive=keep_alive, stream_buffer_limit=stream_buffer_limit,
                                            connection_buffer_limit=connection_buffer_limit,
-                                           accept_backlog=accept_backlog)
+                                           accept_backlog=accept_backlog, handshake_timeout=handshake_timeout)
         self.gso = gso
         self.engine = get_engine(engine)
         self._config_args = {"idle_timeout": idle_timeout, "max_datagram_frame_size": max_datagram_frame_size,
@@ -84,7 +88,7 @@ class QuicEndpoint:
         self._conns: set[Connection] = set()
         self._nursery: trio.Nursery | None = None
         self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0,
-                      "fallback_engine": 0, "version_negotiation": 0}
+                      "fallback_engine": 0, "version_negotiation": 0, "refused_pending_handshakes": 0}
 
     def set_identity(self, identity: Identity) -> None:
         """Serve new connections with another certificate (existing ones keep theirs)."""
@@ -198,6 +202,14 @@ class QuicEndpoint:
         for cid in list(conn.cids):
             self.remove_cid(cid, conn)
         self._conns.discard(conn)
+        self._handshaking.discard(conn)
+
+    def established(self, conn: Connection) -> None:
+        self._handshaking.discard(conn)
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._handshaking)
 
     # -- DatagramRouter
     def route(self, data: bytes, addr: Any, sock: UdpSocket) -> Connection | None:
@@ -249,6 +261,11 @@ class QuicEndpoint:
         if len(self._conns) >= self.max_connections or self._nursery is None:
             self.stats["refused_max_connections"] += 1
             return None
+        if len(self._handshaking) >= self.max_handshakes:
+            # Each half-open connection holds TLS state: a flood of Initials (spoofed or not)
+            # may hold at most this many, each for at most the handshake timeout.
+            self.stats["refused_pending_handshakes"] += 1
+            return None
         engine, configuration = self._server_engine(scid)
         try:
             quic = engine.new_server_connection(configuration, dcid)
@@ -257,6 +274,7 @@ class QuicEndpoint:
             log.exception("cannot create a connection for %s", format_addr(addr))
             return None
         conn = self._connection(sock, quic, addr, engine)
+        self._handshaking.add(conn)
         self.add_cid(dcid, conn)
         self.add_cid(quic.host_cid, conn)
         if engine is self.engine:
