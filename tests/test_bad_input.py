@@ -4,13 +4,21 @@ peer's session and everyone else carry on, and the relay keeps running."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import urllib.error
+import urllib.request
 
 import harness
 import moq
+import pytest
 import trio
+import trio_websocket
 from harness import Flag, client, in_thread, running_relay, wait_until
+from test_auth_tokens import raw_token
 from test_transport_quic import TestClient
 
+from relay.auth.keys import b64url_encode, generate_key
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode
 from relay.protocol.lite.version import Version
@@ -173,3 +181,76 @@ async def test_overlong_and_looping_routes_are_refused_one_by_one(tmp_path) -> N
                 assert relay.handle.origin.best("looped") is None
                 assert peer.terminated is None and 1 not in peer.resets
             nursery.cancel_scope.cancel()
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+async def quic_close(port: int, target: str) -> tuple[int, str]:
+    """Connect over raw QUIC lite-05 with `target` in the SETUP Path; the relay's close."""
+    peer = TestClient(("127.0.0.1", port), ["moq-lite-05"], engine=harness.ENGINE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.run)
+        with trio.fail_after(10):
+            await peer.handshake.wait()
+            uni = peer.quic.get_next_available_stream_id(is_unidirectional=True)
+            setup = m.Setup({m.SetupParam.PATH: target.encode(), m.SetupParam.ORIGIN: m.varint(9)})
+            peer.quic.send_stream_data(uni, m.varint(m.UniStream.SETUP) + setup.encode(V5), True)
+            peer.flush()
+            await peer.wait_for(lambda: peer.terminated is not None)
+        nursery.cancel_scope.cancel()
+    return peer.terminated.error_code, peer.terminated.reason_phrase
+
+
+async def webtransport_status(port: int, target: str) -> bytes:
+    peer = TestClient(("127.0.0.1", port), ["h3"], h3=True, engine=harness.ENGINE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(peer.run)
+        with trio.fail_after(10):
+            await peer.handshake.wait()
+            req = peer.quic.get_next_available_stream_id()
+            peer.h3.send_headers(req, [(b":method", b"CONNECT"), (b":protocol", b"webtransport"),
+                                       (b":scheme", b"https"), (b":authority", b"localhost"),
+                                       (b":path", target.encode())])
+            peer.flush()
+            await peer.wait_for(lambda: req in peer.headers)
+        nursery.cancel_scope.cancel()
+    return peer.headers[req][b":status"]
+
+
+async def websocket_status(port: int, target: str) -> int:
+    try:
+        async with trio_websocket.open_websocket("127.0.0.1", port, target, use_ssl=False,
+                                               subprotocols=["qmux-01.moq-lite-05"]):
+            return 101
+    except trio_websocket.ConnectionRejected as exc:
+        return exc.status_code
+
+
+@pytest.mark.parametrize("claim, value", [("exp", "Infinity"), ("exp", "NaN"), ("exp", "1e400"),
+                                          ("nbf", "NaN"), ("iat", "-Infinity")])
+async def test_malformed_time_claims_are_refused_on_every_transport(tmp_path, caplog, claim, value) -> None:
+    """A validly signed token whose time claim is no integer: HTTP 401 and moq close code 6
+    (never a 500, an internal error, or a session)."""
+    caplog.set_level(logging.INFO)
+    key = generate_key("HS256", "k")
+    key_file = tmp_path / "k.jwk"
+    key_file.write_text(b64url_encode(json.dumps(key.jwk).encode()))
+    token = raw_token(key, f'{{"root": "room", "get": "", "put": "", "{claim}": {value}}}')
+    target = f"/room?jwt={token}"
+    async with running_relay(tmp_path, auth=f'key = "{key_file}"') as relay:
+        assert await trio.to_thread.run_sync(http_status, f"{relay.http}/announced{target}") == 401
+        assert await quic_close(relay.port, target) == (ErrorCode.UNAUTHORIZED, "unauthorized")
+        assert await webtransport_status(relay.port, target) == b"401"
+        assert await websocket_status(relay.port, target) == 401
+        # A good token still works on the same relay (the refusals touched nothing else).
+        good = raw_token(key, '{"root": "room", "get": ""}')
+        assert await trio.to_thread.run_sync(http_status, f"{relay.http}/announced/room?jwt={good}") == 200
+    refusals = [r.getMessage() for r in caplog.records if f"claim {claim}" in r.getMessage()]
+    assert refusals, "every refusal is logged with its reason"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "no tracebacks"
