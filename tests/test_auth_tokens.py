@@ -176,6 +176,12 @@ def test_authorizer_rules(hs) -> None:
             auth(target)
     expiring = sign_token(key, get=[""], expires=int(time.time()) + 30)
     assert auth(f"/?jwt={expiring}").expires is not None
+    # Refusals are counted by reason, in a table peers cannot grow without bound (paths and
+    # header values appear in reasons).
+    for i in range(500):
+        with pytest.raises(AuthError):
+            auth(f"/secret{i}")
+    assert len(auth.rejections) <= 65 and auth.rejections["other"] > 400
     no_keys = Authorizer(TokenVerifier(), ["anon"], ["anon"])
     with pytest.raises(AuthError, match="disabled"):
         no_keys(f"/anon?jwt={tok}")  # a token is never softened into public access
