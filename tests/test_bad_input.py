@@ -254,3 +254,55 @@ async def test_malformed_time_claims_are_refused_on_every_transport(tmp_path, ca
     refusals = [r.getMessage() for r in caplog.records if f"claim {claim}" in r.getMessage()]
     assert refusals, "every refusal is logged with its reason"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "no tracebacks"
+
+
+LEGACY_SETUPS = {
+    "type only": (bytes.fromhex("20"), "fin"),
+    "half a length": (bytes.fromhex("20 ff"), "fin"),
+    "length 0xffff, then FIN": (bytes.fromhex("20 ffff"), "fin"),
+    "length 0xffff, 100 bytes, FIN": (bytes.fromhex("20 ffff") + bytes(100), "fin"),
+    "length 0xffff, then a reset": (bytes.fromhex("20 ffff") + bytes(100), "reset"),
+    "body shorter than its length": (bytes.fromhex("20 0005 010203"), "fin"),
+    "truncated version varint": (bytes.fromhex("20 0001 40"), "fin"),
+    "0xffff bytes that are no SETUP": (bytes.fromhex("20 ffff") + bytes(0xFFFF), "fin"),
+    "parameter longer than the body": (bytes.fromhex("20 0008 01 c0000000ff0dad02 01 01 09"), "fin"),
+}
+LITE_SETUPS = {
+    "type only": (bytes.fromhex("01"), "fin"),
+    "length, then FIN": (bytes.fromhex("01 22"), "fin"),
+    "half the body": (bytes.fromhex("01 22 03 01 01 01"), "fin"),
+    "half a length varint": (bytes.fromhex("01 80"), "fin"),
+    "length, then a reset": (bytes.fromhex("01 22 03 01"), "reset"),
+    "over the message limit": (bytes.fromhex("01") + m.varint(70_000) + bytes(1000), "fin"),
+    "a 2^62-byte length": (bytes.fromhex("01 ffffffffffffffff"), "fin"),
+    "parameter longer than the body": (bytes.fromhex("01 04 01 02 09 61"), "fin"),
+}
+
+
+@pytest.mark.parametrize("kind, name", [("legacy", n) for n in LEGACY_SETUPS] + [("lite-05", n) for n in LITE_SETUPS])
+async def test_truncated_and_oversized_setups_close_with_decode(tmp_path, caplog, kind: str, name: str) -> None:
+    """Every SETUP that is not one whole, well-formed message (legacy CLIENT_SETUP on `moql`, the
+    lite-05+ SETUP stream) closes the session with Decode (5) and a log line naming the error."""
+    caplog.set_level(logging.INFO)
+    data, end = (LEGACY_SETUPS if kind == "legacy" else LITE_SETUPS)[name]
+    alpn = "moql" if kind == "legacy" else "moq-lite-05"
+    async with running_relay(tmp_path, alpn) as relay:
+        peer = TestClient(("127.0.0.1", relay.port), [alpn], engine=harness.ENGINE)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(peer.run)
+            with trio.fail_after(5):  # well before the relay's 10 s SETUP timeout
+                await peer.handshake.wait()
+                sid = peer.quic.get_next_available_stream_id(is_unidirectional=kind != "legacy")
+                peer.quic.send_stream_data(sid, data, end == "fin")
+                if end == "reset":
+                    peer.flush()
+                    await trio.sleep(0.1)  # the bytes first, then the reset
+                    peer.quic.reset_stream(sid, 1)
+                peer.flush()
+                await peer.wait_for(lambda: peer.terminated is not None)
+            nursery.cancel_scope.cancel()
+    assert peer.terminated.error_code == ErrorCode.DECODE, peer.terminated
+    reason = peer.terminated.reason_phrase
+    logged = [r.getMessage() for r in caplog.records
+              if "legacy SETUP failed" in r.getMessage() or "protocol violation" in r.getMessage()]
+    assert any(reason in line for line in logged), (reason, logged)
