@@ -11,7 +11,8 @@ _DIGITS = frozenset("0123456789")
 
 
 def ascii_uint(text: str, limit: int) -> int | None:
-    """`text` as an integer 0 <= n < `limit` if it is only ASCII digits 0-9, else None."""
+    """`text` as an integer 0 <= n < `limit` if it is only ASCII digits 0-9, and no longer than
+    `limit` written out (leading zeros count: the length is checked before `int()` runs), else None."""
     if not text or len(text) > len(str(limit)) or not _DIGITS.issuperset(text):
         return None
     value = int(text)
