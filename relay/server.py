@@ -135,7 +135,9 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                          info.transport, info.remote)
                 transport.close(ErrorCode.TIMEOUT, "no CLIENT_SETUP")
                 return
-            except (TransportError, StreamEnded):
+            except (TransportError, StreamEnded) as exc:
+                log.info("conn=%s %s peer=%s went away during the legacy SETUP: %s", info.conn_id,
+                         info.transport, info.remote, exc)
                 return
             version = legacy.version
         session = LiteSession(transport, version, origin, authorize=negotiator.authorize, hop_id=hop_id,

@@ -84,6 +84,42 @@ def test_claim_rules(hs) -> None:
     assert claims.put == ("cam",) and claims.get == ("room",)
 
 
+def raw_token(key, payload_json: str) -> str:
+    """An HS256 token over payload bytes exactly as given (pyjwt would re-serialise them)."""
+    head = b64url_encode(json.dumps({"alg": "HS256", "typ": "JWT", "kid": key.kid}).encode())
+    body = b64url_encode(payload_json.encode())
+    mac = hmac.new(key.sign_key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url_encode(mac)}"
+
+
+# Validly signed, but the time claim is no integer number of seconds. Python's JSON reader
+# turns Infinity/NaN/1e400 into floats that compare false to everything (NaN) or overflow
+# int() (OverflowError, ValueError): each used to escape as a 500 or pass as valid.
+BAD_TIME_CLAIMS = ["Infinity", "-Infinity", "NaN", "1e400", "-1e400", "1.5", "true", "false", '"1700000000"',
+                   "[1]", "{}", "-1", str(2**63), "1" + "0" * 40]
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+@pytest.mark.parametrize("value", BAD_TIME_CLAIMS)
+def test_malformed_time_claims_are_refused(hs, claim: str, value: str) -> None:
+    key, verifier = hs
+    with pytest.raises(AuthError, match=f"claim {claim} "):
+        verifier.verify(raw_token(key, f'{{"get": "", "{claim}": {value}}}'))
+
+
+@pytest.mark.parametrize("claim", ["exp", "nbf", "iat"])
+def test_integral_time_claims_are_accepted(hs, claim: str) -> None:
+    key, verifier = hs
+    # A JSON float that is a whole number (as some signers write them) and null (= absent).
+    when = {"exp": int(time.time()) + 3600, "nbf": int(time.time()) - 60, "iat": int(time.time())}[claim]
+    for text in (str(when), f"{when}.0", f"{when}e0", f"{when * 10}e-1", "null"):
+        claims = verifier.verify(raw_token(key, f'{{"get": "", "{claim}": {text}}}'))
+        assert claims.get == ("",)
+        assert claims.exp == (when if claim == "exp" and text != "null" else None)
+        if claims.exp is not None:
+            assert type(claims.exp) is int
+
+
 def test_hmac_public_key_confusion(tmp_path) -> None:
     key = generate_key("ES256")
     verifier = TokenVerifier(key_path=write_key(tmp_path / "p.jwk", key, public=True))
@@ -140,6 +176,12 @@ def test_authorizer_rules(hs) -> None:
             auth(target)
     expiring = sign_token(key, get=[""], expires=int(time.time()) + 30)
     assert auth(f"/?jwt={expiring}").expires is not None
+    # Refusals are counted by reason, in a table peers cannot grow without bound (paths and
+    # header values appear in reasons).
+    for i in range(500):
+        with pytest.raises(AuthError):
+            auth(f"/secret{i}")
+    assert len(auth.rejections) <= 65 and auth.rejections["other"] > 400
     no_keys = Authorizer(TokenVerifier(), ["anon"], ["anon"])
     with pytest.raises(AuthError, match="disabled"):
         no_keys(f"/anon?jwt={tok}")  # a token is never softened into public access

@@ -7,6 +7,7 @@ import urllib.error
 import urllib.request
 
 import moq
+import pytest
 import trio
 from harness import Flag, client, in_thread, running_relay, wait_until
 
@@ -100,6 +101,11 @@ async def check_endpoints(relay) -> None:
     assert status == 200 and body == b"".join(f.payload for f in cached.frames) == b"g1-f0;g1-f1;g1-f2;"
 
     assert (await get(f"{base}/fetch/anon/clock/seconds?group=abc"))[0] == 400
+    # Group numbers are ASCII digits only: an Arabic-Indic three (int() reads it as 3), a
+    # superscript three (isdigit() but not int()), 5000 digits (int() refuses), a sign, a space.
+    for bad in ("%D9%A3", "%C2%B3", "1" * 5000, "+1", "%201", "1.0", str(2**62), ""):
+        status, _, body = await get(f"{base}/fetch/anon/clock/seconds?group={bad}")
+        assert status == 400 and b"group must be" in body, (bad, status, body)
     assert (await get(f"{base}/fetch/justone"))[0] == 400
     assert (await get(f"{base}/fetch/anon/missing/seconds"))[0] == 404  # after the (shortened) deadline
     assert (await get(f"{base}/fetch/anon/clock/seconds?group=999999"))[0] == 404
@@ -109,3 +115,12 @@ async def check_endpoints(relay) -> None:
     assert status == 200 and headers["access-control-allow-methods"] == "GET"
     status, _, _ = await get(f"{base}/announced?jwt=sometoken")
     assert status == 401  # a token with no key configured is refused, never softened to public
+
+
+def test_group_argument() -> None:
+    assert web_app.parse_group("latest") is None
+    assert web_app.parse_group("0") == 0 and web_app.parse_group("0017") == 17
+    assert web_app.parse_group(str(2**62 - 1)) == 2**62 - 1
+    for bad in ("\u0663", "\u00b3", "\uff11", "1" * 5000, "-1", " 1", "1_000", str(2**62), "", "LATEST"):
+        with pytest.raises(web_app.BadRequest):
+            web_app.parse_group(bad)

@@ -202,3 +202,12 @@ def test_lite02_flow_captures() -> None:
     assert (sub.id, sub.broadcast, sub.track, sub.priority) == (0, "live/cam", "video", 9)
     assert m.SubscribeOk().encode(v2) == h("00")
     assert m.GroupHeader(0, 3).encode(v2) == h("02 00 03") and m.encode_frame(v2, b"BB") == h("02 4242")
+
+
+def test_version_names_are_ascii_digits_only() -> None:
+    assert Version.from_alpn("moq-lite-05") is Version.LITE_05
+    assert Version.from_alpn("moq-lite-6") is Version.LITE_06
+    # Arabic-Indic and fullwidth digits read as numbers to int(); a superscript passes isdigit().
+    for name in ("moq-lite-\u0660\u0665", "moq-lite-\uff10\uff15", "moq-lite-0\u00b3", "moq-lite-07",
+                 "moq-lite-", "moq-lite-+5", "moq-lite-" + "5" * 5000, "moql"):
+        assert Version.from_alpn(name) is None, name

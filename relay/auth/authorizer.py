@@ -9,6 +9,10 @@ from relay.auth.tokens import TokenVerifier, check_path
 
 log = logging.getLogger("relay.auth")
 
+# Rejection reasons are counted by their text before the first colon, which may carry a path or
+# a header value from the peer: past this many distinct reasons, the rest count as "other".
+MAX_REJECTION_REASONS = 64
+
 
 def token_from_query(query: dict[str, list[str]]) -> str | None:
     """The last non-empty `jwt` value (relay spec §5.1); an empty value means no token."""
@@ -29,6 +33,8 @@ class Authorizer:
             return self._authorize(target, token)
         except AuthError as exc:
             reason = exc.reason.split(":")[0][:60]
+            if reason not in self.rejections and len(self.rejections) >= MAX_REJECTION_REASONS:
+                reason = "other"
             self.rejections[reason] = self.rejections.get(reason, 0) + 1
             raise
 

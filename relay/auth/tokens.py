@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -48,23 +49,44 @@ def _grants(value: Any, name: str) -> tuple[str, ...]:
     return tuple(norm(check_path(v, f"claim {name}")) for v in value)
 
 
+# Time claims are unix seconds: a JSON number that is a whole number in [0, 2**63). JSON
+# numbers may arrive as floats (1.7e9) and Python's JSON reader also yields inf (1e400,
+# Infinity) and nan (NaN), which compare false to everything: each is refused by name. The
+# value goes after a colon: the authorizer counts rejections by the text before it.
+MAX_TIME_CLAIM = 2**63 - 1
+
+
+def time_claim(payload: dict[str, Any], name: str) -> int | None:
+    """Claim `name` (exp, nbf, iat) as whole unix seconds; None when absent or null."""
+    value = payload.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise AuthError(f"claim {name} must be an integer (unix seconds): got {type(value).__name__}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AuthError(f"claim {name} must be a finite integer: got {value!r}")
+        if not value.is_integer():
+            raise AuthError(f"claim {name} must be a whole number of seconds: got {value!r}")
+        value = int(value)
+    if not 0 <= value <= MAX_TIME_CLAIM:
+        raise AuthError(f"claim {name} is out of range (0 to 2^63-1 seconds)")
+    return value
+
+
 def claims_from_payload(payload: dict[str, Any], now: float | None = None) -> Claims:
     if "aud" in payload:
         raise AuthError("token has an aud claim")  # as the Rust relay's JWT library does
-    exp = payload.get("exp")
-    if exp is not None:
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            raise AuthError("claim exp must be a number")
-        if exp < (time.time() if now is None else now):
-            raise AuthError("token expired")
-    nbf = payload.get("nbf")
-    if nbf is not None:
-        # Rust does not check nbf; the operator's requirement here is that a not-yet-valid
-        # token grants nothing, so it is refused (no leeway, like exp).
-        if isinstance(nbf, bool) or not isinstance(nbf, int | float):
-            raise AuthError("claim nbf must be a number")
-        if nbf > (time.time() if now is None else now):
-            raise AuthError("token not valid yet (nbf)")
+    when = time.time() if now is None else now
+    exp = time_claim(payload, "exp")
+    if exp is not None and exp < when:
+        raise AuthError("token expired")
+    # Rust does not check nbf; the operator's requirement here is that a not-yet-valid
+    # token grants nothing, so it is refused (no leeway, like exp).
+    nbf = time_claim(payload, "nbf")
+    if nbf is not None and nbf > when:
+        raise AuthError("token not valid yet (nbf)")
+    time_claim(payload, "iat")  # informational only (§6.1), but never a malformed one
     root = payload.get("root", "") or ""
     if not isinstance(root, str):
         raise AuthError("claim root must be a string")
@@ -77,7 +99,7 @@ def claims_from_payload(payload: dict[str, Any], now: float | None = None) -> Cl
         get = _grants(payload.get("sub"), "sub")  # a plain-string `sub` is the JWT subject
     if not put and not get:
         raise AuthError("token is useless: it grants neither publish nor subscribe")
-    return Claims(norm(check_path(root, "claim root")), put, get, None if exp is None else int(exp))
+    return Claims(norm(check_path(root, "claim root")), put, get, exp)
 
 
 def _check_key_scope(key: Key, claims: Claims) -> None:

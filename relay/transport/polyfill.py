@@ -37,6 +37,7 @@ from relay.transport.qmux import (
     StreamReset,
 )
 from relay.transport.sendbuf import SendBuffer
+from relay.varint import decode_varint
 from relay.varint import encode_varint as enc
 
 SUBPROTOCOL = "webtransport"
@@ -70,16 +71,11 @@ class _Reader:
         self.pos = pos
 
     def varint(self, what: str) -> int:
-        if self.pos >= len(self.data):
-            raise PolyfillError(FRAME_ENCODING_ERROR, f"frame ends before its {what}")
-        first = self.data[self.pos]
-        n = 1 << (first >> 6)
-        if self.pos + n > len(self.data):
-            raise PolyfillError(FRAME_ENCODING_ERROR, f"frame ends inside its {what}")
-        value = first & 0x3F
-        for b in self.data[self.pos + 1 : self.pos + n]:
-            value = (value << 8) | b
-        self.pos += n
+        got = decode_varint(self.data, self.pos)
+        if got is None:
+            where = "before" if self.pos >= len(self.data) else "inside"
+            raise PolyfillError(FRAME_ENCODING_ERROR, f"frame ends {where} its {what}")
+        value, self.pos = got
         return value
 
     def rest(self) -> bytes:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from relay.errors import RemoteError
 from relay.transport.sendbuf import SendBuffer
-from relay.varint import encode_varint
+from relay.varint import decode_varint, encode_varint
 
 QX_TRANSPORT_PARAMETERS = 0x3F5153300D0A0D0A
 QX_PING_REQUEST = 0x348C67529EF8C7BD
@@ -68,16 +68,10 @@ class _Buf:
         return self.pos >= len(self.data)
 
     def varint(self) -> int:
-        if self.pos >= len(self.data):
-            raise QmuxError(FRAME_ENCODING_ERROR, "truncated frame")
-        first = self.data[self.pos]
-        n = 1 << (first >> 6)
-        if self.pos + n > len(self.data):
-            raise QmuxError(FRAME_ENCODING_ERROR, "truncated varint")
-        value = first & 0x3F
-        for b in self.data[self.pos + 1 : self.pos + n]:
-            value = (value << 8) | b
-        self.pos += n
+        got = decode_varint(self.data, self.pos)
+        if got is None:
+            raise QmuxError(FRAME_ENCODING_ERROR, "truncated frame" if self.eof() else "truncated varint")
+        value, self.pos = got
         return value
 
     def take(self, n: int) -> bytes:

@@ -15,6 +15,8 @@ from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
 from relay.auth.scope import AuthError, Authorize, Scope
+from relay.digits import ascii_uint
+from relay.errors import RemoteError
 from relay.model.origin import Origin
 from relay.model.subscription import Wish
 from relay.model.track import GroupAborted, TrackClosed
@@ -26,6 +28,23 @@ log = logging.getLogger("relay.web")
 FETCH_DEADLINE = 30.0
 # `?group=N` may name a past group: ask for the publisher's whole window (it is clamped to it).
 HTTP_FETCH_WINDOW_MS = 30_000
+GROUP_LIMIT = 2**62  # group sequences are varints
+
+
+class BadRequest(RemoteError):
+    """A request the HTTP side cannot parse: answered with HTTP 400 and the reason."""
+
+
+def parse_group(arg: str) -> int | None:
+    """`?group=`: "latest" (None) or a group sequence in ASCII digits; BadRequest otherwise."""
+    if arg == "latest":
+        return None
+    group = ascii_uint(arg, GROUP_LIMIT)
+    if group is None:
+        raise BadRequest(f"group must be an integer below 2^62 or 'latest', not {arg[:40]!r}")
+    return group
+
+
 LANDING = (
     "<!doctype html><title>moq-relay</title><h1>moq-relay</h1>"
     "<p>This is a Media over QUIC relay. Connect with a MoQ client.</p>\n"
@@ -108,14 +127,11 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
         if len(parts) < 2:
             return text("need /fetch/<broadcast>/<track>\n", 400)
         broadcast_rel, track_name = "/".join(parts[:-1]), parts[-1]
-        group_arg = request.args.get("group", "latest")
-        want: int | None
-        if group_arg == "latest":
-            want = None
-        elif group_arg.isdigit() and int(group_arg) < 2**64:
-            want = int(group_arg)
-        else:
-            return text("group must be an integer or 'latest'\n", 400)
+        try:
+            want = parse_group(request.args.get("group", "latest"))
+        except BadRequest as exc:
+            log.info("fetch /%s refused: %s", target, exc)
+            return text(f"{exc}\n", 400)
         try:
             scope = authorize_request("/" + broadcast_rel)
         except AuthError as exc:

@@ -10,7 +10,7 @@ from enum import IntEnum
 
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.version import Version
-from relay.varint import encode_varint
+from relay.varint import decode_varint, encode_varint
 
 MAX_HOPS = 32
 MAX_PATH_PARTS = 32
@@ -114,16 +114,10 @@ class Reader:
         return ProtocolError(ErrorCode.DECODE, f"message too short reading {what}")
 
     def varint(self, what: str = "varint") -> int:
-        if self.pos >= len(self.data):
+        got = decode_varint(self.data, self.pos)
+        if got is None:
             raise self._short(what)
-        first = self.data[self.pos]
-        length = 1 << (first >> 6)
-        if self.pos + length > len(self.data):
-            raise self._short(what)
-        value = first & 0x3F
-        for b in self.data[self.pos + 1 : self.pos + length]:
-            value = (value << 8) | b
-        self.pos += length
+        value, self.pos = got
         return value
 
     def u8(self, what: str = "byte") -> int:

@@ -24,7 +24,14 @@ from relay.model.origin import Origin
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.publisher import LitePublisher
-from relay.protocol.lite.setup import LegacySetup, PeerSetup, negotiate_legacy, our_setup, watch_legacy_stream
+from relay.protocol.lite.setup import (
+    LegacySetup,
+    PeerSetup,
+    negotiate_legacy,
+    our_setup,
+    read_peer_setup,
+    watch_legacy_stream,
+)
 from relay.protocol.lite.streams import MessageReader, StreamEnded
 from relay.protocol.lite.subscriber import LiteSubscriber
 from relay.protocol.lite.version import Version
@@ -242,10 +249,7 @@ class LiteSession:
             if kind == m.UniStream.GROUP:
                 await self.subscriber.recv_group(reader, recv)
             elif kind == m.UniStream.SETUP and self.version.has_setup_stream:
-                setup = await reader.message(m.Setup.decode, self.version, self.limits.max_message)
-                if setup is None:
-                    raise ProtocolError(ErrorCode.DECODE, "empty SETUP stream")
-                self._on_peer_setup(PeerSetup.read(setup))
+                self._on_peer_setup(await read_peer_setup(reader, self.version, self.limits.max_message))
             else:
                 log.info("%s unknown uni stream type %s", self.name, kind)
                 recv.stop(ErrorCode.UNEXPECTED_STREAM)

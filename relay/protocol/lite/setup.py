@@ -12,7 +12,7 @@ from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.streams import MessageReader, StreamEnded
 from relay.protocol.lite.version import Version
-from relay.transport.base import SendStream, TransportSession
+from relay.transport.base import SendStream, StreamReset, TransportSession
 
 log = logging.getLogger("relay.session")
 
@@ -34,7 +34,7 @@ async def negotiate_legacy(transport: TransportSession, allowed: list[Version], 
     Both parameter encodings are read (`legacy.LegacyParams`: moq-rs's draft-14 pairs, the
     seed-era JS client's id-length-value); our SERVER_SETUP carries no parameters, which both
     read alike. Raises ProtocolError (VERSION when nothing matches, DECODE for bad or truncated
-    bytes) or TooSlowError."""
+    bytes, or a stream reset before the end of the message) or TooSlowError."""
     info = transport.info
     with trio.fail_after(timeout):
         send, recv = await transport.accept_bi()
@@ -47,6 +47,8 @@ async def negotiate_legacy(transport: TransportSession, allowed: list[Version], 
             setup = legacy.LegacyClientSetup.decode(await reader.exact(size))
         except StreamEnded as exc:
             raise ProtocolError(ErrorCode.DECODE, f"CLIENT_SETUP truncated: {exc}") from exc
+        except StreamReset as exc:
+            raise ProtocolError(ErrorCode.DECODE, f"CLIENT_SETUP truncated: stream reset ({exc})") from exc
     offered = [hex(v) for v in setup.versions]
     for code in setup.versions:
         version = Version.from_setup_code(code)
@@ -72,6 +74,27 @@ async def watch_legacy_stream(setup: LegacySetup, version: Version, max_message:
         return "ended mid-message"
     except ProtocolError as exc:
         return f"broken: {exc}"
+
+
+async def read_peer_setup(reader: MessageReader, version: Version, max_message: int) -> PeerSetup:
+    """The peer's lite-05+ SETUP (lite §5.1), read from its SETUP stream after the type.
+
+    Every way the stream fails to carry one SETUP is a Decode error (5): truncated by a FIN or a
+    reset, empty, longer than `max_message`, or bytes that do not parse. The content rules keep
+    their own codes (TooManyParameters, Duplicate)."""
+    try:
+        setup = await reader.message(m.Setup.decode, version, max_message)
+    except StreamEnded as exc:
+        raise ProtocolError(ErrorCode.DECODE, f"SETUP truncated: {exc}") from exc
+    except StreamReset as exc:
+        raise ProtocolError(ErrorCode.DECODE, f"SETUP truncated: stream reset ({exc})") from exc
+    except ProtocolError as exc:
+        if exc.code == ErrorCode.TOO_LARGE:
+            raise ProtocolError(ErrorCode.DECODE, f"SETUP too large: {exc}") from exc
+        raise
+    if setup is None:
+        raise ProtocolError(ErrorCode.DECODE, "empty SETUP stream")
+    return PeerSetup.read(setup)
 
 
 @dataclass

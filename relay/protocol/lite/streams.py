@@ -15,6 +15,7 @@ from relay.protocol.lite import messages as m
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.version import Version
 from relay.transport.base import RecvStream
+from relay.varint import decode_varint, varint_length
 
 READ_CHUNK = 256 * 1024
 
@@ -72,12 +73,11 @@ class MessageReader:
     async def _varint_or_none(self) -> int | None:
         if not await self._need(1, clean_ok=True):
             return None
-        length = 1 << (self._buf[self._pos] >> 6)
-        await self._need(length)
-        raw = self._take(length)
-        value = raw[0] & 0x3F
-        for b in raw[1:]:
-            value = (value << 8) | b
+        await self._need(varint_length(self._buf[self._pos]))
+        got = decode_varint(self._buf, self._pos)
+        assert got is not None  # _need made it whole
+        value, end = got
+        self._take(end - self._pos)
         return value
 
     # -- API -----------------------------------------------------------------------------------

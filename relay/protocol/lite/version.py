@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from relay.digits import ascii_uint
+
 
 class Version(IntEnum):
     LITE_01 = 1
@@ -29,12 +31,10 @@ class Version(IntEnum):
 
     @classmethod
     def from_alpn(cls, alpn: str) -> Version | None:
-        if alpn.startswith("moq-lite-") and alpn[9:].isdigit():
-            try:
-                return cls(int(alpn[9:]))
-            except ValueError:
-                return None
-        return None
+        number = ascii_uint(alpn[9:], 100) if alpn.startswith("moq-lite-") else None
+        if number is None or number not in cls._value2member_map_:
+            return None
+        return cls(number)
 
     @classmethod
     def from_setup_code(cls, code: int) -> Version | None:

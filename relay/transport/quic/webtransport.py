@@ -18,6 +18,7 @@ from relay.transport.base import SessionClosed, SessionInfo
 from relay.transport.quic.codes import code_from_wire, code_to_wire
 from relay.transport.quic.connection import AppFactory, Connection
 from relay.transport.quic.session import BaseQuicSession
+from relay.varint import decode_varint, encode_varint
 
 log = logging.getLogger(__name__)
 
@@ -90,31 +91,40 @@ def sf_string(value: str) -> bytes:
     return ('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"').encode()
 
 
-def _varint(n: int) -> bytes:
-    if n < 0x40:
-        return bytes([n])
-    if n < 0x4000:
-        return (n | 0x4000).to_bytes(2, "big")
-    if n < 0x40000000:
-        return (n | 0x80000000).to_bytes(4, "big")
-    return (n | 0xC000000000000000).to_bytes(8, "big")
-
-
-def _read_varint(buf: bytes | bytearray, pos: int) -> tuple[int, int] | None:
-    if pos >= len(buf):
-        return None
-    size = 1 << (buf[pos] >> 6)
-    if pos + size > len(buf):
-        return None
-    v = buf[pos] & 0x3F
-    for b in buf[pos + 1 : pos + size]:
-        v = (v << 8) | b
-    return v, pos + size
-
-
 def encode_close_capsule(code: int, reason: str) -> bytes:
     body = (code & 0xFFFFFFFF).to_bytes(4, "big") + reason.encode()[:MAX_REASON]
-    return _varint(CLOSE_WEBTRANSPORT_SESSION) + _varint(len(body)) + body
+    return encode_varint(CLOSE_WEBTRANSPORT_SESSION) + encode_varint(len(body)) + body
+
+
+class CapsuleError(Exception):
+    """The CONNECT stream's capsules cannot be buffered (one is larger than we hold)."""
+
+
+class CapsuleReader:
+    """Sans-IO: the capsules of a WebTransport session's CONNECT stream (RFC 9297), fed as the
+    stream's bytes arrive; what the session acts on is a close (code, reason), or None."""
+
+    def __init__(self, limit: int = MAX_CAPSULE_BUFFER) -> None:
+        self._buf = bytearray()
+        self.limit = limit
+
+    def feed(self, data: bytes) -> tuple[int, str] | None:
+        """The peer's CLOSE_WEBTRANSPORT_SESSION (code, reason) once one is whole, else None.
+        DRAIN and unknown capsules are skipped. Raises CapsuleError past the buffer limit."""
+        self._buf += data
+        pos = 0
+        while (kind := decode_varint(self._buf, pos)) is not None:
+            length = decode_varint(self._buf, kind[1])
+            if length is None or length[1] + length[0] > len(self._buf):
+                break
+            body = bytes(self._buf[length[1] : length[1] + length[0]])
+            pos = length[1] + length[0]
+            if kind[0] == CLOSE_WEBTRANSPORT_SESSION and len(body) >= 4:
+                return int.from_bytes(body[:4], "big"), body[4:].decode(errors="replace")
+        del self._buf[:pos]
+        if len(self._buf) > self.limit:
+            raise CapsuleError(f"a capsule of more than {self.limit} bytes")
+        return None
 
 
 # --------------------------------------------------------------------------- session
@@ -127,7 +137,7 @@ class WtSession(BaseQuicSession):
         super().__init__(proto.conn, info)
         self._proto = proto
         self.session_id = session_id
-        self._capsules = bytearray()
+        self._capsules = CapsuleReader()
         self._fin_sent = False
 
     def _create_stream_id(self, uni: bool) -> int:
@@ -138,7 +148,7 @@ class WtSession(BaseQuicSession):
         room = self._datagram_room()
         if room <= 0:
             return 0
-        return max(0, room - len(_varint(self.session_id // 4)))  # the quarter stream id prefix
+        return max(0, room - len(encode_varint(self.session_id // 4)))  # the quarter stream id prefix
 
     def _queue_datagram(self, data: bytes) -> None:
         self._conn.engine.send_h3_datagram(self._proto.h3, self.session_id, data)
@@ -167,27 +177,14 @@ class WtSession(BaseQuicSession):
 
     # -- CONNECT stream: capsules
     def connect_stream_data(self, data: bytes, ended: bool) -> None:
-        self._capsules += data
-        pos = 0
-        while True:
-            t = _read_varint(self._capsules, pos)
-            if t is None:
-                break
-            ln = _read_varint(self._capsules, t[1])
-            if ln is None or ln[1] + ln[0] > len(self._capsules):
-                break
-            body = bytes(self._capsules[ln[1] : ln[1] + ln[0]])
-            pos = ln[1] + ln[0]
-            if t[0] == CLOSE_WEBTRANSPORT_SESSION and len(body) >= 4:
-                code = int.from_bytes(body[:4], "big")
-                self.peer_closed(code, body[4:].decode(errors="replace"))
-                return
-            # DRAIN_WEBTRANSPORT_SESSION and unknown capsules: nothing to do.
-        del self._capsules[:pos]
-        if len(self._capsules) > MAX_CAPSULE_BUFFER:
-            self.close(1, "capsule too large")
+        try:
+            closed = self._capsules.feed(data)
+        except CapsuleError as exc:
+            self.close(1, str(exc))
             return
-        if ended:
+        if closed is not None:
+            self.peer_closed(*closed)
+        elif ended:
             self.peer_closed(0, "")
 
     def peer_closed(self, code: int, reason: str) -> None:
