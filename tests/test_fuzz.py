@@ -325,11 +325,11 @@ def test_ascii_uint_reads_ascii_digits_only(raw: str, limit: int) -> None:
 
 
 @FUZZ
-@given(n=st.integers(0, 2**62 - 1), zeros=st.integers(0, 3))
+@given(n=st.integers(0, 2**62 - 2), zeros=st.integers(0, 3))
 def test_group_numbers_round_trip(n: int, zeros: int) -> None:
     assert parse_group(str(n)) == n
     padded = "0" * zeros + str(n)
-    if len(padded) <= len(str(2**62)):
+    if len(padded) <= len(str(2**62 - 1)):
         assert parse_group(padded) == n
     else:  # longer than any group number written out: refused before int() reads it
         with pytest.raises(BadRequest):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import trio
 
 from relay.auth.scope import Scope
+from relay.digits import ascii_uint
 from relay.model import path as paths
 from relay.model.broadcast import Broadcast
 from relay.model.origin import Origin
@@ -59,9 +60,10 @@ class PeerUrl:
         kept = []
         for k, v in query:
             if k == "cost":
-                if not v.isdigit():
+                parsed = ascii_uint(v, 2**62)
+                if parsed is None:
                     raise ValueError(f"cluster peer URL {raw!r}: cost must be an integer")
-                cost = int(v)
+                cost = parsed
             else:
                 kept.append((k, v))
         if token and not any(k == "jwt" and v for k, v in kept):

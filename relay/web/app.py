@@ -28,7 +28,7 @@ log = logging.getLogger("relay.web")
 FETCH_DEADLINE = 30.0
 # `?group=N` may name a past group: ask for the publisher's whole window (it is clamped to it).
 HTTP_FETCH_WINDOW_MS = 30_000
-GROUP_LIMIT = 2**62  # group sequences are varints
+GROUP_LIMIT = 2**62 - 1  # group sequences are varints, and one more (Opt+1) must still be one
 
 
 class BadRequest(RemoteError):
@@ -41,7 +41,7 @@ def parse_group(arg: str) -> int | None:
         return None
     group = ascii_uint(arg, GROUP_LIMIT)
     if group is None:
-        raise BadRequest(f"group must be an integer below 2^62 or 'latest', not {arg[:40]!r}")
+        raise BadRequest(f"group must be an integer below 2^62 - 1 or 'latest', not {arg[:40]!r}")
     return group
 
 
