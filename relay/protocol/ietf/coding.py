@@ -1,0 +1,295 @@
+"""Draft-14 wire primitives (sans-IO): the Reader of peer bytes, the Writer, key-value pairs,
+namespace tuples, locations, extension-header blocks and the AUTHORIZATION_TOKEN structure.
+
+Every Reader failure is an IetfProtocolError (TruncatedInput when the bytes merely end early);
+every count and length a peer declares is checked against a bound and against the bytes left
+before anything is allocated for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+from relay.protocol.ietf.errors import IetfProtocolError, SessionCode, TruncatedInput
+from relay.protocol.lite.coding import Writer as LiteWriter
+from relay.varint import MAX_VARINT, decode_varint
+
+MAX_NAMESPACE_FIELDS = 32  # draft-14 and Rust: a tuple of 1..32 fields (Rust also allows 0)
+MAX_PARAMETERS = 64  # Rust's limit per message (ietf/parameters.rs)
+MAX_PARAMETER_VALUE = 0xFFFF  # an odd-typed value: at most 2^16 - 1 bytes
+MAX_EXTENSIONS_LENGTH = 16 * 1024  # one object's extension-header block, in bytes
+MAX_EXTENSION_HEADERS = 64  # key-value pairs inside one block
+
+# A parameter or extension value: even types carry a varint, odd types carry bytes.
+KeyValue = int | bytes
+Params = dict[int, KeyValue]
+
+_VIOLATION = SessionCode.PROTOCOL_VIOLATION
+_KVP = SessionCode.KEY_VALUE_FORMATTING_ERROR
+
+
+class Location(NamedTuple):
+    """(Group ID, Object ID); tuples order the way the spec orders locations."""
+
+    group: int
+    object: int
+
+
+class GroupOrder(IntEnum):
+    PUBLISHER = 0x0  # "original publisher's order"; Rust reads it as descending
+    ASCENDING = 0x1
+    DESCENDING = 0x2
+
+
+class FilterType(IntEnum):
+    NEXT_GROUP_START = 0x1
+    LARGEST_OBJECT = 0x2
+    ABSOLUTE_START = 0x3
+    ABSOLUTE_RANGE = 0x4
+
+
+class Writer(LiteWriter):
+    """The lite Writer (varint, u8, string, blob) plus the IETF field shapes."""
+
+    __slots__ = ()
+
+    def flag(self, value: bool) -> Writer:
+        self.buf.append(1 if value else 0)
+        return self
+
+    def raw(self, data: bytes) -> Writer:
+        self.buf += data
+        return self
+
+    def namespace(self, fields: tuple[str, ...]) -> Writer:
+        if len(fields) > MAX_NAMESPACE_FIELDS:
+            raise ValueError(f"namespace of {len(fields)} fields (limit {MAX_NAMESPACE_FIELDS})")
+        self.varint(len(fields))
+        for item in fields:
+            self.string(item)
+        return self
+
+    def location(self, where: Location) -> Writer:
+        return self.varint(where.group).varint(where.object)
+
+    def params(self, params: Params) -> Writer:
+        if len(params) > MAX_PARAMETERS:
+            raise ValueError(f"{len(params)} parameters (limit {MAX_PARAMETERS})")
+        self.varint(len(params))
+        for key, value in params.items():
+            write_key_value(self, key, value)
+        return self
+
+
+def write_key_value(w: Writer, key: int, value: KeyValue) -> None:
+    """One pair with the even/odd rule: even ⇒ varint value, odd ⇒ length + bytes."""
+    w.varint(key)
+    if key % 2 == 0:
+        if not isinstance(value, int):
+            raise ValueError(f"even key {key:#x} needs an integer value")
+        w.varint(value)
+    else:
+        if not isinstance(value, bytes | bytearray):
+            raise ValueError(f"odd key {key:#x} needs a bytes value")
+        if len(value) > MAX_PARAMETER_VALUE:
+            raise ValueError(f"value of key {key:#x} is {len(value)} bytes (limit {MAX_PARAMETER_VALUE})")
+        w.blob(bytes(value))
+
+
+class Reader:
+    """Parses bytes a peer sent. Every failure is an IetfProtocolError."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def varint(self, what: str) -> int:
+        got = decode_varint(self.data, self.pos) if self.pos < self.end else None
+        if got is None or got[1] > self.end:
+            raise TruncatedInput(f"input ends inside {what}")
+        value, self.pos = got
+        return value
+
+    def u8(self, what: str) -> int:
+        if self.pos >= self.end:
+            raise TruncatedInput(f"input ends before {what}")
+        value = self.data[self.pos]
+        self.pos += 1
+        return value
+
+    def flag(self, what: str) -> bool:
+        value = self.u8(what)
+        if value > 1:  # Rust accepts only 0 and 1 for a boolean byte
+            raise IetfProtocolError(_VIOLATION, f"{what} is {value}, not 0 or 1")
+        return value == 1
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > self.remaining:
+            raise TruncatedInput(f"{what} needs {n} bytes, {self.remaining} left")
+        out = bytes(self.data[self.pos : self.pos + n])
+        self.pos += n
+        return out
+
+    def blob(self, what: str, limit: int = MAX_PARAMETER_VALUE) -> bytes:
+        n = self.varint(f"{what} length")
+        if n > limit:
+            raise IetfProtocolError(_VIOLATION, f"{what} of {n} bytes (limit {limit})")
+        return self.take(n, what)
+
+    def string(self, what: str, code: int = _VIOLATION) -> str:
+        raw = self.blob(what)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise IetfProtocolError(code, f"{what} is not valid UTF-8") from exc
+
+    def namespace(self, what: str = "track namespace") -> tuple[str, ...]:
+        count = self.varint(f"{what} field count")
+        if count > MAX_NAMESPACE_FIELDS:
+            raise IetfProtocolError(_VIOLATION, f"{what} of {count} fields (limit {MAX_NAMESPACE_FIELDS})")
+        return tuple(self.string(f"{what} field") for _ in range(count))
+
+    def location(self, what: str) -> Location:
+        return Location(self.varint(f"{what} group"), self.varint(f"{what} object"))
+
+    def group_order(self, what: str = "group order") -> GroupOrder:
+        value = self.u8(what)
+        if value not in GroupOrder._value2member_map_:
+            raise IetfProtocolError(_VIOLATION, f"{what} {value:#x} is not a group order")
+        return GroupOrder(value)
+
+    def filter_type(self) -> FilterType:
+        value = self.varint("filter type")
+        if value not in FilterType._value2member_map_:
+            raise IetfProtocolError(_VIOLATION, f"unknown filter type {value:#x}")
+        return FilterType(value)
+
+    def key_value(self, seen: Params, what: str) -> None:
+        key = self.varint(f"{what} type")
+        if key in seen:
+            raise IetfProtocolError(_KVP, f"duplicate {what} {key:#x}")
+        if key % 2 == 0:
+            seen[key] = self.varint(f"{what} {key:#x} value")
+            return
+        n = self.varint(f"{what} {key:#x} length")
+        if n > MAX_PARAMETER_VALUE:
+            raise IetfProtocolError(_KVP, f"{what} {key:#x} of {n} bytes (limit {MAX_PARAMETER_VALUE})")
+        if n > self.remaining:
+            raise IetfProtocolError(_KVP, f"{what} {key:#x} length {n} exceeds the message")
+        seen[key] = self.take(n, what)
+
+    def params(self, what: str = "parameter") -> Params:
+        count = self.varint(f"{what} count")
+        if count > MAX_PARAMETERS:
+            raise IetfProtocolError(_KVP, f"{count} {what}s (limit {MAX_PARAMETERS})")
+        params: Params = {}
+        for _ in range(count):
+            self.key_value(params, what)
+        return params
+
+    def done(self, what: str) -> None:
+        if self.pos != self.end:
+            raise IetfProtocolError(_VIOLATION, f"{self.remaining} trailing bytes after {what}")
+
+
+# ------------------------------------------------------------------------ extension headers
+def read_extensions(r: Reader) -> bytes:
+    """An object's extension block (`Length (i)` + pairs without a count), returned raw so a
+    relay forwards it unchanged, after checking that it is well-formed and bounded."""
+    n = r.varint("extension headers length")
+    if n > MAX_EXTENSIONS_LENGTH:
+        raise IetfProtocolError(_VIOLATION, f"extension headers of {n} bytes (limit {MAX_EXTENSIONS_LENGTH})")
+    block = r.take(n, "extension headers")
+    parse_extensions(block)
+    return block
+
+
+def parse_extensions(block: bytes) -> list[tuple[int, KeyValue]]:
+    """The pairs of an extension block; types may repeat (unlike parameters). Draft-14 types
+    are absolute (delta-coded only from draft-16)."""
+    r = Reader(block)
+    pairs: list[tuple[int, KeyValue]] = []
+    while r.remaining:
+        if len(pairs) == MAX_EXTENSION_HEADERS:
+            raise IetfProtocolError(_VIOLATION, f"more than {MAX_EXTENSION_HEADERS} extension headers")
+        one: Params = {}
+        try:
+            r.key_value(one, "extension header")
+        except TruncatedInput as exc:  # the block's own length said it was complete
+            raise IetfProtocolError(_VIOLATION, f"malformed extension headers: {exc}") from exc
+        pairs.extend(one.items())
+    return pairs
+
+
+def encode_extensions(pairs: list[tuple[int, KeyValue]] | Params) -> bytes:
+    """An extension block's body (without its length prefix)."""
+    w = Writer()
+    for key, value in pairs.items() if isinstance(pairs, dict) else pairs:
+        write_key_value(w, key, value)
+    return bytes(w.buf)
+
+
+# ------------------------------------------------------------------------ authorization token
+class TokenAliasType(IntEnum):
+    DELETE = 0x0
+    REGISTER = 0x1
+    USE_ALIAS = 0x2
+    USE_VALUE = 0x3
+
+
+@dataclass
+class AuthToken:
+    """The value of an AUTHORIZATION_TOKEN parameter (key 0x03)."""
+
+    alias_type: TokenAliasType
+    alias: int | None = None  # DELETE, REGISTER, USE_ALIAS
+    token_type: int | None = None  # REGISTER, USE_VALUE
+    token_value: bytes = b""  # REGISTER, USE_VALUE: the rest of the parameter value
+
+    def encode(self) -> bytes:
+        w = Writer().varint(self.alias_type)
+        if self.alias_type != TokenAliasType.USE_VALUE:
+            w.varint(_required(self.alias, "token alias"))
+        if self.alias_type in (TokenAliasType.REGISTER, TokenAliasType.USE_VALUE):
+            w.varint(_required(self.token_type, "token type")).raw(self.token_value)
+        return bytes(w.buf)
+
+    @classmethod
+    def decode(cls, value: bytes) -> AuthToken:
+        r = Reader(value)
+        try:
+            kind = r.varint("token alias type")
+            if kind not in TokenAliasType._value2member_map_:
+                raise IetfProtocolError(SessionCode.MALFORMED_AUTH_TOKEN, f"token alias type {kind:#x}")
+            token = cls(TokenAliasType(kind))
+            if token.alias_type != TokenAliasType.USE_VALUE:
+                token.alias = r.varint("token alias")
+            if token.alias_type in (TokenAliasType.REGISTER, TokenAliasType.USE_VALUE):
+                token.token_type = r.varint("token type")
+                token.token_value = r.take(r.remaining, "token value")
+            r.done("authorization token")
+        except IetfProtocolError as exc:
+            raise IetfProtocolError(SessionCode.MALFORMED_AUTH_TOKEN, str(exc)) from exc
+        return token
+
+
+def _required(value: int | None, what: str) -> int:
+    if value is None:
+        raise ValueError(f"{what} is required here")
+    return value
+
+
+def check_varint(value: int, what: str) -> int:
+    """For encoders: a value we are about to put on the wire fits a varint."""
+    if not 0 <= value <= MAX_VARINT:
+        raise ValueError(f"{what} {value} is not a varint")
+    return value

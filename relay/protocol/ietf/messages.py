@@ -1,0 +1,112 @@
+"""Every draft-14 control message, in one namespace, and the sans-IO control-stream reader.
+
+Importing this module registers every message class with control.MESSAGE_CLASSES, so
+`decode_message` and `ControlStreamReader` know them all.
+"""
+
+from __future__ import annotations
+
+from relay.protocol.ietf.coding import (
+    AuthToken,
+    FilterType,
+    GroupOrder,
+    Location,
+    Params,
+    TokenAliasType,
+)
+from relay.protocol.ietf.control import (
+    MAX_CONTROL_MESSAGE,
+    MESSAGE_CLASSES,
+    ControlFramer,
+    ControlMessage,
+    MessageType,
+    decode_message,
+    frame_message,
+)
+from relay.protocol.ietf.fetch import (
+    Fetch,
+    FetchCancel,
+    FetchError,
+    FetchOk,
+    FetchType,
+    JoiningRef,
+    StandaloneRange,
+)
+from relay.protocol.ietf.namespace import (
+    PublishNamespace,
+    PublishNamespaceCancel,
+    PublishNamespaceDone,
+    PublishNamespaceError,
+    PublishNamespaceOk,
+    SubscribeNamespace,
+    SubscribeNamespaceError,
+    SubscribeNamespaceOk,
+    UnsubscribeNamespace,
+)
+from relay.protocol.ietf.setup import (
+    ClientSetup,
+    GoAway,
+    MaxRequestId,
+    RequestsBlocked,
+    ServerSetup,
+    SetupParam,
+    SetupParameters,
+)
+from relay.protocol.ietf.subscribe import (
+    Publish,
+    PublishDone,
+    PublishError,
+    PublishOk,
+    Subscribe,
+    SubscribeDone,
+    SubscribeError,
+    SubscribeOk,
+    SubscribeUpdate,
+    SubscriptionFilter,
+    TrackStatus,
+    TrackStatusError,
+    TrackStatusOk,
+    Unsubscribe,
+)
+
+__all__ = [
+    "MAX_CONTROL_MESSAGE", "MESSAGE_CLASSES", "AuthToken", "ClientSetup", "ControlFramer", "ControlMessage",
+    "ControlStreamReader", "Fetch", "FetchCancel", "FetchError", "FetchOk", "FetchType", "FilterType", "GoAway",
+    "GroupOrder", "JoiningRef", "Location", "MaxRequestId", "MessageType", "Params", "Publish", "PublishDone",
+    "PublishError", "PublishNamespace", "PublishNamespaceCancel", "PublishNamespaceDone", "PublishNamespaceError",
+    "PublishNamespaceOk", "PublishOk", "RequestsBlocked", "ServerSetup", "SetupParam", "SetupParameters",
+    "StandaloneRange", "Subscribe", "SubscribeDone", "SubscribeError", "SubscribeNamespace",
+    "SubscribeNamespaceError", "SubscribeNamespaceOk", "SubscribeOk", "SubscribeUpdate", "SubscriptionFilter",
+    "TokenAliasType", "TrackStatus", "TrackStatusError", "TrackStatusOk", "Unsubscribe", "UnsubscribeNamespace",
+    "decode_message", "frame_message",
+]
+
+assert len(MESSAGE_CLASSES) == len(MessageType), "a control message type has no class"
+
+
+class ControlStreamReader:
+    """Feed a control stream's bytes, get decoded messages in order (sans-IO).
+
+    The first message a server reads is CLIENT_SETUP; pass `lenient_setup=True` to read its
+    parameters the forgiving way v0.9.6 needs (spec §8.4). Any malformed message, unknown type
+    or oversized Length raises IetfProtocolError; the session then closes with its code."""
+
+    __slots__ = ("_framer", "lenient_setup")
+
+    def __init__(self, max_message_size: int = MAX_CONTROL_MESSAGE, lenient_setup: bool = False) -> None:
+        self._framer = ControlFramer(max_message_size)
+        self.lenient_setup = lenient_setup
+
+    def feed(self, data: bytes) -> list[ControlMessage]:
+        out: list[ControlMessage] = []
+        for kind, payload in self._framer.feed(data):
+            if self.lenient_setup and kind == MessageType.CLIENT_SETUP:
+                out.append(ClientSetup.decode_lenient(payload))
+            elif self.lenient_setup and kind == MessageType.SERVER_SETUP:
+                out.append(ServerSetup.decode_lenient(payload))
+            else:
+                out.append(decode_message(kind, payload))
+        return out
+
+    def finish(self) -> None:
+        self._framer.finish()

@@ -1,0 +1,68 @@
+"""The IETF moq-transport drafts the relay knows, and how each is named and negotiated.
+
+Draft-14 negotiates twice: the ALPN / wt-protocol `moq-00` and the in-band SETUP version list.
+Drafts 15 and 16 drop the in-band list and rely on the ALPN alone (spec §1.1, §7.1).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+from relay.digits import ascii_uint
+
+
+class IetfVersion(IntEnum):
+    """The in-band version numbers (`0xff000000 + draft`)."""
+
+    DRAFT_14 = 0xFF00000E
+    DRAFT_15 = 0xFF00000F
+    DRAFT_16 = 0xFF000010
+
+    @property
+    def draft(self) -> int:
+        return self.value - 0xFF000000
+
+    @property
+    def alpn(self) -> str:
+        """The raw-QUIC ALPN and the WebTransport `wt-protocol` value."""
+        # Draft-14 predates the per-draft ALPNs; every peer uses the generic `moq-00` for it.
+        return "moq-00" if self is IetfVersion.DRAFT_14 else f"moqt-{self.draft}"
+
+    @property
+    def name_str(self) -> str:
+        """The spelling `[server] version` uses (relay/config)."""
+        return "moq-transport-14" if self is IetfVersion.DRAFT_14 else f"moqt-{self.draft}"
+
+    @property
+    def has_setup_versions(self) -> bool:
+        """CLIENT_SETUP lists versions and SERVER_SETUP selects one (draft-14 only)."""
+        return self is IetfVersion.DRAFT_14
+
+    @property
+    def has_delta_keys(self) -> bool:
+        """Key-value-pair types are delta-coded (draft-16 on)."""
+        return self >= IetfVersion.DRAFT_16
+
+    @classmethod
+    def from_alpn(cls, alpn: str) -> IetfVersion | None:
+        for version in cls:
+            if version.alpn == alpn:
+                return version
+        return None
+
+    @classmethod
+    def from_setup_code(cls, code: int) -> IetfVersion | None:
+        return cls(code) if code in cls._value2member_map_ else None
+
+    @classmethod
+    def from_name(cls, name: str) -> IetfVersion | None:
+        """`moq-transport-NN` or `moqt-NN`, either spelling for any draft we know."""
+        for head in ("moq-transport-", "moqt-"):
+            if name.startswith(head):
+                draft = ascii_uint(name[len(head):], 100)
+                return None if draft is None else cls.from_setup_code(0xFF000000 + draft)
+        return None
+
+
+# Offered in this order of preference; draft-14 first because every IETF peer speaks it (§1.7).
+SUPPORTED = [IetfVersion.DRAFT_14]
