@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode, TruncatedInput
 from relay.protocol.lite.coding import Writer as LiteWriter
-from relay.varint import MAX_VARINT, decode_varint
+from relay.varint import decode_varint
 
 MAX_NAMESPACE_FIELDS = 32  # draft-14 and Rust: a tuple of 1..32 fields (Rust also allows 0)
 MAX_PARAMETERS = 64  # Rust's limit per message (ietf/parameters.rs)
@@ -287,9 +287,3 @@ def _required(value: int | None, what: str) -> int:
         raise ValueError(f"{what} is required here")
     return value
 
-
-def check_varint(value: int, what: str) -> int:
-    """For encoders: a value we are about to put on the wire fits a varint."""
-    if not 0 <= value <= MAX_VARINT:
-        raise ValueError(f"{what} {value} is not a varint")
-    return value
