@@ -854,6 +854,7 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true", help="print the results as Markdown")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     tmp = Path(tempfile.mkdtemp(prefix="stress-"))
     starters: dict[str, Callable[[Path], Relay]] = {
         "ours": lambda t: start_ours(args.engine, t), "baseline": start_baseline}
