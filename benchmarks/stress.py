@@ -1,6 +1,6 @@
 """Stress benchmark: our relay and the Rust baseline under hostile or heavy load, with a canary.
 
-    .venv/bin/python benchmarks/stress.py --markdown                  # every scenario, both relays
+    .venv/bin/python benchmarks/stress.py --markdown                  # every scenario, both relays, ~5 min
     .venv/bin/python benchmarks/stress.py --scenarios idle-300 slow-subscriber --seconds 10
 
 For each scenario, each relay runs fresh (one at a time, loopback only). A canary publisher and
@@ -12,7 +12,8 @@ sampled from /proc/<pid>/status every 150 ms. Scenarios:
   read one frame, disconnect, in a loop;
 * idle-300, idle-1000: that many moq-rs sessions held open (100 per client process);
 * slow-subscriber: a subscriber of a 2 Mbit/s track is SIGSTOPped for the scenario, then
-  SIGCONTed and, 2 s later, killed;
+  SIGCONTed and, 2 s later, stopped (killed if it does not report); how its session ended is
+  in the load column, not counted as lost;
 * subscribe-flood: raw QUIC (aioquic + our lite codec), SUBSCRIBE requests for broadcasts that do
   not exist, 32 in flight per connection, each sent as soon as one is answered;
 * ws-ping-flood, ws-ping-legal (ours only: the baseline has no WebSocket listener): QMux PINGs
@@ -298,12 +299,13 @@ async def worker_sink(url: str) -> None:
                     emit("ready")
 
         reader = asyncio.ensure_future(read())
-        closed = asyncio.ensure_future(watch_session(c, stop, Errors(), "sink"))
+        why = Errors()
+        closed = asyncio.ensure_future(watch_session(c, stop, why, "sink"))
         await stop.wait()
         reader.cancel()
         lost = closed.done() and closed.result()
         closed.cancel()
-    emit("result", bytes=nbytes, sessions_lost=int(lost), **errors.report())
+    emit("result", bytes=nbytes, sessions_lost=int(lost), close_reason=why.samples[:1], **errors.report())
 
 
 async def worker_subscribe_flood(port: int) -> None:
@@ -750,8 +752,11 @@ def run_scenario(name: str, relay: Relay, seconds: float, tmp: Path) -> Row:
             # The stopped reader is the victim: whether the relay closed it is reported, not counted.
             victim = sink.finish(5)
             results = [busy.finish()]
-            fate = "crashed" if victim.get("crashed") else "closed by relay" if victim.get("sessions_lost") else "kept"
-            row.load = f"2 Mbit/s, reader stopped {seconds:g} s: {fate}"
+            reason = " ".join(victim.get("close_reason", []))
+            fate = ("crashed" if victim.get("crashed") else "kept" if not victim.get("sessions_lost")
+                    else "timed out" if "timed out" in reason else "closed")
+            row.load = f"2 Mbit/s, reader stopped {seconds:g} s: its session {fate}"
+            row.notes += [f"stopped reader: {r}" for r in victim.get("close_reason", [])]
         elif name == "subscribe-flood":
             flood = start("subscribe-flood", str(relay.port))
             ready([flood], 20)
