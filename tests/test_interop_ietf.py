@@ -383,6 +383,12 @@ async def cross(tmp_path, pub: str, subs: list[str], versions: dict[str, list[st
     return result, seen
 
 
+async def test_draft14_over_webtransport(tmp_path) -> None:
+    # wt-protocol moq-00: the path comes from the CONNECT URL (CLIENT_SETUP carries none).
+    _, seen = await cross(tmp_path, "https", ["https", "moql"], {"webtransport": [IETF], "quic": ["moq-lite-06"]})
+    assert seen == {("webtransport", IETF), ("quic", "moq-lite-06")}
+
+
 async def test_lite_publisher_to_ietf_subscriber(tmp_path) -> None:
     # moq-lite-06 over WebTransport publishes; draft-14 over raw QUIC subscribes.
     _, seen = await cross(tmp_path, "https", ["moql"], {"quic": [IETF], "webtransport": ["moq-lite-06"]})

@@ -54,9 +54,12 @@ def test_the_ietf_family_on_raw_quic() -> None:
     choice = n.choose("quic", ["moq-00"])
     assert choice.family == "ietf" and choice.version is IetfVersion.DRAFT_14 and choice.protocol == "moq-00"
     assert n.choose("quic", ["moq-lite-06"]).family == "lite"
-    # WebTransport and WebSocket carry no IETF session yet: moq-00 is neither offered nor chosen there.
-    assert "moq-00" not in n.protocols("webtransport") and "moq-00" not in n.protocols("websocket")
-    assert n.choose("webtransport", ["moq-00", "moq-lite-05"]).version == V.LITE_05
+    # WebTransport: the client's order wins (aiomoqt offers only moq-00, moq-rs lists lite first).
+    assert n.choose("webtransport", ["moq-00", "moq-lite-05"]).family == "ietf"
+    assert n.choose("webtransport", ["moq-lite-05", "moq-00"]).version == V.LITE_05
+    # WebSocket carries no IETF session yet: moq-00 is neither offered nor chosen there.
+    assert "moq-00" not in n.protocols("websocket")
+    assert n.choose("websocket", ["moq-00"]).version is None  # the legacy SETUP (lite)
     assert n.choose("link", ["moq-00"]) is None
     # A relay limited to draft-14 offers only moq-00; a transport narrowed by either name.
     only = Negotiator(versions_from_config(["moq-transport-14"]), authorize)

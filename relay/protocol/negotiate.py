@@ -6,7 +6,7 @@ lite §3.5). `Negotiator.choose` answers all of them from one table of versions 
 preference order, narrowed per transport), and `Negotiator.admit` checks the connect path's token
 once for all of them. Both families live in the one table: moq-lite first (the relay's
 preference for a client offering both, spec moq-transport §1.7), then IETF moq-transport draft-14
-(ALPN `moq-00`), which only the transports in `IETF_TRANSPORTS` carry so far.
+(ALPN / `wt-protocol` `moq-00`), which only the transports in `IETF_TRANSPORTS` carry so far.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ LINK_VERSIONS = [v for v in SUPPORTED if v.alpn != LEGACY]
 # Any version of either family. The two enums never share a value (1..6 against 0xff0000NN).
 AnyVersion = Version | IetfVersion
 ALL_VERSIONS: list[AnyVersion] = [*SUPPORTED, *IETF_SUPPORTED]
-# Where an IETF session can run today: raw QUIC (ALPN `moq-00`).
-IETF_TRANSPORTS = frozenset({"quic"})
+# Where an IETF session can run today: raw QUIC (ALPN `moq-00`) and WebTransport (`wt-protocol`
+# `moq-00`; the client's order wins there, and moq-rs lists moq-lite first).
+IETF_TRANSPORTS = frozenset({"quic", "webtransport"})
 
 
 class NegotiationError(RemoteError):
