@@ -154,6 +154,7 @@ class IetfSession:
             return None
         except TransportError:
             return None
+        log.debug("%s <- %r", self.name, setup)
         if setup.params_recovered:
             log.info("%s CLIENT_SETUP parameters were not draft-14 pairs; read leniently", self.name)
         if self.scope is None:
@@ -258,6 +259,7 @@ class IetfSession:
     async def _dispatch(self, message: msg.ControlMessage) -> None:
         """Hand one message to the side it concerns. Requests take a new request ID first."""
         p, s = self.publisher, self.subscriber
+        log.debug("%s <- %r", self.name, message)
         match message:
             # -- the peer subscribes (we publish)
             case msg.TrackStatus():  # SUBSCRIBE's layout: before Subscribe
