@@ -116,8 +116,9 @@ async def test_bad_requests_are_refused_alone(tmp_path) -> None:
                           + msg.Fetch(4, msg.FetchType.STANDALONE, msg.StandaloneRange(("nope",), "v", msg.Location(0, 0),
                                                                       msg.Location(1, 0))).encode()
                           + msg.Publish(6, ("mine",), "v", track_alias=1).encode()
-                          + msg.SubscribeNamespace(8, ("",)).encode())
-                await peer.client.wait_for(lambda: len(peer.replies()) >= 6)
+                          + msg.SubscribeNamespace(8, ("",)).encode()
+                          + msg.TrackStatus(10, ("nope",), "v").encode())
+                await peer.client.wait_for(lambda: len(peer.replies()) >= 7)
             replies = peer.replies()[1:]
             errors = {r.request_id: r for r in replies if not isinstance(r, msg.MaxRequestId)}
             assert isinstance(errors[0], msg.SubscribeError)
@@ -126,5 +127,6 @@ async def test_bad_requests_are_refused_alone(tmp_path) -> None:
             assert isinstance(errors[4], msg.FetchError) and errors[4].error_code == RequestErrorCode.NOT_SUPPORTED
             assert isinstance(errors[6], msg.PublishError)
             assert isinstance(errors[8], msg.SubscribeNamespaceError)
+            assert isinstance(errors[10], msg.TrackStatusError)
             assert peer.client.terminated is None  # the session survived all of it
             nursery.cancel_scope.cancel()
