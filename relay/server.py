@@ -25,6 +25,8 @@ from relay.errors import LocalError
 from relay.model.cache import CacheBudget
 from relay.model.notify import Notifier
 from relay.model.origin import Origin
+from relay.protocol.ietf.session import IetfSession
+from relay.protocol.ietf.version import IetfVersion
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.session import LiteSession, negotiate_legacy
 from relay.protocol.lite.streams import StreamEnded
@@ -120,6 +122,15 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         if choice is None:
             log.info("conn=%s no supported moq version (%r)", info.conn_id, info.protocol)
             transport.close(ErrorCode.VERSION, "unsupported version")
+            return
+        if isinstance(choice.version, IetfVersion):
+            ietf = IetfSession(transport, choice.version, origin, authorize=negotiator.authorize, hop_id=hop_id,
+                               scope=info.extra.get("scope"))
+            sessions.add(ietf)
+            try:
+                await ietf.run()
+            finally:
+                sessions.discard(ietf)
             return
         legacy = None
         version = choice.version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.auth.scope import AuthError, Scope
+from relay.protocol.ietf.version import IetfVersion
 from relay.protocol.lite.version import Version
 from relay.protocol.negotiate import LEGACY, NegotiationError, Negotiator, versions_from_config
 
@@ -19,16 +20,19 @@ def authorize(target: str) -> Scope:
 
 
 def test_versions_from_config_keep_the_relays_preference() -> None:
-    assert ALL == [V.LITE_06, V.LITE_05, V.LITE_04, V.LITE_03, V.LITE_02, V.LITE_01]
+    assert ALL == [V.LITE_06, V.LITE_05, V.LITE_04, V.LITE_03, V.LITE_02, V.LITE_01, IetfVersion.DRAFT_14]
     assert versions_from_config(["moq-lite-03", "moq-lite-06"]) == [V.LITE_06, V.LITE_03]
     assert versions_from_config(["moql"]) == [V.LITE_02, V.LITE_01]
-    with pytest.raises(ValueError, match="moq-transport-14"):
-        versions_from_config(["moq-transport-14"])
+    # moq-lite is preferred whatever order the config lists the families in.
+    assert versions_from_config(["moq-transport-14", "moq-lite-05"]) == [V.LITE_05, IetfVersion.DRAFT_14]
+    assert versions_from_config(["moq-00"]) == versions_from_config(["moqt-14"]) == [IetfVersion.DRAFT_14]
+    with pytest.raises(ValueError, match="moq-transport-15"):
+        versions_from_config(["moq-transport-15"])
 
 
 def test_each_transport_chooses_from_the_same_table() -> None:
     n = Negotiator(ALL, authorize)
-    assert n.protocols("quic") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", LEGACY]
+    assert n.protocols("quic") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", LEGACY, "moq-00"]
     # Raw QUIC: the handshake settled the ALPN; "moql" means the legacy SETUP picks 02 or 01.
     assert n.choose("quic", ["moq-lite-05"]).version == V.LITE_05
     legacy = n.choose("quic", [LEGACY])
@@ -42,6 +46,26 @@ def test_each_transport_chooses_from_the_same_table() -> None:
     # Cluster links: every version that needs no legacy SETUP, whatever clients may use.
     assert n.protocols("link") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03"]
     assert n.choose("link", [LEGACY]) is None
+
+
+def test_the_ietf_family_on_raw_quic() -> None:
+    n = Negotiator(ALL, authorize)
+    # The handshake settled on `moq-00` (our list put it after every moq-lite ALPN).
+    choice = n.choose("quic", ["moq-00"])
+    assert choice.family == "ietf" and choice.version is IetfVersion.DRAFT_14 and choice.protocol == "moq-00"
+    assert n.choose("quic", ["moq-lite-06"]).family == "lite"
+    # WebTransport: the client's order wins (aiomoqt offers only moq-00, moq-rs lists lite first).
+    assert n.choose("webtransport", ["moq-00", "moq-lite-05"]).family == "ietf"
+    assert n.choose("webtransport", ["moq-lite-05", "moq-00"]).version == V.LITE_05
+    # WebSocket carries no IETF session yet: moq-00 is neither offered nor chosen there.
+    assert "moq-00" not in n.protocols("websocket")
+    assert n.choose("websocket", ["moq-00"]).version is None  # the legacy SETUP (lite)
+    assert n.choose("link", ["moq-00"]) is None
+    # A relay limited to draft-14 offers only moq-00; a transport narrowed by either name.
+    only = Negotiator(versions_from_config(["moq-transport-14"]), authorize)
+    assert only.protocols("quic") == ["moq-00"] and only.choose("quic", ["moq-lite-06"]) is None
+    narrowed = Negotiator(ALL, authorize, per_transport={"quic": ["moq-transport-14"]})
+    assert narrowed.protocols("quic") == ["moq-00"]
 
 
 def test_a_transport_can_be_narrowed_and_the_legacy_setup_refused() -> None:

@@ -111,8 +111,9 @@ KEYS: tuple[Key, ...] = (
     Key("server.bind", v.ADDRS, "UDP addresses for raw QUIC (moql://) and WebTransport (https://)",
         default=[("::", 443)], dev=DEV_BIND, example="127.0.0.1:4443,[::1]:4444",
         aliases=("server.listen",), flags=("--listen",)),
-    Key("server.version", v.VERSIONS, "moq-lite versions to offer (ALPNs, e.g. moq-lite-06, moql); "
-        "unset = all", example="moq-lite-05,moql"),
+    Key("server.version", v.VERSIONS, "versions to offer: moq-lite ALPNs (moq-lite-06 ... moq-lite-03, moql) "
+        "and IETF moq-transport-14 (ALPN / wt-protocol moq-00); unset = all, moq-lite preferred",
+        example="moq-lite-05,moql,moq-transport-14"),
     Key("server.tls.cert", v.PATHS, "PEM certificate chain files, paired with server.tls.key by index",
         default=[], example="/etc/moq/fullchain.pem", flags=("--tls-cert",), group="identity"),
     Key("server.tls.key", v.PATHS, "PEM private key files", default=[], example="/etc/moq/privkey.pem",

@@ -33,6 +33,7 @@ from relay.config.keys import BY_NAME, KEYS, SECTIONS, UNSET, Key, Same, Support
 from relay.config.model import Config, get, put
 from relay.config.validate import validate
 from relay.config.values import ConfigError, is_loopback
+from relay.protocol.negotiate import parse_version
 
 log = logging.getLogger("relay.config")
 
@@ -210,7 +211,7 @@ def assemble(layers: list[Layer], dev: bool) -> tuple[Config, Layer]:
 
 def _finish(cfg: Config, merged: Layer, ignore: Ignored) -> None:
     if cfg.server.version is not None:
-        # A known protocol we do not speak: warn and drop it; none left is an error.
+        # A moq-transport draft we do not speak: warn and drop it; none left is an error.
         listed = cfg.server.version
         cfg.server.version = [n for n in listed if not _is_moq_transport(n)]
         for name in listed:
@@ -227,8 +228,9 @@ def _finish(cfg: Config, merged: Layer, ignore: Ignored) -> None:
 
 
 def _is_moq_transport(name: str) -> bool:
+    """A moq-transport draft this relay does not speak (draft-14 it does)."""
     head, _, number = name.rpartition("-")
-    return head in ("moq-transport", "moqt") and number.isdigit()
+    return head in ("moq-transport", "moqt") and number.isdigit() and parse_version(name) is None
 
 
 def build(config_path: str | None, flags: Iterable[tuple[str, str, str]], env: Mapping[str, str]) -> Config:

@@ -7,6 +7,7 @@ import os
 
 from relay.config.model import Config
 from relay.config.values import ConfigError
+from relay.protocol.negotiate import LEGACY, parse_version
 
 log = logging.getLogger("relay.config")
 
@@ -53,8 +54,6 @@ def validate(cfg: Config) -> None:
     if mds is not None and not 1200 <= mds <= 1452:
         raise ConfigError("server.quic.max_datagram_size must be between 1200 and 1452 (bytes of UDP payload)")
     if cfg.server.version is not None:
-        from relay.protocol.lite.version import Version
-
         for name in cfg.server.version:
-            if name != "moql" and Version.from_alpn(name) is None:
+            if name != LEGACY and parse_version(name) is None:
                 raise ConfigError(f"server.version: unsupported version {name!r}")

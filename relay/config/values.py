@@ -202,7 +202,8 @@ def _prefixes(value: Any, key: str) -> list[str]:
 
 def _versions(value: Any, key: str) -> list[str]:
     """Version names as ALPNs: "moql-01" is the seed's name for "moql" (spec 3.2). The names of
-    moq-transport versions are kept here and dropped, each with a warning, after loading."""
+    moq-transport drafts the relay does not speak are kept here and dropped, each with a warning,
+    after loading (draft-14 it speaks)."""
     out: list[str] = []
     for name in parse_list(value, key):
         name = "moql" if name.strip() == "moql-01" else name.strip()

@@ -4,7 +4,9 @@ Raw QUIC picks by ALPN, WebTransport by `wt-protocol`, WebSocket by subprotocol,
 the ALPNs they dial with; where none names a version, the legacy in-band SETUP decides (lite-01/02,
 lite §3.5). `Negotiator.choose` answers all of them from one table of versions (the relay's
 preference order, narrowed per transport), and `Negotiator.admit` checks the connect path's token
-once for all of them. The IETF family will add its versions here.
+once for all of them. Both families live in the one table: moq-lite first (the relay's
+preference for a client offering both, spec moq-transport §1.7), then IETF moq-transport draft-14
+(ALPN / `wt-protocol` `moq-00`), which only the transports in `IETF_TRANSPORTS` carry so far.
 """
 
 from __future__ import annotations
@@ -13,10 +15,18 @@ from dataclasses import dataclass
 
 from relay.auth.scope import AuthError, Authorize, Scope
 from relay.errors import RemoteError
+from relay.protocol.ietf.version import SUPPORTED as IETF_SUPPORTED
+from relay.protocol.ietf.version import IetfVersion
 from relay.protocol.lite.version import SUPPORTED, Version
 
 LEGACY = "moql"  # the ALPN (and config name) of the legacy in-band SETUP
 LINK_VERSIONS = [v for v in SUPPORTED if v.alpn != LEGACY]
+# Any version of either family. The two enums never share a value (1..6 against 0xff0000NN).
+AnyVersion = Version | IetfVersion
+ALL_VERSIONS: list[AnyVersion] = [*SUPPORTED, *IETF_SUPPORTED]
+# Where an IETF session can run today: raw QUIC (ALPN `moq-00`) and WebTransport (`wt-protocol`
+# `moq-00`; the client's order wins there, and moq-rs lists moq-lite first).
+IETF_TRANSPORTS = frozenset({"quic", "webtransport"})
 
 
 class NegotiationError(RemoteError):
@@ -36,48 +46,57 @@ class Choice:
     the moq part of a subprotocol), "" for the legacy in-band SETUP, whose version the SETUP
     itself then picks among `legacy`."""
 
-    family: str  # "lite"
+    family: str  # "lite" or "ietf"
     protocol: str
-    version: Version | None  # None: the legacy SETUP decides
+    version: AnyVersion | None  # None: the legacy SETUP decides (lite only)
     legacy: tuple[Version, ...] = ()
 
 
-def versions_from_config(names: list[str] | None) -> list[Version]:
+def parse_version(name: str) -> AnyVersion | None:
+    """One supported version by any of its names: a lite ALPN, `moq-transport-14`, `moqt-14` or
+    the draft-14 ALPN `moq-00`; None when the relay does not speak it."""
+    version: AnyVersion | None = Version.from_alpn(name) or IetfVersion.from_alpn(name) or \
+        IetfVersion.from_name(name)
+    return version if version in ALL_VERSIONS else None
+
+
+def versions_from_config(names: list[str] | None) -> list[AnyVersion]:
     """`[server] version` names -> versions in the relay's preference order (all when unset).
 
     Raises ValueError naming an unsupported version."""
     if not names:
-        return list(SUPPORTED)
-    chosen: set[Version] = set()
+        return list(ALL_VERSIONS)
+    chosen: set[AnyVersion] = set()
     for name in names:
         if name == LEGACY:
             chosen |= {v for v in SUPPORTED if v.alpn == LEGACY}
             continue
-        version = Version.from_alpn(name)
-        if version is None or version not in SUPPORTED:
+        version = parse_version(name)
+        if version is None:
             raise ValueError(f"server.version: {name!r} is not supported by this relay yet")
         chosen.add(version)
     # The relay's own preference order decides, whatever order the config lists them in.
-    return [v for v in SUPPORTED if v in chosen]
+    return [v for v in ALL_VERSIONS if v in chosen]
 
 
 class Negotiator:
     """The relay's version policy and admission, shared by all transports and cluster links."""
 
-    def __init__(self, versions: list[Version], authorize: Authorize, *,
+    def __init__(self, versions: list[AnyVersion], authorize: Authorize, *,
                  per_transport: dict[str, list[str]] | None = None) -> None:
         self.versions = versions
         self.authorize = authorize
         # Tests narrow what one transport may pick (moq-rs always offers every version it has).
         self.per_transport = per_transport or {}
 
-    def _allowed(self, transport: str) -> list[Version]:
+    def _allowed(self, transport: str) -> list[AnyVersion]:
         if transport == "link":
-            return LINK_VERSIONS  # relays link with every version that needs no legacy SETUP
+            return list(LINK_VERSIONS)  # relays link with every version that needs no legacy SETUP
+        versions = [v for v in self.versions if isinstance(v, Version) or transport in IETF_TRANSPORTS]
         names = self.per_transport.get(transport)
         if names is None:
-            return self.versions
-        return [v for v in self.versions if v.alpn in names]
+            return versions
+        return [v for v in versions if v.alpn in names or v.name_str in names]
 
     def protocols(self, transport: str) -> list[str]:
         """Our protocol names for `transport`, preferred first ("moql" = the legacy SETUP)."""
@@ -92,11 +111,12 @@ class Negotiator:
         subprotocols, in our order (the WebSocket layer maps subprotocol names); [] = bare QMux
         or the `webtransport` wire, i.e. the legacy SETUP."""
         allowed = self._allowed(transport)
-        legacy = tuple(v for v in allowed if v.alpn == LEGACY)
+        legacy = tuple(v for v in allowed if isinstance(v, Version) and v.alpn == LEGACY)
         by_name = {v.alpn: v for v in allowed if v.alpn != LEGACY}
         for name in offered:
             if name in by_name:
-                return Choice("lite", name, by_name[name])
+                version = by_name[name]
+                return Choice("ietf" if isinstance(version, IetfVersion) else "lite", name, version)
             if name == LEGACY and legacy and transport == "quic":
                 return Choice("lite", "", None, legacy)
         if legacy and transport in ("webtransport", "websocket"):

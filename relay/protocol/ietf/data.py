@@ -137,6 +137,15 @@ def encode_subgroup_object(obj: SubgroupObject, previous_id: int | None, has_ext
     return bytes(w.buf)
 
 
+def contiguous_object_prefix(payload_length: int) -> bytes:
+    """The bytes before an object's payload on a stream without extensions, for the object right
+    after the previous one (delta 0, what every Rust subscriber requires): an empty payload is
+    a NORMAL-status object, whose status ends the object."""
+    if payload_length == 0:
+        return b"\x00\x00" + encode_varint(ObjectStatus.NORMAL)
+    return b"\x00" + encode_varint(payload_length)
+
+
 class SubgroupWriter:
     """Sans-IO writer of one subgroup stream: `header()` once, then `object()` per object, in
     increasing Object ID order; the caller FINs the stream after the last."""

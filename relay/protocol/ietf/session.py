@@ -1,0 +1,336 @@
+"""An IETF moq-transport draft-14 session between the relay and one peer (spec §3, §4, §8.1).
+
+The whole control plane rides the first bidirectional stream the client opens: CLIENT_SETUP,
+SERVER_SETUP, then every request, reply and follow-up of both sides. This module holds the
+session's life: the set-up and its scope (the SETUP PATH with its `?jwt=`, judged by the same
+Authorize callable as lite sessions), request IDs and MAX_REQUEST_ID credit both ways, the
+control-stream reader that hands each message to one of the two sides, and the accept loops.
+
+`IetfPublisher` serves the peer from the origin, `IetfSubscriber` pulls what the peer publishes
+into it; both only send through `send()`. Every task lives in the session's nursery, so losing
+the session cancels its subscriptions, its fan-outs and its upstream pulls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from relay.auth.scope import AuthError, Authorize, Scope
+from relay.model.notify import Notifier
+from relay.model.origin import Origin
+from relay.protocol.ietf import messages as msg
+from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+from relay.protocol.ietf.publisher import IetfPublisher
+from relay.protocol.ietf.subscriber import IetfSubscriber
+from relay.protocol.ietf.version import IetfVersion
+from relay.transport.base import (
+    RecvStream,
+    SendStream,
+    SessionClosed,
+    StreamReset,
+    TransportError,
+    TransportSession,
+)
+
+__all__ = ["IetfSession", "IetfSessionLimits"]
+
+log = logging.getLogger("relay.session")
+
+_session_ids = itertools.count(100_001)  # apart from lite session numbers in the logs
+READ_CHUNK = 64 * 1024
+IMPLEMENTATION = "moq-relay"
+
+
+@dataclass
+class IetfSessionLimits:
+    """Everything an IETF peer can grow, bounded."""
+
+    max_subscriptions: int = 2048  # the peer's live SUBSCRIBEs
+    max_namespace_subscriptions: int = 64  # the peer's live SUBSCRIBE_NAMESPACEs
+    max_published: int = 4096  # namespaces the peer may publish at once
+    max_upstream: int = 4096  # our live SUBSCRIBEs to the peer
+    max_inflight_groups: int = 64  # per downstream subscription; older ones are dropped
+    max_pending_streams: int = 64  # data streams waiting for SUBSCRIBE_OK to name their alias
+    max_message: int = msg.MAX_CONTROL_MESSAGE
+    max_object: int = 32 * 1024 * 1024
+    # Requests the peer may make beyond those it made: MAX_REQUEST_ID is raised as it uses them,
+    # long before it runs out (Rust clients stall 10 s for credit, then fail the request).
+    request_window: int = 1 << 16
+    setup_timeout: float = 10.0
+    alias_timeout: float = 1.0  # Rust waits 1 s for an unknown alias (TRACK_ALIAS_TIMEOUT)
+    credit_timeout: float = 10.0  # how long our own request waits for the peer's MAX_REQUEST_ID
+
+
+class IetfSession:
+    """One peer's draft-14 session (the relay is always the server). `run()` returns when over."""
+
+    def __init__(self, transport: TransportSession, version: IetfVersion, origin: Origin, *,
+                 authorize: Authorize, hop_id: int, scope: Scope | None = None,
+                 limits: IetfSessionLimits | None = None) -> None:
+        self.transport = transport
+        self.version = version
+        self.origin = origin
+        self.authorize = authorize
+        self.hop_id = hop_id
+        self.scope = scope
+        self.limits = limits or IetfSessionLimits()
+        self.id = next(_session_ids)
+        info = transport.info
+        self.name = f"session={self.id} conn={info.conn_id} {info.transport}/{version.name_str} peer={info.remote}"
+        self.peer_hop = 0  # moq-transport carries no origin ids
+        self.link_cost = 1
+        self._nursery: trio.Nursery | None = None
+        self._control: SendStream | None = None
+        self._send_lock = trio.Lock()
+        # The peer's request IDs (a client's: even, from 0) and the exclusive bound we granted.
+        self._peer_next = 0
+        self._granted = 2 * self.limits.request_window
+        # Ours (odd, from 1) and the peer's grant (draft-14: none until it says).
+        self._our_next = 1
+        self._peer_grant = 0
+        self._credit = Notifier()
+        self.publisher = IetfPublisher(self)
+        self.subscriber = IetfSubscriber(self)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> None:
+        said_closed = False
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                started = await self._set_up()
+                if started is None:
+                    nursery.cancel_scope.cancel()
+                    return
+                recv, pending = started
+                nursery.start_soon(self._control_loop, recv, pending)
+                nursery.start_soon(self._accept_uni_loop)
+                nursery.start_soon(self._refuse_bi_loop)
+                assert self.scope is not None
+                if self.scope.expires is not None:
+                    nursery.start_soon(self._expire_at, self.scope.expires)
+                closed = await self.transport.wait_closed()
+                log.info("%s closed code=%s reason=%s", self.name, closed.code, closed.reason)
+                said_closed = True
+                nursery.cancel_scope.cancel()
+        finally:
+            if not said_closed and self.scope is not None and self._control is not None:
+                log.info("%s ended (its connection went away, or the relay is stopping)", self.name)
+            self._nursery = None
+            self.subscriber.close()
+
+    async def _set_up(self) -> tuple[RecvStream, list[msg.ControlMessage]] | None:
+        """CLIENT_SETUP in, scope, SERVER_SETUP out; None when the session was refused."""
+        reader = msg.ControlStreamReader(self.limits.max_message, lenient_setup=True)
+        try:
+            with trio.fail_after(self.limits.setup_timeout):
+                send, recv = await self.transport.accept_bi()
+                messages: list[msg.ControlMessage] = []
+                while not messages:
+                    data = await recv.read(READ_CHUNK)
+                    if not data:
+                        reader.finish()
+                        raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "control stream ended before CLIENT_SETUP")
+                    messages = reader.feed(data)
+            setup, pending = messages[0], messages[1:]
+            if not isinstance(setup, msg.ClientSetup):
+                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                        f"{type(setup).__name__} before CLIENT_SETUP")
+            if self.version not in setup.versions:
+                raise IetfProtocolError(SessionCode.VERSION_NEGOTIATION_FAILED,
+                                        f"no {self.version.name_str} among {[hex(v) for v in setup.versions]}")
+        except trio.TooSlowError:
+            log.info("%s sent no CLIENT_SETUP in time; closing", self.name)
+            self.transport.close(SessionCode.CONTROL_MESSAGE_TIMEOUT, "no CLIENT_SETUP")
+            return None
+        except IetfProtocolError as exc:
+            self.fail(exc)
+            return None
+        except TransportError:
+            return None
+        log.debug("%s <- %r", self.name, setup)
+        if setup.params_recovered:
+            log.info("%s CLIENT_SETUP parameters were not draft-14 pairs; read leniently", self.name)
+        if self.scope is None:
+            target = self.transport.info.path or setup.params.path or "/"
+            try:
+                self.scope = self.authorize(target)
+            except AuthError as exc:
+                log.warning("%s refused: %s", self.name, exc.reason)
+                self.transport.close(SessionCode.UNAUTHORIZED, "unauthorized")
+                return None
+        self._peer_grant = setup.params.max_request_id or 0
+        self._control = send
+        try:
+            await self.send(msg.ServerSetup(self.version, msg.SetupParameters(
+                max_request_id=self._granted, implementation=IMPLEMENTATION)))
+        except TransportError:
+            return None
+        log.info("%s accepted root=/%s publish=%s subscribe=%s implementation=%r", self.name, self.scope.root,
+                 list(self.scope.publish), list(self.scope.subscribe), setup.params.implementation)
+        return recv, pending
+
+    def spawn(self, fn: Callable, *args: object) -> bool:
+        """Run `fn` in the session's nursery (its life is the session's); False once it is over."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
+
+    def fail(self, exc: IetfProtocolError) -> None:
+        """A session-level protocol violation: close everything with the error's code."""
+        log.warning("%s protocol violation: %s", self.name, exc)
+        self.transport.close(exc.code, str(exc)[:100])
+
+    def send_goaway(self, uri: str = "") -> None:
+        """Ask the peer to leave (the drain). Rust closes at once on GOAWAY, which is the point."""
+        self.spawn(self._send_quietly, msg.GoAway(uri))
+
+    async def _send_quietly(self, message: msg.ControlMessage) -> None:
+        try:
+            await self.send(message)
+        except TransportError:
+            pass
+
+    async def _expire_at(self, when: float) -> None:
+        await trio.sleep(max(0.0, when - time.time()))
+        log.info("%s token expired", self.name)
+        self.transport.close(SessionCode.EXPIRED_AUTH_TOKEN, "token expired")
+
+    # ------------------------------------------------------------------ the control stream
+    async def send(self, message: msg.ControlMessage) -> None:
+        """One control message, in one write (aiomoqt needs whole messages per frame, §3.2)."""
+        assert self._control is not None
+        data = message.encode()
+        async with self._send_lock:
+            await self._control.write(data)
+
+    async def next_request_id(self) -> int:
+        """An ID for our next request, once the peer's MAX_REQUEST_ID allows it.
+
+        Raises trio.TooSlowError when no credit comes (we never send REQUESTS_BLOCKED: Rust
+        closes the session on it)."""
+        with trio.fail_after(self.limits.credit_timeout):
+            while self._our_next >= self._peer_grant:
+                await self._credit.wait()
+        request_id = self._our_next
+        self._our_next += 2
+        return request_id
+
+    async def _take_request_id(self, request_id: int) -> None:
+        """A new request of the peer's: IDs grow (by 2, from 0) and stay below our grant."""
+        if request_id % 2 or request_id < self._peer_next:
+            raise IetfProtocolError(SessionCode.INVALID_REQUEST_ID,
+                                    f"request id {request_id} (next must be {self._peer_next} or above, even)")
+        if request_id >= self._granted:
+            raise IetfProtocolError(SessionCode.TOO_MANY_REQUESTS,
+                                    f"request id {request_id} beyond MAX_REQUEST_ID {self._granted}")
+        self._peer_next = request_id + 2
+        window = 2 * self.limits.request_window
+        if self._granted - self._peer_next < window // 2:
+            self._granted = self._peer_next + window
+            await self.send(msg.MaxRequestId(self._granted))
+
+    async def _control_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
+        reader = msg.ControlStreamReader(self.limits.max_message)
+        try:
+            for message in pending:
+                await self._dispatch(message)
+            while True:
+                data = await recv.read(READ_CHUNK)
+                if not data:
+                    reader.finish()
+                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "the peer ended the control stream")
+                for message in reader.feed(data):
+                    await self._dispatch(message)
+        except IetfProtocolError as exc:
+            self.fail(exc)
+        except StreamReset as exc:
+            self.fail(IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"control stream reset (code {exc.code})"))
+        except (SessionClosed, TransportError):
+            pass
+
+    async def _dispatch(self, message: msg.ControlMessage) -> None:
+        """Hand one message to the side it concerns. Requests take a new request ID first."""
+        p, s = self.publisher, self.subscriber
+        log.debug("%s <- %r", self.name, message)
+        match message:
+            # -- the peer subscribes (we publish)
+            case msg.TrackStatus():  # SUBSCRIBE's layout: before Subscribe
+                await self._take_request_id(message.request_id)
+                await p.on_track_status(message)
+            case msg.Subscribe():
+                await self._take_request_id(message.request_id)
+                p.on_subscribe(message)
+            case msg.SubscribeUpdate():
+                await self._take_request_id(message.request_id)
+                p.on_subscribe_update(message)
+            case msg.Unsubscribe():
+                p.on_unsubscribe(message.request_id)
+            case msg.SubscribeNamespace():
+                await self._take_request_id(message.request_id)
+                await p.on_subscribe_namespace(message)
+            case msg.UnsubscribeNamespace():
+                p.on_unsubscribe_namespace(message)
+            case msg.PublishNamespaceOk() | msg.PublishNamespaceError() | msg.PublishNamespaceCancel():
+                p.on_namespace_reply(message)
+            case msg.Fetch():
+                await self._take_request_id(message.request_id)
+                await self.send(msg.FetchError(message.request_id, 0x3, "FETCH is not supported"))
+            case msg.FetchCancel():
+                pass  # every FETCH was already refused
+            # -- the peer publishes (we subscribe)
+            case msg.PublishNamespace():
+                await self._take_request_id(message.request_id)
+                await s.on_publish_namespace(message)
+            case msg.PublishNamespaceDone():
+                s.on_publish_namespace_done(message)
+            case msg.Publish():
+                await self._take_request_id(message.request_id)
+                await self.send(msg.PublishError(message.request_id, 0x3, "PUBLISH is not supported"))
+            case msg.TrackStatusOk():  # SUBSCRIBE_OK's layout: before SubscribeOk
+                log.info("%s TRACK_STATUS_OK for a request we never made: ignored", self.name)
+            case msg.SubscribeOk() | msg.SubscribeError() | msg.PublishDone():
+                s.on_reply(message)
+            case msg.SubscribeNamespaceOk() | msg.SubscribeNamespaceError():
+                pass  # we never ask (no SOLICIT: the peer announces unasked)
+            # -- session level
+            case msg.MaxRequestId():
+                if message.max_request_id < self._peer_grant:
+                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                            f"MAX_REQUEST_ID went down to {message.max_request_id}")
+                self._peer_grant = message.max_request_id
+                self._credit.notify()
+            case msg.RequestsBlocked():
+                log.info("%s peer is blocked at request id %d (granted %d)", self.name,
+                         message.max_request_id, self._granted)
+            case msg.ClientSetup() | msg.ServerSetup() | msg.GoAway():
+                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unexpected {message.TYPE.name}")
+            case _:
+                log.info("%s %s for a request we never made: ignored", self.name, message.TYPE.name)
+
+    # ------------------------------------------------------------------ other streams
+    async def _accept_uni_loop(self) -> None:
+        try:
+            while True:
+                recv = await self.transport.accept_uni()
+                self.spawn(self.subscriber.recv_stream, recv)
+        except SessionClosed:
+            pass
+
+    async def _refuse_bi_loop(self) -> None:
+        """Draft-14 has one bidirectional stream; any other is refused alone."""
+        try:
+            while True:
+                send, recv = await self.transport.accept_bi()
+                log.info("%s extra bidirectional stream refused", self.name)
+                send.reset(SessionCode.PROTOCOL_VIOLATION)
+                recv.stop(SessionCode.PROTOCOL_VIOLATION)
+        except SessionClosed:
+            pass
