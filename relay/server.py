@@ -12,51 +12,28 @@ import logging
 import random
 import signal
 import sys
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import trio
 
+from relay.admission import Admission, Sessions
 from relay.auth.authorizer import Authorizer
 from relay.auth.keys import KeyError_
 from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
 from relay.errors import LocalError
 from relay.model.cache import CacheBudget
-from relay.model.notify import Notifier
 from relay.model.origin import Origin
-from relay.protocol.ietf.session import IetfSession
-from relay.protocol.ietf.version import IetfVersion
-from relay.protocol.lite.errors import ErrorCode, ProtocolError
-from relay.protocol.lite.session import LiteSession, negotiate_legacy
-from relay.protocol.lite.streams import StreamEnded
-from relay.protocol.negotiate import LEGACY, NegotiationError, Negotiator, versions_from_config
+from relay.protocol.negotiate import Negotiator, versions_from_config
+from relay.relaying.cluster import Cluster
 from relay.tls import Identity, generate_self_signed, load_identity
-from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
-from relay.transport.quic import QuicEndpoint, WtDecision, moq_apps
-from relay.transport.websocket import MAX_MESSAGE, WebSocketSession, mux_for, select_subprotocol
-from relay.web.app import WsDecision, create_app
+from relay.transport.quic import QuicEndpoint, moq_apps
+from relay.web.app import create_app
+from relay.web.serve import serve_http
 
 log = logging.getLogger("relay.server")
 
 RENEW_BEFORE = datetime.timedelta(hours=24)
-WS_PING_INTERVAL = 10.0
-
-class Sessions(set):
-    """The live sessions (a set), with a wait for the last one to leave (the drain)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._left = Notifier()
-
-    def discard(self, session: object) -> None:
-        super().discard(session)
-        self._left.notify()
-
-    async def wait_empty(self) -> None:
-        while self:
-            await self._left.wait()
-
 
 class StartupError(LocalError):
     """The relay cannot start (a port in use, unreadable certificates, ...): exit status 1."""
@@ -71,11 +48,14 @@ class RelayHandle:
     fingerprint: str
     origin: Origin
     hop_id: int
-    sessions: Sessions = field(default_factory=lambda: Sessions())
+    admission: Admission
     authorizer: Authorizer | None = None
-    draining: bool = False
     endpoint: QuicEndpoint | None = None
-    cluster: Any = None
+    cluster: Cluster | None = None
+
+    @property
+    def sessions(self) -> Sessions:
+        return self.admission.sessions
 
 
 def load_identities(config: Config) -> list[Identity]:
@@ -105,103 +85,17 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         raise StartupError(str(exc)) from exc
     authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish)
     negotiator = Negotiator(versions, authorize, per_transport=transport_versions)
-    sessions = Sessions()
-    handle_: RelayHandle | None = None
     if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
 
-    async def handle(transport: TransportSession) -> None:
-        """Every transport's sessions start here, once their protocol is chosen."""
-        info = transport.info
-        if handle_ is not None and handle_.draining:
-            transport.close(0, "server shutdown")  # draining: no new sessions
-            return
-        # WebTransport and WebSocket chose (and authorised the request) before accepting it;
-        # raw QUIC chose by ALPN in the handshake.
-        choice = info.extra.get("choice") or negotiator.choose("quic", [info.protocol or LEGACY])
-        if choice is None:
-            log.info("conn=%s no supported moq version (%r)", info.conn_id, info.protocol)
-            transport.close(ErrorCode.VERSION, "unsupported version")
-            return
-        if isinstance(choice.version, IetfVersion):
-            ietf = IetfSession(transport, choice.version, origin, authorize=negotiator.authorize, hop_id=hop_id,
-                               scope=info.extra.get("scope"))
-            sessions.add(ietf)
-            try:
-                await ietf.run()
-            finally:
-                sessions.discard(ietf)
-            return
-        legacy = None
-        version = choice.version
-        if version is None:
-            try:
-                legacy = await negotiate_legacy(transport, list(choice.legacy))
-            except ProtocolError as exc:
-                log.info("conn=%s legacy SETUP failed: %s", info.conn_id, exc)
-                transport.close(exc.code, str(exc)[:100])
-                return
-            except trio.TooSlowError:
-                log.info("conn=%s %s peer=%s sent no CLIENT_SETUP in time; closing", info.conn_id,
-                         info.transport, info.remote)
-                transport.close(ErrorCode.TIMEOUT, "no CLIENT_SETUP")
-                return
-            except (TransportError, StreamEnded) as exc:
-                log.info("conn=%s %s peer=%s went away during the legacy SETUP: %s", info.conn_id,
-                         info.transport, info.remote, exc)
-                return
-            version = legacy.version
-        session = LiteSession(transport, version, origin, authorize=negotiator.authorize, hop_id=hop_id,
-                              scope=info.extra.get("scope"), legacy=legacy)
-        sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            sessions.discard(session)
-
-    def wt_select(path: str, offered: list[str], headers: dict) -> WtDecision:
-        try:
-            scope = negotiator.admit(path)
-        except NegotiationError as exc:
-            log.info("webtransport CONNECT %s refused: %s", path.split("?")[0], exc.reason)
-            return WtDecision(status=exc.status, protocol=None)
-        choice = negotiator.choose("webtransport", offered)
-        if choice is None:
-            return WtDecision(status=400, protocol=None)
-        return WtDecision(status=200, protocol=choice.protocol or None, extra={"scope": scope, "choice": choice})
-
-    def ws_select(target: str, offered: list[str]) -> WsDecision:
-        ours = negotiator.protocols("websocket")
-        subprotocol, alpn, status = select_subprotocol(offered, [p for p in ours if p != LEGACY], LEGACY in ours)
-        choice = negotiator.choose("websocket", [alpn] if alpn else [])
-        if status != 200 or choice is None:
-            return WsDecision(400, reason=f"no supported subprotocol in {offered[:8]}")
-        try:
-            scope = negotiator.admit(target)
-        except NegotiationError as exc:
-            return WsDecision(exc.status, reason=exc.reason)
-        info = SessionInfo(transport="websocket", protocol=choice.protocol, path=target, conn_id=next_conn_id(),
-                           extra={"scope": scope, "subprotocol": subprotocol, "choice": choice})
-        return WsDecision(200, subprotocol, info)
-
-    async def ws_run(channel, info: SessionInfo) -> None:
-        session = WebSocketSession(channel, info, mux_for(info.extra.get("subprotocol")))
-        async with trio.open_nursery() as ws_nursery:
-            ws_nursery.start_soon(session.run)
-            try:
-                await handle(session)
-            finally:
-                session.close(0, "")
-                with trio.CancelScope(shield=True):
-                    await session.flush_and_close()
-                ws_nursery.cancel_scope.cancel()
+    admission = Admission(negotiator, origin, hop_id)
 
     quic = config.server.quic
     endpoint = QuicEndpoint(
         binds=list(config.server.bind),
         identity=identity,
-        apps=moq_apps(negotiator.protocols("quic") + ["h3"], wt_select),  # h3 = WebTransport
-        handler=handle,
+        apps=moq_apps(negotiator.protocols("quic") + ["h3"], admission.wt_select),  # h3 = WebTransport
+        handler=admission.handle,
         max_streams=quic.max_streams,
         idle_timeout=quic.idle_timeout,
         keep_alive=quic.keep_alive,
@@ -213,27 +107,11 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []
         if config.web.http.listen:
-            from hypercorn.config import Config as HypercornConfig
-            from hypercorn.trio import serve
-
-            app = create_app(origin, authorize,
-                             lambda: endpoint.identity.fingerprint,
-                             ws_select=ws_select if config.web.ws else None, ws_run=ws_run)
-            hc = HypercornConfig()
-            hc.bind = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.web.http.listen]
-            hc.accesslog = None
-            hc.errorlog = logging.getLogger("relay.web.hypercorn")
-            hc.graceful_timeout = 1.0
-            # WebSocket pings keep quiet sessions alive through middleboxes and, with TCP, tell
-            # a dead peer from a quiet one on wires without keep-alives (the `webtransport` wire).
-            hc.websocket_ping_interval = WS_PING_INTERVAL
-            # The largest message hypercorn assembles (hypercorn holds up to 10 per connection
-            # for us). A smaller queue (max_app_queue_size) would be tighter, but hypercorn
-            # then stops reading a peer whose handler has ended before the close handshake.
-            hc.websocket_max_message_size = MAX_MESSAGE
-            http_urls = await nursery.start(_serve_http, serve, app, hc)
+            app = create_app(origin, authorize, lambda: endpoint.identity.fingerprint,
+                             ws_select=admission.ws_select if config.web.ws else None, ws_run=admission.ws_run)
+            http_urls = await nursery.start(serve_http, app, list(config.web.http.listen))
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
-                              origin=origin, hop_id=hop_id, sessions=sessions,
+                              origin=origin, hop_id=hop_id, admission=admission,
                               authorizer=authorize, endpoint=endpoint)
         for host, port in endpoint.addresses:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -281,8 +159,6 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
     connect, node, mesh = cluster_plan(config)
     if not connect and not mesh:
         return None
-    from relay.relaying.cluster import Cluster
-
     token = None
     if config.cluster.token:
         try:
@@ -324,7 +200,7 @@ async def _drain_on_signal(handle: RelayHandle, timeout: float, cancel: trio.Can
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         signum = await signals.__anext__()
         log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
-        handle.draining = True
+        handle.admission.draining = True
         for session in list(handle.sessions):
             session.send_goaway()
         with trio.move_on_after(timeout):
@@ -340,10 +216,9 @@ async def _drain_on_signal(handle: RelayHandle, timeout: float, cancel: trio.Can
                 nursery.cancel_scope.cancel()
         for session in list(handle.sessions):
             session.transport.close(0, "server shutdown")
-        await trio.sleep(0.1)  # let the closes leave
+        with trio.move_on_after(1):  # the closes leave as their sessions end
+            await handle.sessions.wait_empty()
         log.info("drained; exiting")
         cancel.cancel()
 
 
-async def _serve_http(serve, app, hc, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    await serve(app, hc, task_status=task_status)
