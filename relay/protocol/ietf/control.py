@@ -7,6 +7,7 @@ of a control stream: feed it bytes in any chunking, get whole (type, payload) fr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Self
 
@@ -166,12 +167,14 @@ class RequestIdMessage(ControlMessage):
         return cls(r.varint("request id"))  # type: ignore[call-arg]
 
 
+@dataclass
 class ErrorReply(ControlMessage):
-    """Base of the *_ERROR replies: `Request ID (i), Error Code (i), Reason Phrase`."""
+    """Base of the *_ERROR replies: `Request ID (i), Error Code (i), Reason Phrase`; each reply
+    only names its type."""
 
     request_id: int
     error_code: int
-    reason: str
+    reason: str = ""
 
     def write(self, w: Writer) -> None:
         w.varint(self.request_id).varint(self.error_code).string(self.reason)

@@ -104,10 +104,6 @@ class FetchOk(ControlMessage):
 class FetchError(ErrorReply):
     TYPE = MessageType.FETCH_ERROR
 
-    request_id: int
-    error_code: int
-    reason: str = ""
-
 
 @dataclass
 class FetchCancel(RequestIdMessage):

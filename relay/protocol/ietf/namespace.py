@@ -41,10 +41,6 @@ class PublishNamespaceOk(RequestIdMessage):
 class PublishNamespaceError(ErrorReply):
     TYPE = MessageType.PUBLISH_NAMESPACE_ERROR
 
-    request_id: int
-    error_code: int
-    reason: str = ""
-
 
 @dataclass
 class PublishNamespaceDone(ControlMessage):
@@ -104,10 +100,6 @@ class SubscribeNamespaceOk(RequestIdMessage):
 @dataclass
 class SubscribeNamespaceError(ErrorReply):
     TYPE = MessageType.SUBSCRIBE_NAMESPACE_ERROR
-
-    request_id: int
-    error_code: int
-    reason: str = ""
 
 
 @dataclass

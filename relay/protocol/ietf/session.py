@@ -16,7 +16,6 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -29,6 +28,7 @@ from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
 from relay.protocol.ietf.publisher import IetfPublisher
 from relay.protocol.ietf.subscriber import IetfSubscriber
 from relay.protocol.ietf.version import IetfVersion
+from relay.protocol.tasks import SessionTasks
 from relay.transport.base import (
     RecvStream,
     SendStream,
@@ -67,7 +67,7 @@ class IetfSessionLimits:
     credit_timeout: float = 10.0  # how long our own request waits for the peer's MAX_REQUEST_ID
 
 
-class IetfSession:
+class IetfSession(SessionTasks):
     """One peer's draft-14 session (the relay is always the server). `run()` returns when over."""
 
     def __init__(self, transport: TransportSession, version: IetfVersion, origin: Origin, *,
@@ -175,18 +175,6 @@ class IetfSession:
         log.info("%s accepted root=/%s publish=%s subscribe=%s implementation=%r", self.name, self.scope.root,
                  list(self.scope.publish), list(self.scope.subscribe), setup.params.implementation)
         return recv, pending
-
-    def spawn(self, fn: Callable, *args: object) -> bool:
-        """Run `fn` in the session's nursery (its life is the session's); False once it is over."""
-        if self._nursery is None:
-            return False
-        self._nursery.start_soon(fn, *args)
-        return True
-
-    def fail(self, exc: IetfProtocolError) -> None:
-        """A session-level protocol violation: close everything with the error's code."""
-        log.warning("%s protocol violation: %s", self.name, exc)
-        self.transport.close(exc.code, str(exc)[:100])
 
     def send_goaway(self, uri: str = "") -> None:
         """Ask the peer to leave (the drain). Rust closes at once on GOAWAY, which is the point."""

@@ -104,10 +104,6 @@ class SubscribeOk(ControlMessage):
 class SubscribeError(ErrorReply):
     TYPE = MessageType.SUBSCRIBE_ERROR
 
-    request_id: int
-    error_code: int
-    reason: str = ""
-
 
 @dataclass
 class SubscribeUpdate(ControlMessage):
@@ -251,10 +247,6 @@ class PublishOk(ControlMessage):
 class PublishError(ErrorReply):
     TYPE = MessageType.PUBLISH_ERROR
 
-    request_id: int
-    error_code: int
-    reason: str = ""
-
 
 @dataclass
 class TrackStatus(Subscribe):
@@ -273,10 +265,6 @@ class TrackStatusOk(SubscribeOk):
 @dataclass
 class TrackStatusError(ErrorReply):
     TYPE = MessageType.TRACK_STATUS_ERROR
-
-    request_id: int
-    error_code: int
-    reason: str = ""
 
 
 def _priority(value: int) -> int:

@@ -35,6 +35,7 @@ from relay.protocol.lite.setup import (
 from relay.protocol.lite.streams import MessageReader, StreamEnded
 from relay.protocol.lite.subscriber import LiteSubscriber
 from relay.protocol.lite.version import Version
+from relay.protocol.tasks import SessionTasks
 from relay.transport.base import RecvStream, SendStream, SessionClosed, TransportError, TransportSession
 
 __all__ = ["LegacySetup", "LiteSession", "SessionLimits", "negotiate_legacy"]
@@ -61,7 +62,7 @@ class SessionLimits:
 
 
 
-class LiteSession:
+class LiteSession(SessionTasks):
     """One peer's moq-lite session. `run()` returns when the session is over."""
 
     def __init__(self, transport: TransportSession, version: Version, origin: Origin, *,
@@ -154,18 +155,6 @@ class LiteSession:
                 log.info("%s ended (its connection went away, or the relay is stopping)", self.name)
             self._nursery = None
             self.subscriber.close()
-
-    def spawn(self, fn: Callable, *args: object) -> bool:
-        """Run `fn` in the session's nursery (its life is the session's); False once it is over."""
-        if self._nursery is None:
-            return False
-        self._nursery.start_soon(fn, *args)
-        return True
-
-    def fail(self, exc: ProtocolError) -> None:
-        """A session-level protocol violation: close everything with the error's code."""
-        log.warning("%s protocol violation: %s", self.name, exc)
-        self.transport.close(exc.code, str(exc)[:100])
 
     def send_goaway(self, uri: str = "") -> None:
         """Ask the peer to leave (lite-04+; older versions simply get closed at the end of a drain)."""

@@ -1,0 +1,42 @@
+"""What a MoQ session of either family (moq-lite, IETF moq-transport) does the same way: its
+tasks live in its own nursery, and a protocol violation closes its transport with the error's
+code and one log line."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from relay.transport.base import TransportSession
+
+log = logging.getLogger("relay.session")
+
+
+class CodedError(Protocol):
+    """A protocol error of either family: its code closes the session."""
+
+    code: int
+
+
+class SessionTasks:
+    """Mixed into each family's session class, which sets `name`, `transport` and, while it
+    runs, `_nursery`."""
+
+    name: str
+    transport: TransportSession
+    _nursery: trio.Nursery | None
+
+    def spawn(self, fn: Callable, *args: object) -> bool:
+        """Run `fn` in the session's nursery (its life is the session's); False once it is over."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
+
+    def fail(self, exc: CodedError) -> None:
+        """A session-level protocol violation: close everything with the error's code."""
+        log.warning("%s protocol violation: %s", self.name, exc)
+        self.transport.close(exc.code, str(exc)[:100])
