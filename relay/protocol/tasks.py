@@ -4,6 +4,7 @@ code and one log line."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Protocol
@@ -13,6 +14,8 @@ import trio
 from relay.transport.base import TransportSession
 
 log = logging.getLogger("relay.session")
+
+_session_ids = itertools.count(1)  # one numbering for both families: "session=N" is unique in the logs
 
 
 class CodedError(Protocol):
@@ -25,9 +28,16 @@ class SessionTasks:
     """Mixed into each family's session class, which sets `name`, `transport` and, while it
     runs, `_nursery`."""
 
+    id: int
     name: str
     transport: TransportSession
     _nursery: trio.Nursery | None
+
+    def _identify(self, transport: TransportSession, version_name: str) -> None:
+        """Number the session and name it for its log lines."""
+        self.id = next(_session_ids)
+        info = transport.info
+        self.name = f"session={self.id} conn={info.conn_id} {info.transport}/{version_name} peer={info.remote}"
 
     def spawn(self, fn: Callable, *args: object) -> bool:
         """Run `fn` in the session's nursery (its life is the session's); False once it is over."""

@@ -13,7 +13,6 @@ the session cancels its subscriptions, its fan-outs and its upstream pulls.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -42,7 +41,6 @@ __all__ = ["IetfSession", "IetfSessionLimits"]
 
 log = logging.getLogger("relay.session")
 
-_session_ids = itertools.count(100_001)  # apart from lite session numbers in the logs
 READ_CHUNK = 64 * 1024
 IMPLEMENTATION = "moq-relay"
 
@@ -80,9 +78,7 @@ class IetfSession(SessionTasks):
         self.hop_id = hop_id
         self.scope = scope
         self.limits = limits or IetfSessionLimits()
-        self.id = next(_session_ids)
-        info = transport.info
-        self.name = f"session={self.id} conn={info.conn_id} {info.transport}/{version.name_str} peer={info.remote}"
+        self._identify(transport, version.name_str)
         self.peer_hop = 0  # moq-transport carries no origin ids
         self.link_cost = 1
         self._nursery: trio.Nursery | None = None

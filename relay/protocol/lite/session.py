@@ -10,7 +10,6 @@ elsewhere end cleanly.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -42,7 +41,6 @@ __all__ = ["LegacySetup", "LiteSession", "SessionLimits", "negotiate_legacy"]
 
 log = logging.getLogger("relay.session")
 
-_session_ids = itertools.count(1)
 
 
 @dataclass
@@ -76,9 +74,7 @@ class LiteSession(SessionTasks):
         self.hop_id = hop_id
         self.scope = scope
         self.limits = limits or SessionLimits()
-        self.id = next(_session_ids)
-        info = transport.info
-        self.name = f"session={self.id} conn={info.conn_id} {info.transport}/{version.name_str} peer={info.remote}"
+        self._identify(transport, version.name_str)
         self.peer_hop: int = 0  # the peer's origin id (SETUP Origin or ANNOUNCE_OK)
         self._ready = trio.Event()  # set once the scope is known (after SETUP on raw QUIC 05+)
         self._peer_setup = trio.Event()
