@@ -7,6 +7,7 @@ of a control stream: feed it bytes in any chunking, get whole (type, payload) fr
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Self
@@ -56,7 +57,7 @@ class MessageType(IntEnum):
 MESSAGE_CLASSES: dict[int, type[ControlMessage]] = {}
 
 
-class ControlMessage:
+class ControlMessage(ABC):
     """A control message. Subclasses are dataclasses that set TYPE and implement the payload."""
 
     TYPE: ClassVar[MessageType]
@@ -66,12 +67,14 @@ class ControlMessage:
         if "TYPE" in cls.__dict__:
             MESSAGE_CLASSES[cls.TYPE] = cls
 
+    @abstractmethod
     def write(self, w: Writer) -> None:
-        raise NotImplementedError
+        """The payload (after the type and length)."""
 
     @classmethod
+    @abstractmethod
     def read(cls, r: Reader) -> Self:
-        raise NotImplementedError
+        """The message from its payload; raises the IETF protocol error."""
 
     def encode_payload(self) -> bytes:
         w = Writer()

@@ -24,7 +24,6 @@ class StreamOwner(Protocol):
     @property
     def closed(self) -> SessionClosed | None:
         """Why the session ended; None while it lives."""
-        ...
 
     def unread_changed(self, delta: int) -> None:
         """This many bytes were added to (> 0) or taken from (< 0) a stream's receive buffer."""
@@ -47,7 +46,6 @@ class StreamWire(Protocol):
 
     def unsent_bytes(self, stream_id: int) -> int:
         """Bytes queued on the stream and not transmitted yet."""
-        ...
 
     async def wait_flushed(self) -> None:
         """Until the connection next transmitted or received (send credit may have changed)."""
