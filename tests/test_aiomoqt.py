@@ -11,23 +11,14 @@ from __future__ import annotations
 import asyncio
 
 import moq
-import pytest
 import trio
 from harness import Flag, client, in_thread, publish_until, running_relay, wait_until
-from ietf_peers import venv
 from ietf_peers.driver import aiomoqt_peer
 
 IETF = "moq-transport-14"
 LITE = "moq-lite-06"
 VERSIONS = {"quic": [LITE]}  # WebTransport unrestricted: aiomoqt offers only moq-00 there
 
-
-@pytest.fixture(scope="session")
-def aiomoqt_python():
-    python, why = venv.ensure()
-    if python is None:
-        pytest.skip(f"aiomoqt 0.5.3 is not installable here: {why}")
-    return python
 
 
 def sessions(relay) -> set[tuple[str, str]]:

@@ -3,8 +3,10 @@
 Over WebTransport: SUBSCRIBE_NAMESPACE `prefix` (when given), then SUBSCRIBE to `namespace` /
 `track` with aiomoqt's defaults (filter LargestObject, ascending), and prints each object it
 receives as one JSON line on stdout ("@@" prefixed: group, object, payload in hex) until killed.
-With `--join N` it subscribes the way aiomoqt's join example does (SUBSCRIBE plus a relative
-joining FETCH of N groups) and prints the FETCH answer and the fetched objects too.
+With `--join N` it follows the SUBSCRIBE with a relative joining FETCH of N groups, as aiomoqt's
+join example does, and prints the FETCH answer and the fetched objects too. (aiomoqt's own
+`join()` and `fetch()` helpers build their messages with fields the message classes do not
+have and raise TypeError, so the FETCH is built here from its `Fetch` class, which encodes fine.)
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import json
 import sys
 
 from aiomoqt.client import MOQTClient
-from aiomoqt.messages import FetchError, FetchObject, SubscribeError, SubscribeNamespaceError
+from aiomoqt.messages import Fetch, FetchError, FetchObject, SubscribeError, SubscribeNamespaceError
+from aiomoqt.types import FetchType, GroupOrder
 
 
 def say(**event: object) -> None:
@@ -49,21 +52,24 @@ async def main(args: argparse.Namespace) -> None:
             if isinstance(response, SubscribeNamespaceError):
                 say(event="refused", what="subscribe_namespace", code=int(response.error_code))
                 sys.exit(2)
-        if args.join is None:
-            response = await session.subscribe(namespace=args.namespace, track_name=args.track, wait_response=True)
-            fetched = None
-        else:
-            response, fetched = await session.join(namespace=args.namespace, track_name=args.track,
-                                                   pre_group_offset=args.join, wait_response=True)
+        response = await session.subscribe(namespace=args.namespace, track_name=args.track, wait_response=True)
         if isinstance(response, SubscribeError):
             say(event="refused", what="subscribe", code=int(response.error_code), reason=str(response.reason))
             sys.exit(2)
         say(event="subscribed", alias=int(response.track_alias))
-        if fetched is not None:
+        if args.join is not None:
+            request_id = session._allocate_request_id()
+            reply = session._fetch_responses[request_id] = asyncio.get_running_loop().create_future()
+            session._subscriptions[request_id] = []  # its FETCH_HEADER stream names a known request
+            session.send_control_message(Fetch(fetch_type=FetchType.JOINING_FETCH, request_id=request_id,
+                                               group_order=GroupOrder.ASCENDING, joining_sub_id=response.request_id,
+                                               pre_group_offset=args.join).serialize())
+            fetched = await asyncio.wait_for(reply, 10)
             if isinstance(fetched, FetchError):
                 say(event="fetch_error", code=int(fetched.error_code), reason=str(fetched.reason))
             else:
-                say(event="fetch_ok", end_of_track=int(fetched.end_of_track))
+                say(event="fetch_ok", end_of_track=int(fetched.end_of_track),
+                    end=[int(fetched.largest_group_id), int(fetched.largest_object_id)])
         await session.async_closed()
         say(event="closed", error=str(session._close_err))
 
