@@ -124,7 +124,7 @@ async def test_bad_requests_are_refused_alone(tmp_path) -> None:
             assert isinstance(errors[0], msg.SubscribeError)
             assert errors[0].error_code == RequestErrorCode.TRACK_DOES_NOT_EXIST
             assert isinstance(errors[2], msg.SubscribeError)
-            assert isinstance(errors[4], msg.FetchError) and errors[4].error_code == RequestErrorCode.NOT_SUPPORTED
+            assert isinstance(errors[4], msg.FetchError) and errors[4].error_code == RequestErrorCode.TRACK_DOES_NOT_EXIST
             assert isinstance(errors[6], msg.PublishError)
             assert isinstance(errors[8], msg.SubscribeNamespaceError)
             assert isinstance(errors[10], msg.TrackStatusError)

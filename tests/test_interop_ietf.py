@@ -1,8 +1,10 @@
 """The real Rust client (moq-rs 0.5.1) speaking IETF moq-transport draft-14 through our relay.
 
 moq-rs offers every moq-lite and IETF version and takes what the relay picks: a relay limited to
-`moq-transport-14` on raw QUIC makes it speak draft-14 (ALPN `moq-00`). Cross-protocol cases put
-moq-lite clients on WebTransport / WebSocket beside draft-14 clients on raw QUIC, one relay.
+`moq-transport-14` makes it speak draft-14 on raw QUIC (ALPN `moq-00`), WebTransport
+(`wt-protocol: moq-00`) and WebSocket (subprotocol `qmux-01.moq-00`). The single-protocol cases
+run on each of the three transports; cross-protocol cases put moq-lite clients beside draft-14
+clients on one relay.
 """
 
 from __future__ import annotations
@@ -10,11 +12,15 @@ from __future__ import annotations
 import asyncio
 
 import moq
+import pytest
 import trio
 from harness import Flag, client, in_thread, running_relay, wait_until
 
 IETF = "moq-transport-14"
 LONG_US = 30_000_000
+TRANSPORT_OF = {"moql": "quic", "https": "webtransport", "ws": "websocket"}
+# Every single-protocol case, on each transport (the URL scheme the Rust client is given).
+per_transport = pytest.mark.parametrize("scheme", list(TRANSPORT_OF), ids=list(TRANSPORT_OF.values()))
 
 
 def track_info() -> moq.TrackInfo:
@@ -39,8 +45,8 @@ def upstreams(relay, path: str) -> int:
     return -1 if b is None else b.upstream_count()
 
 
-def ietf_sessions(relay) -> list[str]:
-    return [s.version.name_str for s in relay.handle.sessions]
+def ietf_sessions(relay) -> list[tuple[str, str]]:
+    return [(s.transport.info.transport, s.version.name_str) for s in relay.handle.sessions]
 
 
 async def run_jobs(timeout: float, *jobs) -> list:
@@ -55,12 +61,13 @@ async def run_jobs(timeout: float, *jobs) -> list:
     return results
 
 
-async def test_publish_subscribe_bytes_and_order(tmp_path) -> None:
+@per_transport
+async def test_publish_subscribe_bytes_and_order(tmp_path, scheme: str) -> None:
     groups, frames = 5, 4
     done = Flag()
     seen: set[str] = set()
     async with running_relay(tmp_path, IETF) as relay:
-        url = relay.url("moql", "anon")
+        url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
             async with client(url) as c:
@@ -89,18 +96,19 @@ async def test_publish_subscribe_bytes_and_order(tmp_path) -> None:
                 return out
 
         _, result = await run_jobs(40, publisher, subscriber)
-    assert seen == {IETF}
+    assert seen == {(TRANSPORT_OF[scheme], IETF)}
     assert [seq for seq, _ in result] == list(range(groups))
     for g, (_, payloads) in enumerate(result):
         assert payloads == [f"g{g}f{f}".encode() for f in range(frames)]
 
 
-async def test_twenty_subscribers_share_one_upstream(tmp_path) -> None:
+@per_transport
+async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str) -> None:
     subscribers, groups = 20, 3
     ready = Flag()
     done = Flag()
     async with running_relay(tmp_path, IETF) as relay:
-        url = relay.url("moql", "anon")
+        url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
             async with client(url) as c:
@@ -157,11 +165,12 @@ async def test_twenty_subscribers_share_one_upstream(tmp_path) -> None:
     assert broadcast is None or broadcast.upstream_subscriptions_total == 1
 
 
-async def test_late_joiner_starts_at_latest_group(tmp_path) -> None:
+@per_transport
+async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str) -> None:
     published = Flag()
     done = Flag()
     async with running_relay(tmp_path, IETF) as relay:
-        url = relay.url("moql", "anon")
+        url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
             async with client(url) as c:
@@ -206,10 +215,11 @@ async def test_late_joiner_starts_at_latest_group(tmp_path) -> None:
     assert payloads == [b"old-4", b"more"]
 
 
-async def test_announce_discovery_and_end(tmp_path) -> None:
+@per_transport
+async def test_announce_discovery_and_end(tmp_path, scheme: str) -> None:
     leave = Flag()
     async with running_relay(tmp_path, IETF) as relay:
-        url = relay.url("moql", "anon")
+        url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
             async with client(url) as c:
@@ -241,12 +251,13 @@ async def test_announce_discovery_and_end(tmp_path) -> None:
     assert all(path.endswith("room/cam") for path, _ in result)
 
 
-async def test_unsubscribe_then_resubscribe(tmp_path) -> None:
+@per_transport
+async def test_unsubscribe_then_resubscribe(tmp_path, scheme: str) -> None:
     stop = Flag()
     unsubscribed = Flag()
     checked = Flag()
     async with running_relay(tmp_path, IETF) as relay:
-        url = relay.url("moql", "anon")
+        url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
             async with client(url) as c:
@@ -300,9 +311,10 @@ async def test_unsubscribe_then_resubscribe(tmp_path) -> None:
     assert latest > first + 3, "groups published after the resubscribe must arrive"
 
 
-async def test_missing_broadcast(tmp_path) -> None:
+@per_transport
+async def test_missing_broadcast(tmp_path, scheme: str) -> None:
     async with running_relay(tmp_path, IETF) as relay:
-        url = relay.url("moql", "anon")
+        url = relay.url(scheme, "anon")
 
         async def subscriber() -> str:
             async with client(url) as c:
@@ -400,3 +412,11 @@ async def test_ietf_publisher_to_lite_subscribers(tmp_path) -> None:
     _, seen = await cross(tmp_path, "moql", ["https", "ws", "moql"],
                           {"quic": [IETF], "webtransport": ["moq-lite-06"], "websocket": ["moq-lite-05"]})
     assert seen == {("quic", IETF), ("webtransport", "moq-lite-06"), ("websocket", "moq-lite-05")}
+
+
+async def test_ietf_websocket_publisher_to_lite_and_ietf_subscribers(tmp_path) -> None:
+    # draft-14 over WebSocket (qmux-01.moq-00) publishes; lite-06 (raw QUIC) and draft-14
+    # (WebTransport) subscribe.
+    _, seen = await cross(tmp_path, "ws", ["moql", "https"],
+                          {"websocket": [IETF], "quic": ["moq-lite-06"], "webtransport": [IETF]})
+    assert seen == {("websocket", IETF), ("quic", "moq-lite-06"), ("webtransport", IETF)}

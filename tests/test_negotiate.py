@@ -57,9 +57,9 @@ def test_the_ietf_family_on_raw_quic() -> None:
     # WebTransport: the client's order wins (aiomoqt offers only moq-00, moq-rs lists lite first).
     assert n.choose("webtransport", ["moq-00", "moq-lite-05"]).family == "ietf"
     assert n.choose("webtransport", ["moq-lite-05", "moq-00"]).version == V.LITE_05
-    # WebSocket carries no IETF session yet: moq-00 is neither offered nor chosen there.
-    assert "moq-00" not in n.protocols("websocket")
-    assert n.choose("websocket", ["moq-00"]).version is None  # the legacy SETUP (lite)
+    # WebSocket: the QMux subprotocols name moq-00 after every moq-lite ALPN, ours order first.
+    assert n.protocols("websocket")[-1] == "moq-00"
+    assert n.choose("websocket", ["moq-00"]).version is IetfVersion.DRAFT_14
     assert n.choose("link", ["moq-00"]) is None
     # A relay limited to draft-14 offers only moq-00; a transport narrowed by either name.
     only = Negotiator(versions_from_config(["moq-transport-14"]), authorize)

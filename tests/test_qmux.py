@@ -159,6 +159,12 @@ def test_subprotocol_selection() -> None:
     assert select_subprotocol(["webtransport", "qmux-00"], ours, True) == ("qmux-00", "", 200)
     assert select_subprotocol(["webtransport"], ours, False)[2] == 400  # legacy versions disabled
     assert select_subprotocol([], ours, True)[2] == 400
+    # IETF draft-14 (ALPN moq-00) the same way, after the moq-lite ALPNs in our order.
+    ietf = ["qmux-01.moq-lite-06", "qmux-01.moq-00", "qmux-00.moq-00", "qmux-01.moqt-15"]
+    assert select_subprotocol(ietf, [*ours, "moq-00"], False) == ("qmux-01.moq-lite-06", "moq-lite-06", 200)
+    assert select_subprotocol(ietf, ["moq-00"], False) == ("qmux-01.moq-00", "moq-00", 200)
+    assert select_subprotocol(["qmux-00.moq-00"], ["moq-00"], False) == ("qmux-00.moq-00", "moq-00", 200)
+    assert select_subprotocol(["qmux-01.moqt-15"], ["moq-00"], False)[2] == 400
 
 
 async def test_misbehaving_websocket_sessions_are_closed_alone(tmp_path) -> None:

@@ -6,7 +6,8 @@ lite §3.5). `Negotiator.choose` answers all of them from one table of versions 
 preference order, narrowed per transport), and `Negotiator.admit` checks the connect path's token
 once for all of them. Both families live in the one table: moq-lite first (the relay's
 preference for a client offering both, spec moq-transport §1.7), then IETF moq-transport draft-14
-(ALPN / `wt-protocol` `moq-00`), which only the transports in `IETF_TRANSPORTS` carry so far.
+(ALPN / `wt-protocol` `moq-00`, WebSocket subprotocols `qmux-0N.moq-00`), on every client transport
+(`IETF_TRANSPORTS`); cluster links stay moq-lite.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ LINK_VERSIONS = [v for v in SUPPORTED if v.alpn != LEGACY]
 # Any version of either family. The two enums never share a value (1..6 against 0xff0000NN).
 AnyVersion = Version | IetfVersion
 ALL_VERSIONS: list[AnyVersion] = [*SUPPORTED, *IETF_SUPPORTED]
-# Where an IETF session can run today: raw QUIC (ALPN `moq-00`) and WebTransport (`wt-protocol`
-# `moq-00`; the client's order wins there, and moq-rs lists moq-lite first).
-IETF_TRANSPORTS = frozenset({"quic", "webtransport"})
+# Where an IETF session can run: raw QUIC (ALPN `moq-00`), WebTransport (`wt-protocol` `moq-00`;
+# the client's order wins there, and moq-rs lists moq-lite first) and WebSocket (QMux subprotocols
+# `qmux-01.moq-00` / `qmux-00.moq-00`, picked in our order like the lite ones, so after them).
+IETF_TRANSPORTS = frozenset({"quic", "webtransport", "websocket"})
 
 
 class NegotiationError(RemoteError):

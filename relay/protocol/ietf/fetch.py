@@ -1,4 +1,13 @@
-"""Draft-14 FETCH and its replies (spec §5.5)."""
+"""Draft-14 FETCH and its replies (spec §5.5), and what a FETCH asks for (`FetchRange`, sans-IO:
+the relay's driver is relay/protocol/ietf/fetching.py).
+
+Ranges as the relay serves them: a standalone FETCH's start is inclusive, its end group
+inclusive and its end object one past the last (0 = to the end of that group; 0.4.18 and
+aiomoqt both use End Object 0 for "the whole group"). A joining FETCH is anchored at the first
+group its subscription delivers, which our SUBSCRIBE serves from its first object, so nothing of
+that group is missing: Relative Joining N = the N groups before it, Absolute Joining S = groups
+S up to the one before it, whole groups either way.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +18,12 @@ from typing import Self
 from relay.protocol.ietf.coding import GroupOrder, Location, Params, Reader, Writer
 from relay.protocol.ietf.control import ControlMessage, ErrorReply, MessageType, RequestIdMessage
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+
+MAX_FETCH_GROUPS = 1024  # groups one FETCH may cover
+
+
+class FetchRangeError(ValueError):
+    """The FETCH names no valid range: FETCH_ERROR INVALID_RANGE with this reason."""
 
 
 class FetchType(IntEnum):
@@ -110,3 +125,56 @@ class FetchCancel(RequestIdMessage):
     TYPE = MessageType.FETCH_CANCEL
 
     request_id: int
+
+
+@dataclass(frozen=True)
+class FetchRange:
+    """Groups `first`..`last` (inclusive), from object `start_object` in the first group and up
+    to `end_object` (exclusive, None = all) in the last, sent in `descending` order or not."""
+
+    first: int
+    last: int
+    start_object: int = 0
+    end_object: int | None = None
+    descending: bool = False
+
+    def groups(self) -> list[int]:
+        seqs = list(range(self.first, self.last + 1))
+        return seqs[::-1] if self.descending else seqs
+
+    def wants(self, group: int, object_id: int) -> bool:
+        if group == self.first and object_id < self.start_object:
+            return False
+        return not (group == self.last and self.end_object is not None and object_id >= self.end_object)
+
+    def end_location(self, held: int | None) -> Location:
+        """FETCH_OK's End Location: one past the last object (what 0.4.18 writes), `held` being
+        how many objects of the last group the relay has (None: not known yet)."""
+        if self.end_object is not None:
+            return Location(self.last, self.end_object if held is None else min(held, self.end_object))
+        return Location(self.last, held or 0)
+
+
+def _checked(first: int, last: int, order: GroupOrder, start_object: int = 0,
+             end_object: int | None = None) -> FetchRange:
+    if last - first + 1 > MAX_FETCH_GROUPS:
+        raise FetchRangeError(f"more than {MAX_FETCH_GROUPS} groups")
+    return FetchRange(first, last, start_object, end_object, descending=order == GroupOrder.DESCENDING)
+
+
+def standalone_range(s: StandaloneRange, order: GroupOrder) -> FetchRange:
+    """Raises FetchRangeError when the end is before the start."""
+    end_object = s.end.object or None
+    if s.end.group < s.start.group or (s.end.group == s.start.group and end_object is not None
+                                       and end_object <= s.start.object):
+        raise FetchRangeError(f"end {tuple(s.end)} is not after start {tuple(s.start)}")
+    return _checked(s.start.group, s.end.group, order, s.start.object, end_object)
+
+
+def joining_range(kind: FetchType, start: int, anchor: int, order: GroupOrder) -> FetchRange | None:
+    """The groups before `anchor` (the subscription's first group) a joining FETCH asks for;
+    None when there are none (Relative 0, or an absolute start at or after the anchor)."""
+    first = max(0, anchor - start) if kind == FetchType.RELATIVE_JOINING else start
+    if first >= anchor:
+        return None
+    return _checked(first, anchor - 1, order)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,10 +47,20 @@ DELIVERY_TIMEOUT = 0x02  # the SUBSCRIBE parameter (ms)
 
 @dataclass
 class _Served:
-    """One of the peer's SUBSCRIBEs while it lives; `fanout` once groups can flow."""
+    """One of the peer's SUBSCRIBEs while it lives; `fanout` once groups can flow. A joining
+    FETCH waits on `started`: set at the first group delivered (`first_group`) or at the end."""
 
     fanout: Fanout | None = None
     unsubscribed: bool = False
+    broadcast: Broadcast | None = None
+    rel: str = ""
+    track_name: str = ""
+    first_group: int | None = None
+    started: trio.Event = field(default_factory=trio.Event)
+
+    def on_first_group(self, sequence: int) -> None:
+        self.first_group = sequence
+        self.started.set()
 
 
 @dataclass
@@ -257,7 +268,8 @@ class IetfPublisher:
                 except (TrackClosed, LimitExceeded) as exc:
                     await s.send(msg.SubscribeError(rid, RequestErrorCode.TRACK_DOES_NOT_EXIST, str(exc)[:80]))
                     return
-                sink = IetfGroupSink(s, rid)
+                served.broadcast, served.rel, served.track_name = broadcast, rel, request.track_name
+                sink = IetfGroupSink(s, rid, served.on_first_group)
                 fanout = Fanout(subscription, broadcast, sink, routes=routes, lookup=lambda: self.lookup(rel),
                                 max_inflight=s.limits.max_inflight_groups, name=f"{s.name} subscription {rid}")
                 served.fanout = fanout
@@ -278,6 +290,7 @@ class IetfPublisher:
         except TransportError:
             pass
         finally:
+            served.started.set()
             self.subscriptions.pop(rid, None)
 
     # ------------------------------------------------------------------ track status
@@ -311,13 +324,14 @@ def _wish(request: msg.Subscribe) -> Wish:
 class IetfGroupSink:
     """The fan-out's groups as SUBGROUP_HEADER streams of one subscription (alias = its ID)."""
 
-    def __init__(self, session: IetfSession, alias: int) -> None:
+    def __init__(self, session: IetfSession, alias: int, on_first: Callable[[int], None]) -> None:
         self.session = session
         self.alias = alias
         self.opened = 0  # PUBLISH_DONE's Stream Count
+        self._on_first = on_first
 
     async def first_group(self, sequence: int) -> None:
-        pass  # SUBSCRIBE_OK already went out
+        self._on_first(sequence)  # SUBSCRIBE_OK already went out; joining FETCHes anchor here
 
     async def open_group(self, sequence: int, priority: int) -> IetfGroupStream:
         stream = await self.session.transport.open_uni()

@@ -6,8 +6,8 @@ session's life: the set-up and its scope (the SETUP PATH with its `?jwt=`, judge
 Authorize callable as lite sessions), request IDs and MAX_REQUEST_ID credit both ways, the
 control-stream reader that hands each message to one of the two sides, and the accept loops.
 
-`IetfPublisher` serves the peer from the origin, `IetfSubscriber` pulls what the peer publishes
-into it; both only send through `send()`. Every task lives in the session's nursery, so losing
+`IetfPublisher` serves the peer from the origin (`IetfFetches` its FETCHes from the cache),
+`IetfSubscriber` pulls what the peer publishes into it; all only send through `send()`. Every task lives in the session's nursery, so losing
 the session cancels its subscriptions, its fan-outs and its upstream pulls.
 """
 
@@ -24,6 +24,7 @@ from relay.model.notify import Notifier
 from relay.model.origin import Origin
 from relay.protocol.ietf import messages as msg
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+from relay.protocol.ietf.fetching import IetfFetches
 from relay.protocol.ietf.publisher import IetfPublisher
 from relay.protocol.ietf.subscriber import IetfSubscriber
 from relay.protocol.ietf.version import IetfVersion
@@ -54,6 +55,7 @@ class IetfSessionLimits:
     max_published: int = 4096  # namespaces the peer may publish at once
     max_upstream: int = 4096  # our live SUBSCRIBEs to the peer
     max_inflight_groups: int = 64  # per downstream subscription; older ones are dropped
+    max_fetches: int = 64  # the peer's FETCHes being served at once
     max_pending_streams: int = 64  # data streams waiting for SUBSCRIBE_OK to name their alias
     max_message: int = msg.MAX_CONTROL_MESSAGE
     max_object: int = 32 * 1024 * 1024
@@ -62,6 +64,7 @@ class IetfSessionLimits:
     request_window: int = 1 << 16
     setup_timeout: float = 10.0
     alias_timeout: float = 1.0  # Rust waits 1 s for an unknown alias (TRACK_ALIAS_TIMEOUT)
+    join_wait: float = 5.0  # a joining FETCH waits this long for its subscription's first group
     credit_timeout: float = 10.0  # how long our own request waits for the peer's MAX_REQUEST_ID
 
 
@@ -93,6 +96,7 @@ class IetfSession(SessionTasks):
         self._credit = Notifier()
         self.publisher = IetfPublisher(self)
         self.subscriber = IetfSubscriber(self)
+        self.fetches = IetfFetches(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -266,9 +270,9 @@ class IetfSession(SessionTasks):
                 p.on_namespace_reply(message)
             case msg.Fetch():
                 await self._take_request_id(message.request_id)
-                await self.send(msg.FetchError(message.request_id, 0x3, "FETCH is not supported"))
+                self.fetches.on_fetch(message)
             case msg.FetchCancel():
-                pass  # every FETCH was already refused
+                self.fetches.on_fetch_cancel(message.request_id)
             # -- the peer publishes (we subscribe)
             case msg.PublishNamespace():
                 await self._take_request_id(message.request_id)
