@@ -287,8 +287,8 @@ class WebSocketSession(TransportSession):
                 return
 
     async def _wait_drained(self) -> bool:
-        """Wait until the writer holds at most OUTGOING_LOW_WATER; False if no message left
-        for STALL_TIMEOUT in the meantime."""
+        """Wait until the writer holds at most OUTGOING_LOW_WATER or the session is over; False
+        if no message left for STALL_TIMEOUT in the meantime."""
         while self.unsent > OUTGOING_LOW_WATER and self.closed is None:
             self._sent = trio.Event()
             with trio.move_on_after(STALL_TIMEOUT):
@@ -402,6 +402,8 @@ class WebSocketSession(TransportSession):
         self.progress.set()
         self._credit.set()
         self._closed_event.set()
+        if self._sent is not None:
+            self._sent.set()  # a reader waiting for a slow peer to drain stops waiting
         self.kick()
 
     # -- TransportSession ------------------------------------------------------------------------
