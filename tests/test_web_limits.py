@@ -7,9 +7,14 @@ from __future__ import annotations
 import logging
 
 import trio
-from harness import running_relay, wait_until
+import trio_websocket
+from harness import Flag, in_thread, publish_until, read_groups, running_relay, wait_until
 
+import relay.transport.websocket as websocket_module
 import relay.web.serve as web_serve
+from relay.protocol.lite import messages as m
+from relay.protocol.lite.version import Version
+from relay.transport import qmux
 
 
 async def http_get(port: int, path: str) -> tuple[bytes, bytes]:
@@ -69,3 +74,58 @@ async def test_http_connections_are_bounded(tmp_path, monkeypatch, caplog) -> No
             assert server.stats["refused_max_connections"] == 1
             for stream in held:
                 await stream.aclose()
+
+
+async def stalled_subscriber(port: int, broadcast: str, subscribed: trio.Event) -> None:
+    """A QMux peer over WebSocket that grants the relay huge flow-control windows, subscribes
+    to `broadcast`, then never reads again (its WebSocket queue of one message stays full, so
+    TCP stops taking the relay's bytes). Returns when the relay is done with it."""
+    peer = qmux.QmuxConnection(is_server=False, max_data=1 << 40, max_stream_data=1 << 40)
+    async with trio_websocket.open_websocket("127.0.0.1", port, "/anon", use_ssl=False,
+                                             subprotocols=["qmux-01.moq-lite-05"], message_queue_size=1) as ws:
+        for message in peer.messages_to_send():
+            await ws.send_message(message)
+        peer.receive_message(await ws.get_message())  # the relay's transport parameters
+        sid = peer.open_stream(uni=False)
+        request = m.Subscribe(1, broadcast, "v", 1, False, 30_000, None, None).encode(Version.LITE_05)
+        peer.send_stream_data(sid, m.encode_bi_type(m.BiStream.SUBSCRIBE) + request)
+        for message in peer.messages_to_send():
+            await ws.send_message(message)
+        subscribed.set()
+        await trio.sleep_forever()  # cancelled by the test
+
+
+async def test_a_websocket_peer_that_stops_reading_is_closed_after_the_stall_timeout(
+        tmp_path, monkeypatch, caplog) -> None:
+    """A subscriber of a busy track over WebSocket stops reading, sending nothing either: once
+    the relay's bytes for it have nowhere to go for STALL_TIMEOUT, its session and its TCP
+    connection are closed, while a canary subscriber over WebSocket keeps receiving."""
+    monkeypatch.setattr(websocket_module, "STALL_TIMEOUT", 1.0)
+    stop = Flag()
+    payload = bytes(32_000)
+    async with running_relay(tmp_path, "moq-lite-05") as relay:
+        server = relay.handle.http_server
+        assert server is not None
+        url = relay.url("moql", "anon")
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(url, "busy", stop, period=0.01,
+                                                           frames=lambda k: [payload + b"-%d" % k]))
+            try:
+                with trio.fail_after(60):
+                    await wait_until(lambda: relay.handle.origin.best("anon/busy") is not None)
+                    subscribed = trio.Event()
+                    n.start_soon(stalled_subscriber, relay.port, "busy", subscribed)
+                    await subscribed.wait()
+                    await wait_until(lambda: server.active == 1)
+                    before = len(relay.handle.sessions)
+                    # Closed, and its HTTP connection gone (hypercorn's handler has returned).
+                    await wait_until(lambda: server.active == 0, timeout=30)
+                    assert len(relay.handle.sessions) == before - 1
+                    assert server.stats["stalled"] == 1
+                    assert any("took none of our bytes for 1s" in r.getMessage() for r in caplog.records)
+                    groups = await in_thread(lambda: read_groups(relay.url("ws", "anon"), "busy", 20, timeout=20))
+                    seqs = [int(g.rsplit(b"-", 1)[1]) for g in groups]
+                    assert len(seqs) == 20 and seqs == sorted(seqs)
+            finally:
+                stop.set()
+                n.cancel_scope.cancel()

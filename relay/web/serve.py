@@ -21,7 +21,7 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 from quart_trio import QuartTrio
 
-from relay.transport.websocket import MAX_MESSAGE
+from relay.transport import websocket
 
 log = logging.getLogger("relay.web")
 
@@ -30,6 +30,10 @@ WS_PING_INTERVAL = 10.0
 # soon as it is accepted.
 MAX_HTTP_CONNECTIONS = 1000
 REFUSAL_LOG_INTERVAL = 1.0  # at most one log line a second about refused connections
+# hypercorn writes to a connection in a shielded scope, so a peer that stops reading would hold
+# the writer, and the handler above it, for ever: each SEND_CHUNK of a write must be taken by
+# the kernel within websocket.STALL_TIMEOUT, or the connection is aborted.
+SEND_CHUNK = 64 << 10
 
 
 def hypercorn_config(listen: list[tuple[str, int]]) -> HypercornConfig:
@@ -44,8 +48,54 @@ def hypercorn_config(listen: list[tuple[str, int]]) -> HypercornConfig:
     # The largest message hypercorn assembles (hypercorn holds up to 10 per connection for us).
     # A smaller queue (max_app_queue_size) would be tighter, but hypercorn then stops reading a
     # peer whose handler has ended before the close handshake.
-    hc.websocket_max_message_size = MAX_MESSAGE
+    hc.websocket_max_message_size = websocket.MAX_MESSAGE
     return hc
+
+
+class GuardedStream(trio.abc.HalfCloseableStream):
+    """An accepted TCP stream whose writes fail, and which is closed, when the peer takes none
+    of our bytes for `websocket.STALL_TIMEOUT` (hypercorn then ends the connection as for a
+    reset). hypercorn reads `.socket` for the addresses."""
+
+    def __init__(self, stream: trio.SocketStream, server: HttpServer) -> None:
+        self._stream = stream
+        self._server = server
+        self.socket = stream.socket
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        if not view:
+            await self._stream.send_all(b"")
+            return
+        for start in range(0, len(view), SEND_CHUNK):
+            timeout = websocket.STALL_TIMEOUT
+            with trio.move_on_after(timeout) as stalled:
+                await self._stream.send_all(view[start:start + SEND_CHUNK])
+            if stalled.cancelled_caught:
+                self._server.stats["stalled"] += 1
+                log.warning("http: %s took none of our bytes for %.0fs; closing the connection",
+                            peer_of(self._stream), timeout)
+                await trio.aclose_forcefully(self._stream)
+                raise trio.BrokenResourceError("the peer does not read")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def peer_of(stream: trio.SocketStream) -> str:
+    try:
+        return repr_socket_addr(stream.socket.family, stream.socket.getpeername())
+    except OSError:
+        return "?"
 
 
 class HttpServer:
@@ -57,7 +107,7 @@ class HttpServer:
         self.config = config or hypercorn_config(listen)
         self.max_connections = MAX_HTTP_CONNECTIONS if max_connections is None else max_connections
         self.active = 0  # connections being served now
-        self.stats = {"accepted": 0, "refused_max_connections": 0}
+        self.stats = {"accepted": 0, "refused_max_connections": 0, "stalled": 0}
         self._last_refusal_log = -float("inf")
         self._refused_unlogged = 0
 
@@ -110,7 +160,7 @@ class HttpServer:
         self.active += 1
         self.stats["accepted"] += 1
         try:
-            await TCPServer(app, self.config, context, state, stream)
+            await TCPServer(app, self.config, context, state, GuardedStream(stream, self))  # type: ignore[arg-type]
         finally:
             self.active -= 1
 
@@ -119,10 +169,7 @@ class HttpServer:
         self._refused_unlogged += 1
         now = trio.current_time()
         if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
-            try:
-                peer = repr_socket_addr(stream.socket.family, stream.socket.getpeername())
-            except OSError:
-                peer = "?"
+            peer = peer_of(stream)
             log.warning("http: %d connections open (the limit); closed %d new one(s), the last from %s "
                         "(%d refused in all)", self.active, self._refused_unlogged, peer,
                         self.stats["refused_max_connections"])
