@@ -9,8 +9,10 @@ import logging
 import trio
 import trio_websocket
 from harness import Flag, in_thread, publish_until, read_groups, running_relay, wait_until
+from test_qmux import CAPTURED_PARAMS
 
 import relay.transport.websocket as websocket_module
+import relay.web.app as web_app
 import relay.web.serve as web_serve
 from relay.protocol.lite import messages as m
 from relay.protocol.lite.version import Version
@@ -129,3 +131,54 @@ async def test_a_websocket_peer_that_stops_reading_is_closed_after_the_stall_tim
             finally:
                 stop.set()
                 n.cancel_scope.cancel()
+
+
+async def qmux_ping(port: int) -> bool:
+    """A canary QMux session over WebSocket: a PING is answered."""
+    async with trio_websocket.open_websocket("127.0.0.1", port, "/anon", use_ssl=False,
+                                             subprotocols=["qmux-01.moq-lite-05"]) as ws:
+        await ws.send_message(CAPTURED_PARAMS)
+        await ws.send_message(qmux.enc(qmux.QX_PING_REQUEST) + qmux.enc(42))
+        while True:
+            if await ws.get_message() == qmux.enc(qmux.QX_PING_RESPONSE) + qmux.enc(42):
+                return True
+
+
+async def test_websocket_messages_over_the_size_limit_are_refused(tmp_path, monkeypatch) -> None:
+    """hypercorn assembles WebSocket messages up to websocket.MAX_MESSAGE (made 64 KiB here): a
+    larger one closes that WebSocket (1009, message too big); another session is served."""
+    monkeypatch.setattr(websocket_module, "MAX_MESSAGE", 64 << 10)
+    async with running_relay(tmp_path, "moq-lite-05") as relay:
+        with trio.fail_after(20):
+            async with trio_websocket.open_websocket("127.0.0.1", relay.port, "/anon", use_ssl=False,
+                                                     subprotocols=["qmux-01.moq-lite-05"]) as ws:
+                await ws.send_message(CAPTURED_PARAMS)
+                big = qmux.enc(0x0E) + qmux.enc(2) + qmux.enc(0) + qmux.enc(80 << 10) + bytes(80 << 10)
+                await ws.send_message(big)  # 80 KiB on one stream: fine for QMux, not for hypercorn
+                try:
+                    while True:
+                        await ws.get_message()
+                except trio_websocket.ConnectionClosed as exc:
+                    assert exc.reason is not None and exc.reason.code == 1009, exc.reason
+            assert await qmux_ping(relay.port)
+
+
+async def test_http_fetch_waits_at_most_fetch_deadline(tmp_path, monkeypatch) -> None:
+    """/fetch of a broadcast nobody announces waits FETCH_DEADLINE (made 1 s here), then 404;
+    a canary request meanwhile is answered at once."""
+    monkeypatch.setattr(web_app, "FETCH_DEADLINE", 1.0)
+    async with running_relay(tmp_path, "moq-lite-05") as relay:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as n:
+                answers: list[tuple[bytes, bytes]] = []
+
+                async def fetch() -> None:
+                    answers.append(await http_get(relay.port, "/fetch/anon/nobody/v"))
+
+                started = trio.current_time()
+                n.start_soon(fetch)
+                assert await http_get(relay.port, "/health") == (b"HTTP/1.1 200 ", b"ok\n")
+                assert not answers and trio.current_time() - started < 1.0
+            elapsed = trio.current_time() - started
+        assert answers == [(b"HTTP/1.1 404 ", b"broadcast not announced\n")]
+        assert 1.0 <= elapsed < 5.0, elapsed
