@@ -53,9 +53,9 @@ def hypercorn_config(listen: list[tuple[str, int]]) -> HypercornConfig:
 
 
 class GuardedStream(trio.abc.HalfCloseableStream):
-    """An accepted TCP stream whose writes fail, and which is closed, when the peer takes none
-    of our bytes for `websocket.STALL_TIMEOUT` (hypercorn then ends the connection as for a
-    reset). hypercorn reads `.socket` for the addresses."""
+    """An accepted TCP stream whose writes fail, and which is closed, when the peer does not
+    take SEND_CHUNK bytes within `websocket.STALL_TIMEOUT` (hypercorn then ends the connection
+    as for a reset). hypercorn reads `.socket` for the addresses."""
 
     def __init__(self, stream: trio.SocketStream, server: HttpServer) -> None:
         self._stream = stream
@@ -73,8 +73,8 @@ class GuardedStream(trio.abc.HalfCloseableStream):
                 await self._stream.send_all(view[start:start + SEND_CHUNK])
             if stalled.cancelled_caught:
                 self._server.stats["stalled"] += 1
-                log.warning("http: %s took none of our bytes for %.0fs; closing the connection",
-                            peer_of(self._stream), timeout)
+                log.warning("http: %s did not take %d KiB we sent in %.0fs; closing the connection",
+                            peer_of(self._stream), SEND_CHUNK >> 10, timeout)
                 await trio.aclose_forcefully(self._stream)
                 raise trio.BrokenResourceError("the peer does not read")
 
