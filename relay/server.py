@@ -29,7 +29,7 @@ from relay.relaying.cluster import Cluster
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.quic import QuicEndpoint, moq_apps
 from relay.web.app import create_app
-from relay.web.serve import serve_http
+from relay.web.serve import HttpServer
 
 log = logging.getLogger("relay.server")
 
@@ -52,6 +52,7 @@ class RelayHandle:
     authorizer: Authorizer | None = None
     endpoint: QuicEndpoint | None = None
     cluster: Cluster | None = None
+    http_server: HttpServer | None = None
 
     @property
     def sessions(self) -> Sessions:
@@ -106,13 +107,15 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []
+        http_server: HttpServer | None = None
         if config.web.http.listen:
             app = create_app(origin, authorize, lambda: endpoint.identity.fingerprint,
                              ws_select=admission.ws_select if config.web.ws else None, ws_run=admission.ws_run)
-            http_urls = await nursery.start(serve_http, app, list(config.web.http.listen))
+            http_server = HttpServer(app, list(config.web.http.listen))
+            http_urls = await nursery.start(http_server.serve)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, admission=admission,
-                              authorizer=authorize, endpoint=endpoint)
+                              authorizer=authorize, endpoint=endpoint, http_server=http_server)
         for host, port in endpoint.addresses:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("listening addr=%s (udp: moql://%s https://%s)", hostport, hostport, hostport)

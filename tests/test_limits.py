@@ -9,7 +9,7 @@ import trio_websocket
 from harness import Flag, in_thread, publish_until, read_groups, running_relay
 from test_qmux import CAPTURED_PARAMS
 
-from relay.transport import qmux
+from relay.transport import polyfill, qmux
 from relay.transport.websocket import TokenBucket
 
 
@@ -111,3 +111,59 @@ async def test_message_rate_is_paced(autojump_clock: trio.testing.MockClock) -> 
     for _ in range(2000):
         await bucket.take()
     assert 1.99 <= trio.current_time() - start <= 2.01
+
+
+def test_qmux_control_backlog_is_bounded(monkeypatch) -> None:
+    """Answers (here PING responses, one per message) for a peer whose messages the driver
+    cannot hand on because the peer does not read: past MAX_CONTROL_BACKLOG the session fails;
+    a connection whose answers are taken never does."""
+    monkeypatch.setattr(qmux, "MAX_CONTROL_BACKLOG", 16)
+    ping = [qmux.enc(qmux.QX_PING_REQUEST) + qmux.enc(n) for n in range(100)]
+    canary = qmux.QmuxConnection(is_server=True)
+    canary.receive_message(CAPTURED_PARAMS)
+    canary.messages_to_send()  # our parameters
+    for n, message in enumerate(ping):
+        canary.receive_message(message)
+        assert canary.messages_to_send() == [qmux.enc(qmux.QX_PING_RESPONSE) + qmux.enc(n)]
+    stuck = qmux.QmuxConnection(is_server=True)
+    stuck.receive_message(CAPTURED_PARAMS)
+    accepted = 0
+    try:
+        for message in ping:
+            stuck.receive_message(message)
+            accepted += 1
+    except qmux.QmuxError as exc:
+        assert exc.code == qmux.PROTOCOL_VIOLATION and "does not read" in exc.reason
+    else:
+        raise AssertionError("100 unanswered PINGs were held")
+    assert accepted == 15  # our parameters and 15 answers; the 16th answer is one too many
+
+
+def test_polyfill_control_backlog_is_bounded(monkeypatch) -> None:
+    """The `webtransport` wire: the peer stops sending on its streams; the driver answers each
+    STOP_SENDING with a RESET_STREAM (as WebSocketSession does), which waits for a peer that does
+    not read. Past MAX_CONTROL_BACKLOG the session fails; with its answers taken, never."""
+    monkeypatch.setattr(polyfill, "MAX_CONTROL_BACKLOG", 16)
+    stops = [bytes((polyfill.STOP_SENDING,)) + qmux.enc(n << 2) + qmux.enc(0) for n in range(100)]
+
+    def feed(conn: polyfill.PolyfillConnection, message: bytes) -> None:
+        conn.receive_message(message)
+        for ev in conn.events():
+            if isinstance(ev, qmux.StopSending):
+                conn.reset_stream(ev.stream_id, ev.code)
+
+    canary = polyfill.PolyfillConnection(is_server=True)
+    for message in stops:
+        feed(canary, message)
+        assert len(canary.messages_to_send()) == 1
+    stuck = polyfill.PolyfillConnection(is_server=True)
+    accepted = 0
+    try:
+        for message in stops:
+            feed(stuck, message)
+            accepted += 1
+    except qmux.QmuxError as exc:
+        assert exc.code == polyfill.PROTOCOL_VIOLATION and "does not read" in exc.reason
+    else:
+        raise AssertionError("100 unsent RESET_STREAMs were held")
+    assert accepted == 17  # the check comes with the next message: it finds 17 waiting

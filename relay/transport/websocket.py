@@ -42,7 +42,10 @@ MAX_MESSAGE = polyfill.MAX_INCOMING_MESSAGE
 FLUSH_TIMEOUT = 2.0  # for the last messages (a close frame) once the session is over
 # Outgoing messages the writer holds for a slow peer: above this the reader stops taking the
 # peer's messages (TCP pushes back on it) until the writer is under the low-water mark again;
-# a peer that takes nothing for STALL_TIMEOUT meanwhile is closed.
+# a peer that takes nothing for STALL_TIMEOUT meanwhile is closed. A peer that sends nothing
+# either leaves the reader waiting for a message, and hypercorn's writes cannot be cancelled:
+# the HTTP server aborts a connection whose writes make no progress for STALL_TIMEOUT
+# (relay/web/serve.py), which ends this session too.
 OUTGOING_HIGH_WATER = 4 << 20
 OUTGOING_LOW_WATER = 1 << 20
 STALL_TIMEOUT = 20.0

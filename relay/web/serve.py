@@ -1,17 +1,39 @@
-"""The HTTP side's server: quart-trio's app under hypercorn, in the relay's nursery."""
+"""The HTTP side's server: quart-trio's app under hypercorn, in the relay's nursery.
+
+hypercorn's own `serve` accepts every TCP connection it is offered. This module runs the same
+worker as `hypercorn.trio.run.worker_serve` (its lifespan, its `TCPServer` per connection, its
+graceful shutdown) with our own per-connection handler in front, which counts the connections
+being served and closes at once any accepted past `max_connections`.
+"""
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.statsd import StatsdLogger
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
 from quart_trio import QuartTrio
 
-from relay.transport.websocket import MAX_MESSAGE
+from relay.transport import websocket
+
+log = logging.getLogger("relay.web")
 
 WS_PING_INTERVAL = 10.0
+# Concurrent HTTP/WebSocket connections (TCP) served at once; past it a new one is closed as
+# soon as it is accepted.
+MAX_HTTP_CONNECTIONS = 1000
+REFUSAL_LOG_INTERVAL = 1.0  # at most one log line a second about refused connections
+# hypercorn writes to a connection in a shielded scope, so a peer that stops reading would hold
+# the writer, and the handler above it, for ever: each SEND_CHUNK of a write must be taken by
+# the kernel within websocket.STALL_TIMEOUT, or the connection is aborted.
+SEND_CHUNK = 64 << 10
 
 
 def hypercorn_config(listen: list[tuple[str, int]]) -> HypercornConfig:
@@ -26,11 +48,136 @@ def hypercorn_config(listen: list[tuple[str, int]]) -> HypercornConfig:
     # The largest message hypercorn assembles (hypercorn holds up to 10 per connection for us).
     # A smaller queue (max_app_queue_size) would be tighter, but hypercorn then stops reading a
     # peer whose handler has ended before the close handshake.
-    hc.websocket_max_message_size = MAX_MESSAGE
+    hc.websocket_max_message_size = websocket.MAX_MESSAGE
     return hc
 
 
-async def serve_http(app: QuartTrio, listen: list[tuple[str, int]], *,
+class GuardedStream(trio.abc.HalfCloseableStream):
+    """An accepted TCP stream whose writes fail, and which is closed, when the peer does not
+    take SEND_CHUNK bytes within `websocket.STALL_TIMEOUT` (hypercorn then ends the connection
+    as for a reset). hypercorn reads `.socket` for the addresses."""
+
+    def __init__(self, stream: trio.SocketStream, server: HttpServer) -> None:
+        self._stream = stream
+        self._server = server
+        self.socket = stream.socket
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        if not view:
+            await self._stream.send_all(b"")
+            return
+        for start in range(0, len(view), SEND_CHUNK):
+            timeout = websocket.STALL_TIMEOUT
+            with trio.move_on_after(timeout) as stalled:
+                await self._stream.send_all(view[start:start + SEND_CHUNK])
+            if stalled.cancelled_caught:
+                self._server.stats["stalled"] += 1
+                log.warning("http: %s did not take %d KiB we sent in %.0fs; closing the connection",
+                            peer_of(self._stream), SEND_CHUNK >> 10, timeout)
+                await trio.aclose_forcefully(self._stream)
+                raise trio.BrokenResourceError("the peer does not read")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self._stream.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def peer_of(stream: trio.SocketStream) -> str:
+    try:
+        return repr_socket_addr(stream.socket.family, stream.socket.getpeername())
+    except OSError:
+        return "?"
+
+
+class HttpServer:
+    """`app` on `listen`, at most `max_connections` TCP connections at once."""
+
+    def __init__(self, app: QuartTrio, listen: list[tuple[str, int]], *,
+                 max_connections: int | None = None, config: HypercornConfig | None = None) -> None:
+        self.app = app
+        self.config = config or hypercorn_config(listen)
+        self.max_connections = MAX_HTTP_CONNECTIONS if max_connections is None else max_connections
+        self.active = 0  # connections being served now
+        self.stats = {"accepted": 0, "refused_max_connections": 0, "stalled": 0}
+        self._last_refusal_log = -float("inf")
+        self._refused_unlogged = 0
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; started() with the bound URLs. As hypercorn's worker_serve,
+        but for the handler that caps the connections."""
+        config = self.config
+        config.set_statsd_logger_class(StatsdLogger)
+        app = wrap_app(self.app, config.wsgi_max_body_size, None)
+        lifespan_state: LifespanState = {}
+        lifespan = Lifespan(app, config, lifespan_state)
+        context = WorkerContext(None)
+        async with trio.open_nursery() as lifespan_nursery:
+            await lifespan_nursery.start(lifespan.handle_lifespan)
+            await lifespan.wait_for_startup()
+            async with trio.open_nursery() as server_nursery:
+                listeners, urls = await self._listeners()
+                task_status.started(urls)
+                handler = partial(self._handle, app, context, ConnectionState(lifespan_state.copy()))
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(partial(trio.serve_listeners, handler, listeners,
+                                                   handler_nursery=server_nursery))
+                        await context.terminate.wait()
+                        nursery.cancel_scope.cancel()
+                finally:
+                    await context.terminated.set()
+                    server_nursery.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+            await lifespan.wait_for_shutdown()
+            lifespan_nursery.cancel_scope.cancel()
+
+    async def _listeners(self) -> tuple[list[trio.SocketListener], list[str]]:
+        config = self.config
+        sockets = config.create_sockets()  # no TLS: the plain-HTTP binds, v4 and v6 alike
+        listeners, urls = [], []
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            bind = repr_socket_addr(sock.family, sock.getsockname())
+            urls.append(f"http://{bind}")
+            await config.log.info(f"Running on http://{bind}")
+        return listeners, urls
+
+    async def _handle(self, app: AppWrapper, context: WorkerContext, state: ConnectionState,
+                      stream: trio.SocketStream) -> None:
+        if self.active >= self.max_connections:
+            self._refuse(stream)
+            await trio.aclose_forcefully(stream)
+            return
+        self.active += 1
+        self.stats["accepted"] += 1
+        try:
+            await TCPServer(app, self.config, context, state, GuardedStream(stream, self))  # type: ignore[arg-type]
+        finally:
+            self.active -= 1
+
+    def _refuse(self, stream: trio.SocketStream) -> None:
+        self.stats["refused_max_connections"] += 1
+        self._refused_unlogged += 1
+        now = trio.current_time()
+        if now - self._last_refusal_log >= REFUSAL_LOG_INTERVAL:
+            peer = peer_of(stream)
+            log.warning("http: %d connections open (the limit); closed %d new one(s), the last from %s "
+                        "(%d refused in all)", self.active, self._refused_unlogged, peer,
+                        self.stats["refused_max_connections"])
+            self._last_refusal_log = now
+            self._refused_unlogged = 0
+
+
+async def serve_http(app: QuartTrio, listen: list[tuple[str, int]], *, max_connections: int | None = None,
                      task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` on `listen` until cancelled; started() with the bound URLs."""
-    await serve(app, hypercorn_config(listen), task_status=task_status)
+    await HttpServer(app, listen, max_connections=max_connections).serve(task_status=task_status)
