@@ -17,6 +17,10 @@ import trio
 from harness import Flag, client, in_thread, running_relay, wait_until
 
 IETF = "moq-transport-14"
+# Every draft the relay claims, by its `[server] version` name (moq-rs offers moq-00, moqt-15 and
+# moqt-16 and takes what a relay limited to one of them picks).
+DRAFTS = ["moq-transport-14", "moqt-15", "moqt-16"]
+per_draft = pytest.mark.parametrize("draft", DRAFTS, ids=["d14", "d15", "d16"])
 LONG_US = 30_000_000
 TRANSPORT_OF = {"moql": "quic", "https": "webtransport", "ws": "websocket"}
 # Every single-protocol case, on each transport (the URL scheme the Rust client is given).
@@ -61,12 +65,13 @@ async def run_jobs(timeout: float, *jobs) -> list:
     return results
 
 
+@per_draft
 @per_transport
-async def test_publish_subscribe_bytes_and_order(tmp_path, scheme: str) -> None:
+async def test_publish_subscribe_bytes_and_order(tmp_path, scheme: str, draft: str) -> None:
     groups, frames = 5, 4
     done = Flag()
     seen: set[str] = set()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -96,18 +101,19 @@ async def test_publish_subscribe_bytes_and_order(tmp_path, scheme: str) -> None:
                 return out
 
         _, result = await run_jobs(40, publisher, subscriber)
-    assert seen == {(TRANSPORT_OF[scheme], IETF)}
+    assert seen == {(TRANSPORT_OF[scheme], draft)}
     assert [seq for seq, _ in result] == list(range(groups))
     for g, (_, payloads) in enumerate(result):
         assert payloads == [f"g{g}f{f}".encode() for f in range(frames)]
 
 
+@per_draft
 @per_transport
-async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str) -> None:
+async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str, draft: str) -> None:
     subscribers, groups = 20, 3
     ready = Flag()
     done = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -165,11 +171,12 @@ async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str) -> N
     assert broadcast is None or broadcast.upstream_subscriptions_total == 1
 
 
+@per_draft
 @per_transport
-async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str) -> None:
+async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str, draft: str) -> None:
     published = Flag()
     done = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -215,10 +222,11 @@ async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str) -> None
     assert payloads == [b"old-4", b"more"]
 
 
+@per_draft
 @per_transport
-async def test_announce_discovery_and_end(tmp_path, scheme: str) -> None:
+async def test_announce_discovery_and_end(tmp_path, scheme: str, draft: str) -> None:
     leave = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -251,12 +259,13 @@ async def test_announce_discovery_and_end(tmp_path, scheme: str) -> None:
     assert all(path.endswith("room/cam") for path, _ in result)
 
 
+@per_draft
 @per_transport
-async def test_unsubscribe_then_resubscribe(tmp_path, scheme: str) -> None:
+async def test_unsubscribe_then_resubscribe(tmp_path, scheme: str, draft: str) -> None:
     stop = Flag()
     unsubscribed = Flag()
     checked = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -311,9 +320,10 @@ async def test_unsubscribe_then_resubscribe(tmp_path, scheme: str) -> None:
     assert latest > first + 3, "groups published after the resubscribe must arrive"
 
 
+@per_draft
 @per_transport
-async def test_missing_broadcast(tmp_path, scheme: str) -> None:
-    async with running_relay(tmp_path, IETF) as relay:
+async def test_missing_broadcast(tmp_path, scheme: str, draft: str) -> None:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def subscriber() -> str:

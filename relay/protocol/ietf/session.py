@@ -1,7 +1,10 @@
-"""An IETF moq-transport draft-14 session between the relay and one peer (spec §3, §4, §8.1).
+"""An IETF moq-transport session (drafts 14-16) between the relay and one peer (spec §3, §4,
+§7.1-7.2, §8.1).
 
-The whole control plane rides the first bidirectional stream the client opens: CLIENT_SETUP,
-SERVER_SETUP, then every request, reply and follow-up of both sides. This module holds the
+The control plane rides the first bidirectional stream the client opens: CLIENT_SETUP,
+SERVER_SETUP, then every request, reply and follow-up of both sides; from draft-16 each
+SUBSCRIBE_NAMESPACE opens a bidirectional stream of its own (IetfPublisher serves it). From
+draft-15 REQUEST_OK / REQUEST_ERROR answer our requests: the Request ID says which side's. This module holds the
 session's life: the set-up and its scope (the SETUP PATH with its `?jwt=`, judged by the same
 Authorize callable as lite sessions), request IDs and MAX_REQUEST_ID credit both ways, the
 control-stream reader that hands each message to one of the two sides, and the accept loops.
@@ -111,7 +114,7 @@ class IetfSession(SessionTasks):
                 recv, pending = started
                 nursery.start_soon(self._control_loop, recv, pending)
                 nursery.start_soon(self._accept_uni_loop)
-                nursery.start_soon(self._refuse_bi_loop)
+                nursery.start_soon(self._accept_bi_loop)
                 assert self.scope is not None
                 if self.scope.expires is not None:
                     nursery.start_soon(self._expire_at, self.scope.expires)
@@ -127,7 +130,7 @@ class IetfSession(SessionTasks):
 
     async def _set_up(self) -> tuple[RecvStream, list[msg.ControlMessage]] | None:
         """CLIENT_SETUP in, scope, SERVER_SETUP out; None when the session was refused."""
-        reader = msg.ControlStreamReader(self.limits.max_message, lenient_setup=True)
+        reader = msg.ControlStreamReader(self.limits.max_message, lenient_setup=True, version=self.version)
         try:
             with trio.fail_after(self.limits.setup_timeout):
                 send, recv = await self.transport.accept_bi()
@@ -142,7 +145,7 @@ class IetfSession(SessionTasks):
             if not isinstance(setup, msg.ClientSetup):
                 raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
                                         f"{type(setup).__name__} before CLIENT_SETUP")
-            if self.version not in setup.versions:
+            if self.version.has_setup_versions and self.version not in setup.versions:
                 raise IetfProtocolError(SessionCode.VERSION_NEGOTIATION_FAILED,
                                         f"no {self.version.name_str} among {[hex(v) for v in setup.versions]}")
         except trio.TooSlowError:
@@ -195,7 +198,7 @@ class IetfSession(SessionTasks):
     async def send(self, message: msg.ControlMessage) -> None:
         """One control message, in one write (aiomoqt needs whole messages per frame, §3.2)."""
         assert self._control is not None
-        data = message.encode()
+        data = message.encode(self.version)
         async with self._send_lock:
             await self._control.write(data)
 
@@ -226,7 +229,7 @@ class IetfSession(SessionTasks):
             await self.send(msg.MaxRequestId(self._granted))
 
     async def _control_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
-        reader = msg.ControlStreamReader(self.limits.max_message)
+        reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
         try:
             for message in pending:
                 await self._dispatch(message)
@@ -262,6 +265,9 @@ class IetfSession(SessionTasks):
             case msg.Unsubscribe():
                 p.on_unsubscribe(message.request_id)
             case msg.SubscribeNamespace():
+                if self.version.has_namespace_stream:
+                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                            "SUBSCRIBE_NAMESPACE on the control stream (it opens its own stream)")
                 await self._take_request_id(message.request_id)
                 await p.on_subscribe_namespace(message)
             case msg.UnsubscribeNamespace():
@@ -286,6 +292,8 @@ class IetfSession(SessionTasks):
                 log.info("%s TRACK_STATUS_OK for a request we never made: ignored", self.name)
             case msg.SubscribeOk() | msg.SubscribeError() | msg.PublishDone():
                 s.on_reply(message)
+            case msg.RequestOk() | msg.RequestError():  # draft-15 on: to which of our requests?
+                self._on_generic_reply(message)
             case msg.SubscribeNamespaceOk() | msg.SubscribeNamespaceError():
                 pass  # we never ask (no SOLICIT: the peer announces unasked)
             # -- session level
@@ -299,9 +307,22 @@ class IetfSession(SessionTasks):
                 log.info("%s peer is blocked at request id %d (granted %d)", self.name,
                          message.max_request_id, self._granted)
             case msg.ClientSetup() | msg.ServerSetup() | msg.GoAway():
-                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unexpected {message.TYPE.name}")
+                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unexpected {message.NAME}")
             case _:
-                log.info("%s %s for a request we never made: ignored", self.name, message.TYPE.name)
+                log.info("%s %s for a request we never made: ignored", self.name, message.NAME)
+
+    def _on_generic_reply(self, reply: msg.RequestOk | msg.RequestError) -> None:
+        """REQUEST_OK / REQUEST_ERROR, handed on as the draft-14 reply it stands for: our
+        PUBLISH_NAMESPACEs are the publisher's, our SUBSCRIBEs the subscriber's."""
+        rid = reply.request_id
+        if self.publisher.announces(rid):
+            if isinstance(reply, msg.RequestError):
+                self.publisher.on_namespace_reply(msg.PublishNamespaceError(rid, reply.error_code, reply.reason))
+            return
+        if isinstance(reply, msg.RequestError):
+            self.subscriber.on_reply(msg.SubscribeError(rid, reply.error_code, reply.reason))
+        else:
+            log.info("%s REQUEST_OK for request %d, which needs none: ignored", self.name, rid)
 
     # ------------------------------------------------------------------ other streams
     async def _accept_uni_loop(self) -> None:
@@ -312,13 +333,39 @@ class IetfSession(SessionTasks):
         except SessionClosed:
             pass
 
-    async def _refuse_bi_loop(self) -> None:
-        """Draft-14 has one bidirectional stream; any other is refused alone."""
+    async def _accept_bi_loop(self) -> None:
+        """Draft-16: each further bidirectional stream is one SUBSCRIBE_NAMESPACE. Before 16
+        there is one bidirectional stream; any other is refused alone."""
         try:
             while True:
                 send, recv = await self.transport.accept_bi()
+                if self.version.has_namespace_stream:
+                    self.spawn(self.publisher.serve_namespace_stream, send, recv)
+                    continue
                 log.info("%s extra bidirectional stream refused", self.name)
                 send.reset(SessionCode.PROTOCOL_VIOLATION)
                 recv.stop(SessionCode.PROTOCOL_VIOLATION)
         except SessionClosed:
             pass
+
+    async def read_request(self, recv: RecvStream) -> msg.ControlMessage | None:
+        """The first message on a request stream of the peer's (draft-16 SUBSCRIBE_NAMESPACE),
+        its request ID taken; None when the stream ends first. Raises IetfProtocolError."""
+        reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
+        with trio.fail_after(self.limits.setup_timeout):
+            while True:
+                data = await recv.read(READ_CHUNK)
+                if not data:
+                    reader.finish()
+                    return None
+                messages = reader.feed(data)
+                if messages:
+                    break
+        if len(messages) > 1:
+            raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                    f"{messages[1].NAME} after {messages[0].NAME} on a request stream")
+        request = messages[0]
+        if not isinstance(request, msg.SubscribeNamespace):
+            raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"{request.NAME} opened a bidirectional stream")
+        await self._take_request_id(request.request_id)
+        return request

@@ -96,4 +96,4 @@ class IetfVersion(IntEnum):
 
 # Offered in this order of preference: the newest draft first (a peer offering several gets
 # the newest; draft-14 stays for the peers that speak nothing else, spec §1.7).
-SUPPORTED = [IetfVersion.DRAFT_14]
+SUPPORTED = [IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
