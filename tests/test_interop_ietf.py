@@ -1,10 +1,12 @@
-"""The real Rust client (moq-rs 0.5.1) speaking IETF moq-transport draft-14 through our relay.
+"""The real Rust client (moq-rs 0.5.1) speaking IETF moq-transport drafts 14, 15 and 16 through
+our relay.
 
 moq-rs offers every moq-lite and IETF version and takes what the relay picks: a relay limited to
 `moq-transport-14` makes it speak draft-14 on raw QUIC (ALPN `moq-00`), WebTransport
-(`wt-protocol: moq-00`) and WebSocket (subprotocol `qmux-01.moq-00`). The single-protocol cases
-run on each of the three transports; cross-protocol cases put moq-lite clients beside draft-14
-clients on one relay.
+(`wt-protocol: moq-00`) and WebSocket (subprotocol `qmux-01.moq-00`); limited to `moqt-15` or
+`moqt-16`, the same with `moqt-15` / `moqt-16` (`qmux-01.moqt-16` ...). The single-protocol cases
+run for each draft on each of the three transports; cross-protocol cases put moq-lite clients
+beside IETF clients of several drafts on one relay.
 """
 
 from __future__ import annotations
@@ -430,3 +432,18 @@ async def test_ietf_websocket_publisher_to_lite_and_ietf_subscribers(tmp_path) -
     _, seen = await cross(tmp_path, "ws", ["moql", "https"],
                           {"websocket": [IETF], "quic": ["moq-lite-06"], "webtransport": [IETF]})
     assert seen == {("websocket", IETF), ("quic", "moq-lite-06"), ("webtransport", IETF)}
+
+
+async def test_draft16_publisher_to_lite_and_draft14_subscribers(tmp_path) -> None:
+    # draft-16 over raw QUIC (ALPN moqt-16) publishes; lite-06 (WebTransport) and draft-14
+    # (WebSocket, qmux-01.moq-00) subscribe: one model under three wires.
+    _, seen = await cross(tmp_path, "moql", ["https", "ws"],
+                          {"quic": ["moqt-16"], "webtransport": ["moq-lite-06"], "websocket": [IETF]})
+    assert seen == {("quic", "moqt-16"), ("webtransport", "moq-lite-06"), ("websocket", IETF)}
+
+
+async def test_draft15_publisher_to_draft16_and_lite_subscribers(tmp_path) -> None:
+    # draft-15 over WebTransport publishes; draft-16 (raw QUIC) and lite-05 (WebSocket) subscribe.
+    _, seen = await cross(tmp_path, "https", ["moql", "ws"],
+                          {"webtransport": ["moqt-15"], "quic": ["moqt-16"], "websocket": ["moq-lite-05"]})
+    assert seen == {("webtransport", "moqt-15"), ("quic", "moqt-16"), ("websocket", "moq-lite-05")}

@@ -46,6 +46,7 @@ __all__ = ["IetfSession", "IetfSessionLimits"]
 log = logging.getLogger("relay.session")
 
 READ_CHUNK = 64 * 1024
+MAX_SKIPPED = 64  # draft-16: request IDs that may still arrive after a higher one
 IMPLEMENTATION = "moq-relay"
 
 
@@ -92,6 +93,7 @@ class IetfSession(SessionTasks):
         self._send_lock = trio.Lock()
         # The peer's request IDs (a client's: even, from 0) and the exclusive bound we granted.
         self._peer_next = 0
+        self._skipped: set[int] = set()  # draft-16: IDs passed over, still to come on another stream
         self._granted = 2 * self.limits.request_window
         # Ours (odd, from 1) and the peer's grant (draft-14: none until it says).
         self._our_next = 1
@@ -215,13 +217,26 @@ class IetfSession(SessionTasks):
         return request_id
 
     async def _take_request_id(self, request_id: int) -> None:
-        """A new request of the peer's: IDs grow (by 2, from 0) and stay below our grant."""
-        if request_id % 2 or request_id < self._peer_next:
+        """A new request of the peer's: IDs grow (by 2, from 0) and stay below our grant.
+
+        Draft-16 requests ride two kinds of stream (the control stream and one per
+        SUBSCRIBE_NAMESPACE), so they may arrive out of order: moq-rs sends SUBSCRIBE_NAMESPACE
+        0 on its own stream and PUBLISH_NAMESPACE 2 on the control stream at once, and 2 often
+        comes first. There the IDs skipped over stay usable, once each (at most MAX_SKIPPED)."""
+        if request_id % 2 or (request_id < self._peer_next and request_id not in self._skipped):
             raise IetfProtocolError(SessionCode.INVALID_REQUEST_ID,
                                     f"request id {request_id} (next must be {self._peer_next} or above, even)")
         if request_id >= self._granted:
             raise IetfProtocolError(SessionCode.TOO_MANY_REQUESTS,
                                     f"request id {request_id} beyond MAX_REQUEST_ID {self._granted}")
+        if request_id < self._peer_next:
+            self._skipped.discard(request_id)
+            return
+        if self.version.has_namespace_stream:
+            self._skipped.update(range(self._peer_next, request_id, 2))
+            if len(self._skipped) > MAX_SKIPPED:
+                raise IetfProtocolError(SessionCode.INVALID_REQUEST_ID,
+                                        f"request id {request_id} skips more than {MAX_SKIPPED} ids")
         self._peer_next = request_id + 2
         window = 2 * self.limits.request_window
         if self._granted - self._peer_next < window // 2:
