@@ -1,10 +1,12 @@
-"""The real Rust client (moq-rs 0.5.1) speaking IETF moq-transport draft-14 through our relay.
+"""The real Rust client (moq-rs 0.5.1) speaking IETF moq-transport drafts 14, 15 and 16 through
+our relay.
 
 moq-rs offers every moq-lite and IETF version and takes what the relay picks: a relay limited to
 `moq-transport-14` makes it speak draft-14 on raw QUIC (ALPN `moq-00`), WebTransport
-(`wt-protocol: moq-00`) and WebSocket (subprotocol `qmux-01.moq-00`). The single-protocol cases
-run on each of the three transports; cross-protocol cases put moq-lite clients beside draft-14
-clients on one relay.
+(`wt-protocol: moq-00`) and WebSocket (subprotocol `qmux-01.moq-00`); limited to `moqt-15` or
+`moqt-16`, the same with `moqt-15` / `moqt-16` (`qmux-01.moqt-16` ...). The single-protocol cases
+run for each draft on each of the three transports; cross-protocol cases put moq-lite clients
+beside IETF clients of several drafts on one relay.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ import trio
 from harness import Flag, client, in_thread, running_relay, wait_until
 
 IETF = "moq-transport-14"
+# Every draft the relay claims, by its `[server] version` name (moq-rs offers moq-00, moqt-15 and
+# moqt-16 and takes what a relay limited to one of them picks).
+DRAFTS = ["moq-transport-14", "moqt-15", "moqt-16"]
+per_draft = pytest.mark.parametrize("draft", DRAFTS, ids=["d14", "d15", "d16"])
 LONG_US = 30_000_000
 TRANSPORT_OF = {"moql": "quic", "https": "webtransport", "ws": "websocket"}
 # Every single-protocol case, on each transport (the URL scheme the Rust client is given).
@@ -61,12 +67,13 @@ async def run_jobs(timeout: float, *jobs) -> list:
     return results
 
 
+@per_draft
 @per_transport
-async def test_publish_subscribe_bytes_and_order(tmp_path, scheme: str) -> None:
+async def test_publish_subscribe_bytes_and_order(tmp_path, scheme: str, draft: str) -> None:
     groups, frames = 5, 4
     done = Flag()
     seen: set[str] = set()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -96,18 +103,19 @@ async def test_publish_subscribe_bytes_and_order(tmp_path, scheme: str) -> None:
                 return out
 
         _, result = await run_jobs(40, publisher, subscriber)
-    assert seen == {(TRANSPORT_OF[scheme], IETF)}
+    assert seen == {(TRANSPORT_OF[scheme], draft)}
     assert [seq for seq, _ in result] == list(range(groups))
     for g, (_, payloads) in enumerate(result):
         assert payloads == [f"g{g}f{f}".encode() for f in range(frames)]
 
 
+@per_draft
 @per_transport
-async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str) -> None:
+async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str, draft: str) -> None:
     subscribers, groups = 20, 3
     ready = Flag()
     done = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -165,11 +173,12 @@ async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str) -> N
     assert broadcast is None or broadcast.upstream_subscriptions_total == 1
 
 
+@per_draft
 @per_transport
-async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str) -> None:
+async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str, draft: str) -> None:
     published = Flag()
     done = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -215,10 +224,11 @@ async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str) -> None
     assert payloads == [b"old-4", b"more"]
 
 
+@per_draft
 @per_transport
-async def test_announce_discovery_and_end(tmp_path, scheme: str) -> None:
+async def test_announce_discovery_and_end(tmp_path, scheme: str, draft: str) -> None:
     leave = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -251,12 +261,13 @@ async def test_announce_discovery_and_end(tmp_path, scheme: str) -> None:
     assert all(path.endswith("room/cam") for path, _ in result)
 
 
+@per_draft
 @per_transport
-async def test_unsubscribe_then_resubscribe(tmp_path, scheme: str) -> None:
+async def test_unsubscribe_then_resubscribe(tmp_path, scheme: str, draft: str) -> None:
     stop = Flag()
     unsubscribed = Flag()
     checked = Flag()
-    async with running_relay(tmp_path, IETF) as relay:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def publisher() -> None:
@@ -311,9 +322,10 @@ async def test_unsubscribe_then_resubscribe(tmp_path, scheme: str) -> None:
     assert latest > first + 3, "groups published after the resubscribe must arrive"
 
 
+@per_draft
 @per_transport
-async def test_missing_broadcast(tmp_path, scheme: str) -> None:
-    async with running_relay(tmp_path, IETF) as relay:
+async def test_missing_broadcast(tmp_path, scheme: str, draft: str) -> None:
+    async with running_relay(tmp_path, draft) as relay:
         url = relay.url(scheme, "anon")
 
         async def subscriber() -> str:
@@ -420,3 +432,18 @@ async def test_ietf_websocket_publisher_to_lite_and_ietf_subscribers(tmp_path) -
     _, seen = await cross(tmp_path, "ws", ["moql", "https"],
                           {"websocket": [IETF], "quic": ["moq-lite-06"], "webtransport": [IETF]})
     assert seen == {("websocket", IETF), ("quic", "moq-lite-06"), ("webtransport", IETF)}
+
+
+async def test_draft16_publisher_to_lite_and_draft14_subscribers(tmp_path) -> None:
+    # draft-16 over raw QUIC (ALPN moqt-16) publishes; lite-06 (WebTransport) and draft-14
+    # (WebSocket, qmux-01.moq-00) subscribe: one model under three wires.
+    _, seen = await cross(tmp_path, "moql", ["https", "ws"],
+                          {"quic": ["moqt-16"], "webtransport": ["moq-lite-06"], "websocket": [IETF]})
+    assert seen == {("quic", "moqt-16"), ("webtransport", "moq-lite-06"), ("websocket", IETF)}
+
+
+async def test_draft15_publisher_to_draft16_and_lite_subscribers(tmp_path) -> None:
+    # draft-15 over WebTransport publishes; draft-16 (raw QUIC) and lite-05 (WebSocket) subscribe.
+    _, seen = await cross(tmp_path, "https", ["moql", "ws"],
+                          {"webtransport": ["moqt-15"], "quic": ["moqt-16"], "websocket": ["moq-lite-05"]})
+    assert seen == {("webtransport", "moqt-15"), ("quic", "moqt-16"), ("websocket", "moq-lite-05")}

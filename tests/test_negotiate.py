@@ -20,19 +20,23 @@ def authorize(target: str) -> Scope:
 
 
 def test_versions_from_config_keep_the_relays_preference() -> None:
-    assert ALL == [V.LITE_06, V.LITE_05, V.LITE_04, V.LITE_03, V.LITE_02, V.LITE_01, IetfVersion.DRAFT_14]
+    assert ALL == [V.LITE_06, V.LITE_05, V.LITE_04, V.LITE_03, V.LITE_02, V.LITE_01, IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
     assert versions_from_config(["moq-lite-03", "moq-lite-06"]) == [V.LITE_06, V.LITE_03]
     assert versions_from_config(["moql"]) == [V.LITE_02, V.LITE_01]
     # moq-lite is preferred whatever order the config lists the families in.
     assert versions_from_config(["moq-transport-14", "moq-lite-05"]) == [V.LITE_05, IetfVersion.DRAFT_14]
     assert versions_from_config(["moq-00"]) == versions_from_config(["moqt-14"]) == [IetfVersion.DRAFT_14]
-    with pytest.raises(ValueError, match="moq-transport-15"):
-        versions_from_config(["moq-transport-15"])
+    # Drafts 15 and 16 by either spelling, still after moq-lite and newest first.
+    assert versions_from_config(["moqt-15", "moq-transport-16", "moq-00"]) == [IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
+    assert versions_from_config(["moqt-16", "moq-lite-06"]) == [V.LITE_06, IetfVersion.DRAFT_16]
+    with pytest.raises(ValueError, match="moq-transport-17"):
+        versions_from_config(["moq-transport-17"])
 
 
 def test_each_transport_chooses_from_the_same_table() -> None:
     n = Negotiator(ALL, authorize)
-    assert n.protocols("quic") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", LEGACY, "moq-00"]
+    assert n.protocols("quic") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", LEGACY,
+                                   "moqt-16", "moqt-15", "moq-00"]
     # Raw QUIC: the handshake settled the ALPN; "moql" means the legacy SETUP picks 02 or 01.
     assert n.choose("quic", ["moq-lite-05"]).version == V.LITE_05
     legacy = n.choose("quic", [LEGACY])
@@ -40,7 +44,7 @@ def test_each_transport_chooses_from_the_same_table() -> None:
     assert n.choose("quic", ["h3"]) is None
     # WebTransport: the client's order wins; nothing in common falls back to the legacy SETUP.
     assert n.choose("webtransport", ["moq-lite-03", "moq-lite-06"]).protocol == "moq-lite-03"
-    assert n.choose("webtransport", ["moqt-16"]).version is None
+    assert n.choose("webtransport", ["moqt-17"]).version is None
     # WebSocket: [] = a bare wire (legacy SETUP).
     assert n.choose("websocket", []).legacy == (V.LITE_02, V.LITE_01)
     # Cluster links: every version that needs no legacy SETUP, whatever clients may use.
@@ -58,8 +62,16 @@ def test_the_ietf_family_on_raw_quic() -> None:
     assert n.choose("webtransport", ["moq-00", "moq-lite-05"]).family == "ietf"
     assert n.choose("webtransport", ["moq-lite-05", "moq-00"]).version == V.LITE_05
     # WebSocket: the QMux subprotocols name moq-00 after every moq-lite ALPN, ours order first.
-    assert n.protocols("websocket")[-1] == "moq-00"
+    assert n.protocols("websocket")[-3:] == ["moqt-16", "moqt-15", "moq-00"]
     assert n.choose("websocket", ["moq-00"]).version is IetfVersion.DRAFT_14
+    # Drafts 15 and 16: their own ALPNs, wt-protocols and subprotocol suffixes.
+    for version in (IetfVersion.DRAFT_15, IetfVersion.DRAFT_16):
+        for transport in ("quic", "webtransport", "websocket"):
+            choice = n.choose(transport, [version.alpn])
+            assert choice.family == "ietf" and choice.version is version and choice.protocol == version.alpn
+    # A client offering several drafts (and no lite) gets the newest on WebSocket (our order).
+    assert n.choose("websocket", ["moqt-16", "moqt-15", "moq-00"]).version is IetfVersion.DRAFT_16
+    assert Negotiator(versions_from_config(["moqt-15"]), authorize).protocols("quic") == ["moqt-15"]
     assert n.choose("link", ["moq-00"]) is None
     # A relay limited to draft-14 offers only moq-00; a transport narrowed by either name.
     only = Negotiator(versions_from_config(["moq-transport-14"]), authorize)

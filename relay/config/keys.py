@@ -112,7 +112,8 @@ KEYS: tuple[Key, ...] = (
         default=[("::", 443)], dev=DEV_BIND, example="127.0.0.1:4443,[::1]:4444",
         aliases=("server.listen",), flags=("--listen",)),
     Key("server.version", v.VERSIONS, "versions to offer: moq-lite ALPNs (moq-lite-06 ... moq-lite-03, moql) "
-        "and IETF moq-transport-14 (ALPN / wt-protocol moq-00); unset = all, moq-lite preferred",
+        "and IETF moq-transport-14 (ALPN / wt-protocol moq-00), moqt-15 and moqt-16 (ALPNs moqt-15, moqt-16); "
+        "unset = all, moq-lite preferred, then the newest draft",
         example="moq-lite-05,moql,moq-transport-14"),
     Key("server.tls.cert", v.PATHS, "PEM certificate chain files, paired with server.tls.key by index",
         default=[], example="/etc/moq/fullchain.pem", flags=("--tls-cert",), group="identity"),

@@ -1,5 +1,9 @@
-"""Draft-14 wire primitives (sans-IO): the Reader of peer bytes, the Writer, key-value pairs,
+"""Draft-14..16 wire primitives (sans-IO): the Reader of peer bytes, the Writer, key-value pairs,
 namespace tuples, locations, extension-header blocks and the AUTHORIZATION_TOKEN structure.
+
+Reader and Writer carry the session's draft (`version`, draft-14 unless told): key-value types
+are absolute up to draft-15 and delta-coded from draft-16 (each type the difference from the
+previous one, ascending; `IetfVersion.has_delta_keys`), with the count kept in front.
 
 Every Reader failure is an IetfProtocolError (TruncatedInput when the bytes merely end early);
 every count and length a peer declares is checked against a bound and against the bytes left
@@ -13,8 +17,9 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode, TruncatedInput
+from relay.protocol.ietf.version import IetfVersion
 from relay.protocol.lite.coding import Writer as LiteWriter
-from relay.varint import decode_varint
+from relay.varint import MAX_VARINT, decode_varint
 
 MAX_NAMESPACE_FIELDS = 32  # draft-14 and Rust: a tuple of 1..32 fields (Rust also allows 0)
 MAX_PARAMETERS = 64  # Rust's limit per message (ietf/parameters.rs)
@@ -51,9 +56,13 @@ class FilterType(IntEnum):
 
 
 class Writer(LiteWriter):
-    """The lite Writer (varint, u8, string, blob) plus the IETF field shapes."""
+    """The lite Writer (varint, u8, string, blob) plus the IETF field shapes, for one draft."""
 
-    __slots__ = ()
+    __slots__ = ("version",)
+
+    def __init__(self, version: IetfVersion = IetfVersion.DRAFT_14) -> None:
+        super().__init__()
+        self.version = version
 
     def flag(self, value: bool) -> Writer:
         self.buf.append(1 if value else 0)
@@ -78,14 +87,26 @@ class Writer(LiteWriter):
         if len(params) > MAX_PARAMETERS:
             raise ValueError(f"{len(params)} parameters (limit {MAX_PARAMETERS})")
         self.varint(len(params))
-        for key, value in params.items():
-            write_key_value(self, key, value)
+        write_pairs(self, list(params.items()))
         return self
 
 
-def write_key_value(w: Writer, key: int, value: KeyValue) -> None:
-    """One pair with the even/odd rule: even ⇒ varint value, odd ⇒ length + bytes."""
-    w.varint(key)
+def write_pairs(w: Writer, pairs: list[tuple[int, KeyValue]]) -> None:
+    """Pairs without a count: as given up to draft-15; sorted and delta-coded from draft-16."""
+    if not w.version.has_delta_keys:
+        for key, value in pairs:
+            write_key_value(w, key, value)
+        return
+    previous = 0
+    for key, value in sorted(pairs, key=lambda pair: pair[0]):
+        write_key_value(w, key, value, key - previous)
+        previous = key
+
+
+def write_key_value(w: Writer, key: int, value: KeyValue, wire_type: int | None = None) -> None:
+    """One pair with the even/odd rule: even ⇒ varint value, odd ⇒ length + bytes. `wire_type`
+    is what goes on the wire for the type (the delta from draft-16), `key` by default."""
+    w.varint(key if wire_type is None else wire_type)
     if key % 2 == 0:
         if not isinstance(value, int):
             raise ValueError(f"even key {key:#x} needs an integer value")
@@ -101,12 +122,19 @@ def write_key_value(w: Writer, key: int, value: KeyValue) -> None:
 class Reader:
     """Parses bytes a peer sent. Every failure is an IetfProtocolError."""
 
-    __slots__ = ("data", "pos", "end")
+    __slots__ = ("data", "pos", "end", "version", "_previous_key")
 
-    def __init__(self, data: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview, pos: int = 0, end: int | None = None,
+                 version: IetfVersion = IetfVersion.DRAFT_14) -> None:
         self.data = data
         self.pos = pos
         self.end = len(data) if end is None else end
+        self.version = version
+        self._previous_key: int | None = None  # draft-16: the last type of the current run of pairs
+
+    def start_pairs(self) -> None:
+        """A new run of key-value pairs begins (its first type is absolute on every draft)."""
+        self._previous_key = None
 
     @property
     def remaining(self) -> int:
@@ -173,8 +201,18 @@ class Reader:
             raise IetfProtocolError(_VIOLATION, f"unknown filter type {value:#x}")
         return FilterType(value)
 
-    def key_value(self, seen: Params, what: str) -> None:
+    def pair_type(self, what: str) -> int:
+        """One pair's type: absolute, or from draft-16 the delta from the run's previous type."""
         key = self.varint(f"{what} type")
+        if self.version.has_delta_keys and self._previous_key is not None:
+            key += self._previous_key
+            if key > MAX_VARINT:
+                raise IetfProtocolError(_KVP, f"{what} type beyond 2^62 - 1")
+        self._previous_key = key
+        return key
+
+    def key_value(self, seen: Params, what: str) -> None:
+        key = self.pair_type(what)
         if key in seen:
             raise IetfProtocolError(_KVP, f"duplicate {what} {key:#x}")
         if key % 2 == 0:
@@ -192,6 +230,7 @@ class Reader:
         if count > MAX_PARAMETERS:
             raise IetfProtocolError(_KVP, f"{count} {what}s (limit {MAX_PARAMETERS})")
         params: Params = {}
+        self.start_pairs()
         for _ in range(count):
             self.key_value(params, what)
         return params
@@ -209,14 +248,16 @@ def read_extensions(r: Reader) -> bytes:
     if n > MAX_EXTENSIONS_LENGTH:
         raise IetfProtocolError(_VIOLATION, f"extension headers of {n} bytes (limit {MAX_EXTENSIONS_LENGTH})")
     block = r.take(n, "extension headers")
-    parse_extensions(block)
+    parse_extensions(block, r.version)
     return block
 
 
-def parse_extensions(block: bytes) -> list[tuple[int, KeyValue]]:
-    """The pairs of an extension block; types may repeat (unlike parameters). Draft-14 types
-    are absolute (delta-coded only from draft-16)."""
-    r = Reader(block)
+def parse_extensions(block: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> list[tuple[int, KeyValue]]:
+    """The pairs of an extension block (absolute types); types may repeat (unlike parameters).
+    The wire types are absolute up to draft-15 and delta-coded from draft-16 (a delta of 0
+    repeats the type)."""
+    r = Reader(block, version=version)
+    r.start_pairs()
     pairs: list[tuple[int, KeyValue]] = []
     while r.remaining:
         if len(pairs) == MAX_EXTENSION_HEADERS:
@@ -230,12 +271,20 @@ def parse_extensions(block: bytes) -> list[tuple[int, KeyValue]]:
     return pairs
 
 
-def encode_extensions(pairs: list[tuple[int, KeyValue]] | Params) -> bytes:
-    """An extension block's body (without its length prefix)."""
-    w = Writer()
-    for key, value in pairs.items() if isinstance(pairs, dict) else pairs:
-        write_key_value(w, key, value)
+def encode_extensions(pairs: list[tuple[int, KeyValue]] | Params,
+                      version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
+    """An extension block's body (without its length prefix), for `version`."""
+    w = Writer(version)
+    write_pairs(w, list(pairs.items()) if isinstance(pairs, dict) else list(pairs))
     return bytes(w.buf)
+
+
+def recode_extensions(block: bytes, source: IetfVersion, target: IetfVersion) -> bytes:
+    """An extension block read on `source` as it must be written on `target` (the relay
+    forwards blocks between drafts: only the type coding differs, absolute or delta)."""
+    if source.has_delta_keys == target.has_delta_keys or not block:
+        return block
+    return encode_extensions(parse_extensions(block, source), target)
 
 
 # ------------------------------------------------------------------------ authorization token

@@ -1,19 +1,27 @@
-"""Draft-14 control-message framing (spec §3.2): `Type (i)`, `Length (16)`, payload.
+"""Control-message framing (spec §3.2, the same on drafts 14-16): `Type (i)`, `Length (16)`,
+payload.
 
-`ControlMessage` is the base of every message dataclass: `encode()` gives the framed bytes,
-`decode(payload)` parses the payload the framer cut out. `ControlFramer` is the sans-IO splitter
-of a control stream: feed it bytes in any chunking, get whole (type, payload) frames back.
+`ControlMessage` is the base of every message dataclass: `encode(version)` gives the framed
+bytes, `decode(payload, version)` parses the payload the framer cut out (draft-14 unless told).
+A class names the drafts it exists in (`SINCE`, `UNTIL`): the same type number means another
+message on another draft (0x07 is PUBLISH_NAMESPACE_OK on 14, REQUEST_OK from 15). From draft-15
+the generic replies take over: every `ErrorReply` goes out as REQUEST_ERROR and every `OkReply`
+as REQUEST_OK (spec §7.1), so the session names the reply it means and the draft picks the wire.
+`ControlFramer` is the sans-IO splitter of a control stream: feed it bytes in any chunking, get
+whole (type, payload) frames back.
 """
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, Self
 
-from relay.protocol.ietf.coding import Reader, Writer
+from relay.protocol.ietf.coding import Params, Reader, Writer
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+from relay.protocol.ietf.version import IetfVersion
 from relay.varint import decode_varint, encode_varint
 
 MAX_CONTROL_MESSAGE = 0xFFFF  # the 16-bit Length field's ceiling
@@ -50,48 +58,77 @@ class MessageType(IntEnum):
     PUBLISH_ERROR = 0x1F
     CLIENT_SETUP = 0x20
     SERVER_SETUP = 0x21
+    # Draft-15 on: the same numbers, other messages (aliases of the names above).
+    REQUEST_ERROR = 0x05
+    REQUEST_OK = 0x07
+    NAMESPACE = 0x08  # draft-16, on a SUBSCRIBE_NAMESPACE stream
+    NAMESPACE_DONE = 0x0E  # draft-16, likewise
 
 
-# type -> message class, filled by ControlMessage subclasses as their modules are imported
-# (relay.protocol.ietf.messages imports them all).
-MESSAGE_CLASSES: dict[int, type[ControlMessage]] = {}
+# type -> the message classes of that number (one per range of drafts), filled by
+# ControlMessage subclasses as their modules are imported (relay.protocol.ietf.messages imports
+# them all).
+MESSAGE_CLASSES: dict[int, list[type[ControlMessage]]] = {}
 
 
 class ControlMessage(ABC):
-    """A control message. Subclasses are dataclasses that set TYPE and implement the payload."""
+    """A control message. Subclasses are dataclasses that set TYPE and implement the payload;
+    `SINCE` / `UNTIL` bound the drafts the class is read on (inclusive)."""
 
     TYPE: ClassVar[MessageType]
+    SINCE: ClassVar[IetfVersion] = IetfVersion.DRAFT_14
+    UNTIL: ClassVar[IetfVersion | None] = None
+    NAME: ClassVar[str] = ""  # the spec's name (REQUEST_OK), set from the class name
 
     def __init_subclass__(cls, **kwargs: object) -> None:
         super().__init_subclass__(**kwargs)
+        if "NAME" not in cls.__dict__:
+            cls.NAME = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).upper()
         if "TYPE" in cls.__dict__:
-            MESSAGE_CLASSES[cls.TYPE] = cls
+            MESSAGE_CLASSES.setdefault(cls.TYPE, []).append(cls)
+
+    @classmethod
+    def exists_in(cls, version: IetfVersion) -> bool:
+        return cls.SINCE <= version and (cls.UNTIL is None or version <= cls.UNTIL)
+
+    def wire_type(self, version: IetfVersion) -> int:
+        """The type this message goes out as on `version`; ValueError when the draft has none."""
+        if not self.exists_in(version):
+            raise ValueError(f"{type(self).__name__} does not exist in {version.name_str}")
+        return self.TYPE
 
     @abstractmethod
     def write(self, w: Writer) -> None:
-        """The payload (after the type and length)."""
+        """The payload (after the type and length); `w.version` is the draft."""
 
     @classmethod
     @abstractmethod
     def read(cls, r: Reader) -> Self:
-        """The message from its payload; raises the IETF protocol error."""
+        """The message from its payload (`r.version` is the draft); raises the IETF protocol error."""
 
-    def encode_payload(self) -> bytes:
-        w = Writer()
+    def encode_payload(self, version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
+        w = Writer(version)
         self.write(w)
         return bytes(w.buf)
 
-    def encode(self) -> bytes:
+    def encode(self, version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
         """The framed message as it goes on the control stream (write it in one send: §3.2)."""
-        return frame_message(self.TYPE, self.encode_payload())
+        return frame_message(self.wire_type(version), self.encode_payload(version))
 
     @classmethod
-    def decode(cls, payload: bytes) -> Self:
+    def decode(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
         """Parse one payload; the whole payload must be consumed (Rust: WrongSize otherwise)."""
-        r = Reader(payload)
+        r = Reader(payload, version=version)
         message = cls.read(r)
-        r.done(cls.TYPE.name)
+        r.done(cls.NAME)
         return message
+
+
+def message_class(kind: int, version: IetfVersion) -> type[ControlMessage] | None:
+    for cls in MESSAGE_CLASSES.get(kind, ()):
+        if cls.exists_in(version):
+            return cls
+    return None
 
 
 def frame_message(kind: int, payload: bytes) -> bytes:
@@ -100,12 +137,14 @@ def frame_message(kind: int, payload: bytes) -> bytes:
     return encode_varint(kind) + len(payload).to_bytes(2, "big") + payload
 
 
-def decode_message(kind: int, payload: bytes) -> ControlMessage:
-    """The message of type `kind`; an unknown type is a protocol violation (as in Rust)."""
-    cls = MESSAGE_CLASSES.get(kind)
+def decode_message(kind: int, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> ControlMessage:
+    """The message of type `kind` on `version`; a type unknown there is a protocol violation
+    (as in Rust)."""
+    cls = message_class(kind, version)
     if cls is None:
-        raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unknown control message type {kind:#x}")
-    return cls.decode(payload)
+        raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                f"unknown control message type {kind:#x} on {version.name_str}")
+    return cls.decode(payload, version)
 
 
 class ControlFramer:
@@ -172,16 +211,71 @@ class RequestIdMessage(ControlMessage):
 
 @dataclass
 class ErrorReply(ControlMessage):
-    """Base of the *_ERROR replies: `Request ID (i), Error Code (i), Reason Phrase`; each reply
-    only names its type."""
+    """Base of the *_ERROR replies: `Request ID (i), Error Code (i), [Retry Interval (i),]
+    Reason Phrase`; each draft-14 reply only names its type, and from draft-15 all of them go
+    out as REQUEST_ERROR (the retry interval, in ms with 0 = never, from draft-16)."""
 
     request_id: int
     error_code: int
     reason: str = ""
+    retry_interval: int = 0
+
+    UNTIL = IetfVersion.DRAFT_14  # read as these only on draft-14; RequestError after
+
+    def wire_type(self, version: IetfVersion) -> int:
+        return MessageType.REQUEST_ERROR if version.has_message_params else self.TYPE
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).varint(self.error_code).string(self.reason)
+        w.varint(self.request_id).varint(self.error_code)
+        if w.version.has_retry_interval:
+            w.varint(self.retry_interval)
+        w.string(self.reason)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(r.varint("request id"), r.varint("error code"), r.string("reason phrase"))  # type: ignore[call-arg]
+        request_id, code = r.varint("request id"), r.varint("error code")
+        retry = r.varint("retry interval") if r.version.has_retry_interval else 0
+        return cls(request_id, code, r.string("reason phrase"), retry)  # type: ignore[call-arg]
+
+
+@dataclass
+class RequestError(ErrorReply):
+    """REQUEST_ERROR (draft-15 on): the answer to any failed request."""
+
+    TYPE = MessageType.REQUEST_ERROR
+    SINCE = IetfVersion.DRAFT_15
+    UNTIL = None
+
+
+@dataclass
+class OkReply(ControlMessage):
+    """Base of the replies that are only a Request ID on draft-14 (PUBLISH_NAMESPACE_OK,
+    SUBSCRIBE_NAMESPACE_OK); from draft-15 they go out as REQUEST_OK, `Request ID, Parameters`."""
+
+    request_id: int
+    params: Params = field(default_factory=dict)
+
+    UNTIL = IetfVersion.DRAFT_14
+
+    def wire_type(self, version: IetfVersion) -> int:
+        return MessageType.REQUEST_OK if version.has_message_params else self.TYPE
+
+    def write(self, w: Writer) -> None:
+        w.varint(self.request_id)
+        if w.version.has_message_params:
+            w.params(self.params)
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        request_id = r.varint("request id")
+        return cls(request_id, r.params() if r.version.has_message_params else {})  # type: ignore[call-arg]
+
+
+@dataclass
+class RequestOk(OkReply):
+    """REQUEST_OK (draft-15 on): PUBLISH_NAMESPACE / SUBSCRIBE_NAMESPACE accepted, or the answer
+    to SUBSCRIBE_UPDATE and TRACK_STATUS (with LARGEST_OBJECT when there is content)."""
+
+    TYPE = MessageType.REQUEST_OK
+    SINCE = IetfVersion.DRAFT_15
+    UNTIL = None

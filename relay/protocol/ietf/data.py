@@ -1,6 +1,8 @@
-"""Draft-14 data plane (spec §6), sans-IO: SUBGROUP_HEADER and FETCH_HEADER uni streams with
+"""The data plane of drafts 14-16 (spec §6, §7.1), sans-IO: SUBGROUP_HEADER and FETCH_HEADER uni streams with
 their objects, object datagrams, a writer for subgroup streams and an incremental reader for
 both stream kinds (feed bytes as they arrive, get the header, then each object once complete).
+Draft-15 adds SUBGROUP_HEADER types 0x30-0x3D: the same bits without the Publisher Priority
+byte (the priority comes from the subscription); from draft-16 extension types are delta-coded.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from enum import IntEnum
 from relay.model.track import MAX_FRAME_SIZE
 from relay.protocol.ietf.coding import Reader, Writer, parse_extensions, read_extensions
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode, TruncatedInput
+from relay.protocol.ietf.version import IetfVersion
 from relay.varint import MAX_VARINT, decode_varint, encode_varint
 
 _VIOLATION = SessionCode.PROTOCOL_VIOLATION
@@ -26,6 +29,8 @@ _ENDS_GROUP = 0x08
 SUBGROUP_HEADER_TYPES = frozenset(
     SUBGROUP_HEADER_BASE | bits for bits in range(0x0E) if bits & 0x06 != 0x06
 )
+_NO_PRIORITY = 0x20  # draft-15 on: 0x30-0x3D, no Publisher Priority byte
+PRIORITYLESS_SUBGROUP_HEADER_TYPES = frozenset(kind | _NO_PRIORITY for kind in SUBGROUP_HEADER_TYPES)
 
 OBJECT_DATAGRAM_TYPES = range(0x00, 0x08)  # bits: 0x01 extensions, 0x02 end of group, 0x04 no Object ID
 OBJECT_DATAGRAM_STATUS_TYPES = range(0x20, 0x22)  # bit 0x01 extensions
@@ -47,15 +52,16 @@ class SubgroupIdMode(IntEnum):
     EXPLICIT = _SUBGROUP_ON_WIRE
 
 
-def is_subgroup_header(stream_type: int) -> bool:
-    return stream_type in SUBGROUP_HEADER_TYPES
+def is_subgroup_header(stream_type: int, version: IetfVersion = IetfVersion.DRAFT_14) -> bool:
+    return stream_type in SUBGROUP_HEADER_TYPES or (
+        version.has_priorityless_subgroups and stream_type in PRIORITYLESS_SUBGROUP_HEADER_TYPES)
 
 
 @dataclass
 class SubgroupHeader:
     track_alias: int
     group_id: int
-    publisher_priority: int = 128
+    publisher_priority: int | None = 128  # None: not on the wire (0x30-0x3D, draft-15 on)
     subgroup_id: int | None = 0  # None until the first object when mode is FIRST_OBJECT
     subgroup_id_mode: SubgroupIdMode = SubgroupIdMode.ZERO
     has_extensions: bool = False  # every object on the stream carries an extension block
@@ -65,34 +71,40 @@ class SubgroupHeader:
     def stream_type(self) -> int:
         return (
             SUBGROUP_HEADER_BASE
+            | (_NO_PRIORITY if self.publisher_priority is None else 0)
             | self.subgroup_id_mode
             | (_HAS_EXTENSIONS if self.has_extensions else 0)
             | (_ENDS_GROUP if self.ends_group else 0)
         )
 
-    def encode(self) -> bytes:
-        if not 0 <= self.publisher_priority <= 0xFF:
+    def encode(self, version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
+        if self.publisher_priority is None and not version.has_priorityless_subgroups:
+            raise ValueError(f"{version.name_str} subgroup headers carry a publisher priority")
+        if self.publisher_priority is not None and not 0 <= self.publisher_priority <= 0xFF:
             raise ValueError(f"publisher priority {self.publisher_priority} is not one byte")
-        w = Writer().varint(self.stream_type).varint(self.track_alias).varint(self.group_id)
+        w = Writer(version).varint(self.stream_type).varint(self.track_alias).varint(self.group_id)
         if self.subgroup_id_mode == SubgroupIdMode.EXPLICIT:
             if self.subgroup_id is None:
                 raise ValueError("an explicit subgroup id is needed")
             w.varint(self.subgroup_id)
         elif self.subgroup_id_mode == SubgroupIdMode.ZERO and self.subgroup_id not in (0, None):
             raise ValueError(f"subgroup id {self.subgroup_id} cannot be sent as 'zero'")
-        return bytes(w.u8(self.publisher_priority).buf)
+        if self.publisher_priority is not None:
+            w.u8(self.publisher_priority)
+        return bytes(w.buf)
 
     @classmethod
     def read(cls, r: Reader, stream_type: int) -> SubgroupHeader:
-        if stream_type not in SUBGROUP_HEADER_TYPES:
-            raise IetfProtocolError(_VIOLATION, f"{stream_type:#x} is not a SUBGROUP_HEADER type")
-        bits = stream_type - SUBGROUP_HEADER_BASE
+        if not is_subgroup_header(stream_type, r.version):
+            raise IetfProtocolError(_VIOLATION, f"{stream_type:#x} is not a SUBGROUP_HEADER type on {r.version.name_str}")
+        has_priority = not stream_type & _NO_PRIORITY
+        bits = (stream_type & ~_NO_PRIORITY) - SUBGROUP_HEADER_BASE
         mode = SubgroupIdMode(bits & (_SUBGROUP_IS_FIRST_OBJECT | _SUBGROUP_ON_WIRE))
         alias, group = r.varint("track alias"), r.varint("group id")
         subgroup: int | None = {SubgroupIdMode.ZERO: 0, SubgroupIdMode.FIRST_OBJECT: None}.get(mode)
         if mode == SubgroupIdMode.EXPLICIT:
             subgroup = r.varint("subgroup id")
-        priority = r.u8("publisher priority")
+        priority = r.u8("publisher priority") if has_priority else None
         return cls(alias, group, priority, subgroup, mode, bool(bits & _HAS_EXTENSIONS), bool(bits & _ENDS_GROUP))
 
 
@@ -186,10 +198,12 @@ class FetchObject:
     status: ObjectStatus = ObjectStatus.NORMAL
     extensions: bytes = b""
 
-    def encode(self) -> bytes:
-        if not 0 <= self.publisher_priority <= 0xFF:
+    def encode(self, version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
+        if self.publisher_priority is None and not version.has_priorityless_subgroups:
+            raise ValueError(f"{version.name_str} subgroup headers carry a publisher priority")
+        if self.publisher_priority is not None and not 0 <= self.publisher_priority <= 0xFF:
             raise ValueError(f"publisher priority {self.publisher_priority} is not one byte")
-        w = Writer().varint(self.group_id).varint(self.subgroup_id).varint(self.object_id)
+        w = Writer(version).varint(self.group_id).varint(self.subgroup_id).varint(self.object_id)
         w.u8(self.publisher_priority)
         _write_extensions(w, self.extensions)
         _write_payload(w, self.payload, self.status)
@@ -289,9 +303,10 @@ class DataStreamReader:
     Holds at most one incomplete object: a payload length above `max_object_size` or an
     extension block above its bound is refused as soon as the length arrives."""
 
-    __slots__ = ("_buf", "header", "max_object_size", "_previous_id", "_ended", "objects_read")
+    __slots__ = ("_buf", "header", "max_object_size", "_previous_id", "_ended", "objects_read", "version")
 
-    def __init__(self, max_object_size: int = MAX_FRAME_SIZE) -> None:
+    def __init__(self, max_object_size: int = MAX_FRAME_SIZE, version: IetfVersion = IetfVersion.DRAFT_14) -> None:
+        self.version = version
         self._buf = bytearray()
         self.header: SubgroupHeader | FetchHeader | None = None
         self.max_object_size = max_object_size
@@ -302,7 +317,7 @@ class DataStreamReader:
     def feed(self, data: bytes) -> list[SubgroupObject | FetchObject]:
         self._buf += data
         out: list[SubgroupObject | FetchObject] = []
-        r = Reader(self._buf)
+        r = Reader(self._buf, version=self.version)
         while True:
             start = r.pos
             try:
@@ -331,7 +346,7 @@ class DataStreamReader:
         kind, r.pos = got
         if kind == FETCH_HEADER:
             return FetchHeader(r.varint("request id"))
-        if kind in SUBGROUP_HEADER_TYPES:
+        if is_subgroup_header(kind, self.version):
             return SubgroupHeader.read(r, kind)
         raise IetfProtocolError(_VIOLATION, f"unknown data stream type {kind:#x}")
 

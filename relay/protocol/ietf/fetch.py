@@ -1,4 +1,4 @@
-"""Draft-14 FETCH and its replies (spec §5.5), and what a FETCH asks for (`FetchRange`, sans-IO:
+"""FETCH and its replies (spec §5.5; from draft-15 priority and order are parameters, §7.1), and what a FETCH asks for (`FetchRange`, sans-IO:
 the relay's driver is relay/protocol/ietf/fetching.py).
 
 Ranges as the relay serves them: a standalone FETCH's start is inclusive, its end group
@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Self
 
+from relay.protocol.ietf import params as mp
 from relay.protocol.ietf.coding import GroupOrder, Location, Params, Reader, Writer
 from relay.protocol.ietf.control import ControlMessage, ErrorReply, MessageType, RequestIdMessage
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+from relay.protocol.ietf.params import MessageParam
 
 MAX_FETCH_GROUPS = 1024  # groups one FETCH may cover
 
@@ -68,7 +70,10 @@ class Fetch(ControlMessage):
     def write(self, w: Writer) -> None:
         if not 0 <= self.subscriber_priority <= 0xFF:
             raise ValueError(f"priority {self.subscriber_priority} is not one byte")
-        w.varint(self.request_id).u8(self.subscriber_priority).u8(self.group_order).varint(self.fetch_type)
+        w.varint(self.request_id)
+        if not w.version.has_message_params:
+            w.u8(self.subscriber_priority).u8(self.group_order)
+        w.varint(self.fetch_type)
         if self.fetch_type == FetchType.STANDALONE:
             if self.standalone is None:
                 raise ValueError("a standalone FETCH needs its range")
@@ -78,13 +83,19 @@ class Fetch(ControlMessage):
             if self.joining is None:
                 raise ValueError("a joining FETCH needs the subscription it joins")
             w.varint(self.joining.request_id).varint(self.joining.start)
-        w.params(self.params)
+        if w.version.has_message_params:
+            fields: Params = {MessageParam.SUBSCRIBER_PRIORITY: self.subscriber_priority,
+                              MessageParam.GROUP_ORDER: int(self.group_order)}
+            w.params(mp.merged(fields, self.params))
+        else:
+            w.params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
         request_id = r.varint("request id")
-        priority = r.u8("subscriber priority")
-        order = r.group_order()
+        in_params = r.version.has_message_params
+        priority = 128 if in_params else r.u8("subscriber priority")
+        order = GroupOrder.DESCENDING if in_params else r.group_order()
         kind = r.varint("fetch type")
         standalone: StandaloneRange | None = None
         joining: JoiningRef | None = None
@@ -94,7 +105,10 @@ class Fetch(ControlMessage):
             joining = JoiningRef(r.varint("joining request id"), r.varint("joining start"))
         else:
             raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unknown fetch type {kind:#x}")
-        return cls(request_id, FetchType(kind), standalone, joining, priority, order, r.params())
+        params = r.params()
+        if in_params:  # Rust's defaults when absent: 128, Descending
+            priority, order = mp.take_priority(params), mp.take_group_order(params)
+        return cls(request_id, FetchType(kind), standalone, joining, priority, order, params)
 
 
 @dataclass
@@ -106,13 +120,28 @@ class FetchOk(ControlMessage):
     end_of_track: bool
     end: Location  # 0.4.18 writes one past the last object it sends
     params: Params = field(default_factory=dict)
+    track_extensions: bytes = b""  # draft-16: the trailing block (raw pairs)
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).u8(self.group_order).flag(self.end_of_track).location(self.end).params(self.params)
+        """Draft-15 on: no group order field (Rust writes no parameter for it either)."""
+        w.varint(self.request_id)
+        if not w.version.has_message_params:
+            w.u8(self.group_order)
+        w.flag(self.end_of_track).location(self.end).params(self.params)
+        if self.track_extensions:
+            if not w.version.has_namespace_stream:
+                raise ValueError(f"track extensions do not exist in {w.version.name_str}")
+            w.raw(self.track_extensions)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(r.varint("request id"), r.group_order(), r.flag("end of track"), r.location("end"), r.params())
+        request_id = r.varint("request id")
+        if not r.version.has_message_params:
+            return cls(request_id, r.group_order(), r.flag("end of track"), r.location("end"), r.params())
+        end_of_track, end, params = r.flag("end of track"), r.location("end"), r.params()
+        order = mp.take_group_order(params)
+        extensions = mp.read_track_extensions(r) if r.version.has_namespace_stream else b""
+        return cls(request_id, order, end_of_track, end, params, extensions)
 
 
 @dataclass

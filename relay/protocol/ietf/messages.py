@@ -1,4 +1,4 @@
-"""Every draft-14 control message, in one namespace, and the sans-IO control-stream reader.
+"""Every control message of drafts 14-16, in one namespace, and the sans-IO control-stream reader.
 
 Importing this module registers every message class with control.MESSAGE_CLASSES, so
 `decode_message` and `ControlStreamReader` know them all.
@@ -20,8 +20,12 @@ from relay.protocol.ietf.control import (
     ControlFramer,
     ControlMessage,
     MessageType,
+    OkReply,
+    RequestError,
+    RequestOk,
     decode_message,
     frame_message,
+    message_class,
 )
 from relay.protocol.ietf.fetch import (
     Fetch,
@@ -33,6 +37,8 @@ from relay.protocol.ietf.fetch import (
     StandaloneRange,
 )
 from relay.protocol.ietf.namespace import (
+    Namespace,
+    NamespaceDone,
     PublishNamespace,
     PublishNamespaceCancel,
     PublishNamespaceDone,
@@ -68,6 +74,7 @@ from relay.protocol.ietf.subscribe import (
     TrackStatusOk,
     Unsubscribe,
 )
+from relay.protocol.ietf.version import IetfVersion
 
 __all__ = [
     "MAX_CONTROL_MESSAGE", "MESSAGE_CLASSES", "AuthToken", "ClientSetup", "ControlFramer", "ControlMessage",
@@ -78,7 +85,8 @@ __all__ = [
     "StandaloneRange", "Subscribe", "SubscribeDone", "SubscribeError", "SubscribeNamespace",
     "SubscribeNamespaceError", "SubscribeNamespaceOk", "SubscribeOk", "SubscribeUpdate", "SubscriptionFilter",
     "TokenAliasType", "TrackStatus", "TrackStatusError", "TrackStatusOk", "Unsubscribe", "UnsubscribeNamespace",
-    "decode_message", "frame_message",
+    "decode_message", "frame_message", "message_class", "Namespace", "NamespaceDone", "OkReply", "RequestError",
+    "RequestOk", "IetfVersion",
 ]
 
 assert len(MESSAGE_CLASSES) == len(MessageType), "a control message type has no class"
@@ -88,24 +96,27 @@ class ControlStreamReader:
     """Feed a control stream's bytes, get decoded messages in order (sans-IO).
 
     The first message a server reads is CLIENT_SETUP; pass `lenient_setup=True` to read its
-    parameters the forgiving way v0.9.6 needs (spec §8.4). Any malformed message, unknown type
-    or oversized Length raises IetfProtocolError; the session then closes with its code."""
+    parameters the forgiving way v0.9.6 needs (spec §8.4, draft-14 only). `version` is the
+    session's draft. Any malformed message, unknown type or oversized Length raises
+    IetfProtocolError; the session then closes with its code."""
 
-    __slots__ = ("_framer", "lenient_setup")
+    __slots__ = ("_framer", "lenient_setup", "version")
 
-    def __init__(self, max_message_size: int = MAX_CONTROL_MESSAGE, lenient_setup: bool = False) -> None:
+    def __init__(self, max_message_size: int = MAX_CONTROL_MESSAGE, lenient_setup: bool = False,
+                 version: IetfVersion = IetfVersion.DRAFT_14) -> None:
         self._framer = ControlFramer(max_message_size)
         self.lenient_setup = lenient_setup
+        self.version = version
 
     def feed(self, data: bytes) -> list[ControlMessage]:
         out: list[ControlMessage] = []
         for kind, payload in self._framer.feed(data):
             if self.lenient_setup and kind == MessageType.CLIENT_SETUP:
-                out.append(ClientSetup.decode_lenient(payload))
+                out.append(ClientSetup.decode_lenient(payload, self.version))
             elif self.lenient_setup and kind == MessageType.SERVER_SETUP:
-                out.append(ServerSetup.decode_lenient(payload))
+                out.append(ServerSetup.decode_lenient(payload, self.version))
             else:
-                out.append(decode_message(kind, payload))
+                out.append(decode_message(kind, payload, self.version))
         return out
 
     def finish(self) -> None:

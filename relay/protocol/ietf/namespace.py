@@ -1,6 +1,7 @@
-"""Draft-14 namespace discovery (spec §5.6): PUBLISH_NAMESPACE and its replies, withdrawal and
-cancel (keyed by namespace in draft-14, not by Request ID), SUBSCRIBE_NAMESPACE and its replies,
-UNSUBSCRIBE_NAMESPACE."""
+"""Namespace discovery (spec §5.6, §7.1-7.2): PUBLISH_NAMESPACE and its replies, withdrawal and
+cancel (keyed by namespace on drafts 14-15, by Request ID on 16), SUBSCRIBE_NAMESPACE and its
+replies, UNSUBSCRIBE_NAMESPACE (14-15), and draft-16's NAMESPACE / NAMESPACE_DONE, which the
+publisher writes on the subscriber's SUBSCRIBE_NAMESPACE stream (suffixes of its prefix)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from dataclasses import dataclass, field
 from typing import Self
 
 from relay.protocol.ietf.coding import Params, Reader, Writer
-from relay.protocol.ietf.control import ControlMessage, ErrorReply, MessageType, RequestIdMessage
+from relay.protocol.ietf.control import ControlMessage, ErrorReply, MessageType, OkReply
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+from relay.protocol.ietf.version import IetfVersion
+
+NAMESPACES_ONLY = 0x1  # draft-16 SUBSCRIBE_NAMESPACE option
 
 
 @dataclass
@@ -31,10 +35,8 @@ class PublishNamespace(ControlMessage):
 
 
 @dataclass
-class PublishNamespaceOk(RequestIdMessage):
+class PublishNamespaceOk(OkReply):
     TYPE = MessageType.PUBLISH_NAMESPACE_OK
-
-    request_id: int
 
 
 @dataclass
@@ -42,59 +44,89 @@ class PublishNamespaceError(ErrorReply):
     TYPE = MessageType.PUBLISH_NAMESPACE_ERROR
 
 
+def _write_announcement(w: Writer, namespace: tuple[str, ...], request_id: int | None) -> None:
+    """Which announcement: its namespace (14-15) or its PUBLISH_NAMESPACE's Request ID (16)."""
+    if w.version.has_namespace_stream:
+        if request_id is None:
+            raise ValueError(f"{w.version.name_str} names the announcement by its request id")
+        w.varint(request_id)
+    else:
+        w.namespace(namespace)
+
+
+def _read_announcement(r: Reader) -> tuple[tuple[str, ...], int | None]:
+    if r.version.has_namespace_stream:
+        return (), r.varint("request id")
+    return r.namespace(), None
+
+
 @dataclass
 class PublishNamespaceDone(ControlMessage):
+    """The publisher withdraws an announcement: by namespace (14-15) or Request ID (16)."""
+
     TYPE = MessageType.PUBLISH_NAMESPACE_DONE
 
-    namespace: tuple[str, ...]
+    namespace: tuple[str, ...] = ()
+    request_id: int | None = None
 
     def write(self, w: Writer) -> None:
-        w.namespace(self.namespace)
+        _write_announcement(w, self.namespace, self.request_id)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(r.namespace())
+        return cls(*_read_announcement(r))
 
 
 @dataclass
 class PublishNamespaceCancel(ControlMessage):
+    """The subscriber refuses an announcement after accepting it: by namespace or Request ID."""
+
     TYPE = MessageType.PUBLISH_NAMESPACE_CANCEL
 
     namespace: tuple[str, ...]
     error_code: int
     reason: str = ""
+    request_id: int | None = None
 
     def write(self, w: Writer) -> None:
-        w.namespace(self.namespace).varint(self.error_code).string(self.reason)
+        _write_announcement(w, self.namespace, self.request_id)
+        w.varint(self.error_code).string(self.reason)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(r.namespace(), r.varint("error code"), r.string("reason phrase"))
+        namespace, request_id = _read_announcement(r)
+        return cls(namespace, r.varint("error code"), r.string("reason phrase"), request_id)
 
 
 @dataclass
 class SubscribeNamespace(ControlMessage):
-    """Rust refuses any parameter here too (session close)."""
+    """Rust refuses any parameter here too (session close). Draft-16 sends it first on a
+    bidirectional stream of its own, with `Subscribe Options` (0x1 = namespaces only, what Rust
+    always sends) before the parameters."""
 
     TYPE = MessageType.SUBSCRIBE_NAMESPACE
 
     request_id: int
     prefix: tuple[str, ...]
     params: Params = field(default_factory=dict)
+    options: int = NAMESPACES_ONLY
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).namespace(self.prefix).params(self.params)
+        w.varint(self.request_id).namespace(self.prefix)
+        if w.version.has_namespace_stream:
+            w.varint(self.options)
+        w.params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(r.varint("request id"), r.namespace("namespace prefix"), r.params())
+        request_id, prefix = r.varint("request id"), r.namespace("namespace prefix")
+        options = r.varint("subscribe options") if r.version.has_namespace_stream else NAMESPACES_ONLY
+        return cls(request_id, prefix, r.params(), options)
 
 
 @dataclass
-class SubscribeNamespaceOk(RequestIdMessage):
+class SubscribeNamespaceOk(OkReply):
     TYPE = MessageType.SUBSCRIBE_NAMESPACE_OK
-
-    request_id: int
 
 
 @dataclass
@@ -110,6 +142,7 @@ class UnsubscribeNamespace(ControlMessage):
     The encoder writes the prefix when it is set, else the Request ID."""
 
     TYPE = MessageType.UNSUBSCRIBE_NAMESPACE
+    UNTIL = IetfVersion.DRAFT_15  # draft-16 closes the SUBSCRIBE_NAMESPACE stream instead
 
     prefix: tuple[str, ...] | None = None
     request_id: int | None = None
@@ -144,3 +177,28 @@ class UnsubscribeNamespace(ControlMessage):
             )
         r.pos = r.end
         return cls(prefix, request_id)
+
+
+@dataclass
+class Namespace(ControlMessage):
+    """Draft-16: a namespace under the SUBSCRIBE_NAMESPACE prefix became available (on that
+    request's stream; `suffix` is relative to the prefix)."""
+
+    TYPE = MessageType.NAMESPACE
+    SINCE = IetfVersion.DRAFT_16
+
+    suffix: tuple[str, ...]
+
+    def write(self, w: Writer) -> None:
+        w.namespace(self.suffix)
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls(r.namespace("namespace suffix"))
+
+
+@dataclass
+class NamespaceDone(Namespace):
+    """Draft-16: that namespace is gone."""
+
+    TYPE = MessageType.NAMESPACE_DONE

@@ -1,8 +1,10 @@
-"""Our side as a draft-14 publisher: the origin's broadcasts served to an IETF peer (spec §9.2,
-"moq-lite publisher -> MOQT subscriber").
+"""Our side as an IETF publisher (drafts 14-16): the origin's broadcasts served to an IETF peer
+(spec §9.2, "moq-lite publisher -> MOQT subscriber").
 
 SUBSCRIBE_NAMESPACE watches the origin and announces each visible broadcast as PUBLISH_NAMESPACE
-(its path relative to the session root, split on `/`), withdrawn with PUBLISH_NAMESPACE_DONE.
+(its path relative to the session root, split on `/`), withdrawn with PUBLISH_NAMESPACE_DONE;
+on draft-16 the SUBSCRIBE_NAMESPACE came on a stream of its own, and the announcements are
+NAMESPACE / NAMESPACE_DONE on that stream (suffixes of its prefix) instead.
 SUBSCRIBE joins the shared track (`Broadcast.subscribe`) and runs the protocol-neutral `Fanout`
 over `IetfGroupSink`: one SUBGROUP_HEADER stream per group (Subgroup ID 0, alias = the request
 ID), objects 0, 1, 2 ... with delta 0, FIN at the group's end; PUBLISH_DONE when the track or
@@ -32,9 +34,15 @@ from relay.protocol.ietf.bridge import (
     path_namespace,
 )
 from relay.protocol.ietf.data import SubgroupHeader, contiguous_object_prefix
-from relay.protocol.ietf.errors import NamespaceErrorCode, PublishDoneCode, RequestErrorCode
+from relay.protocol.ietf.errors import (
+    IetfProtocolError,
+    NamespaceErrorCode,
+    PublishDoneCode,
+    RequestErrorCode,
+)
+from relay.protocol.ietf.params import put_largest
 from relay.relaying.fanout import Fanout
-from relay.transport.base import SendStream, TransportError
+from relay.transport.base import RecvStream, SendStream, TransportError
 
 if TYPE_CHECKING:
     from relay.protocol.ietf.session import IetfSession
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.session")
 
 MAX_HOPS = 32
+READ_CHUNK = 64 * 1024
 DELIVERY_TIMEOUT = 0x02  # the SUBSCRIBE parameter (ms)
 
 
@@ -78,6 +87,7 @@ class _Watch:
     prefix: tuple[str, ...]
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     mine: dict[str, int] = field(default_factory=dict)  # relative path -> broadcast generation
+    stream: SendStream | None = None  # draft-16: the SUBSCRIBE_NAMESPACE stream, where it announces
 
 
 class IetfPublisher:
@@ -109,22 +119,65 @@ class IetfPublisher:
         return broadcast if len(broadcast.hops) < MAX_HOPS else None
 
     # ------------------------------------------------------------------ namespaces out
-    async def on_subscribe_namespace(self, request: msg.SubscribeNamespace) -> None:
-        s = self.session
+    def announces(self, request_id: int) -> bool:
+        """Whether `request_id` is one of our PUBLISH_NAMESPACEs (REQUEST_OK / _ERROR routing)."""
+        return any(entry.request_id == request_id for entry in self.announced.values())
+
+    def _accept_watch(self, request: msg.SubscribeNamespace) -> tuple[msg.ControlMessage, str | None]:
+        """The reply to a SUBSCRIBE_NAMESPACE and, when accepted, its prefix as a path."""
         rid = request.request_id
         rel = namespace_path(request.prefix)
         if rel is None:
-            await s.send(msg.SubscribeNamespaceError(rid, NamespaceErrorCode.NOT_SUPPORTED,
-                                                     "empty or '/' namespace field"))
-            return
-        if len(self.watches) >= s.limits.max_namespace_subscriptions:
-            await s.send(msg.SubscribeNamespaceError(rid, NamespaceErrorCode.INTERNAL_ERROR,
-                                                     "too many namespace subscriptions"))
-            return
-        watch = _Watch(request.prefix)
-        self.watches[rid] = watch
-        await s.send(msg.SubscribeNamespaceOk(rid))
-        s.spawn(self._run_watch, rid, watch, rel)
+            return msg.SubscribeNamespaceError(rid, NamespaceErrorCode.NOT_SUPPORTED, "empty or '/' namespace field"), None
+        if len(self.watches) >= self.session.limits.max_namespace_subscriptions:
+            return msg.SubscribeNamespaceError(rid, NamespaceErrorCode.INTERNAL_ERROR,
+                                               "too many namespace subscriptions"), None
+        return msg.SubscribeNamespaceOk(rid), rel
+
+    async def on_subscribe_namespace(self, request: msg.SubscribeNamespace) -> None:
+        s = self.session
+        reply, rel = self._accept_watch(request)
+        if rel is not None:
+            self.watches[request.request_id] = watch = _Watch(request.prefix)
+        await s.send(reply)
+        if rel is not None:
+            s.spawn(self._run_watch, request.request_id, watch, rel)
+
+    async def serve_namespace_stream(self, send: SendStream, recv: RecvStream) -> None:
+        """Draft-16: one SUBSCRIBE_NAMESPACE on its own stream. REQUEST_OK (or REQUEST_ERROR and
+        FIN) on it, then NAMESPACE / NAMESPACE_DONE until the peer closes its side."""
+        s = self.session
+        try:
+            request = await s.read_request(recv)
+            if request is None:
+                send.finish()
+                return
+            assert isinstance(request, msg.SubscribeNamespace)
+            reply, rel = self._accept_watch(request)
+            await send.write(reply.encode(s.version))
+            if rel is None:
+                send.finish()
+                return
+            watch = _Watch(request.prefix, stream=send)
+            self.watches[request.request_id] = watch
+            async with open_nursery() as nursery:
+                nursery.start_soon(self._watch_until_closed, recv, watch)
+                await self._run_watch(request.request_id, watch, rel)
+                nursery.cancel_scope.cancel()
+            send.finish()
+        except IetfProtocolError as exc:
+            s.fail(exc)
+        except (trio.TooSlowError, TransportError):
+            send.reset(0)
+
+    @staticmethod
+    async def _watch_until_closed(recv: RecvStream, watch: _Watch) -> None:
+        """The subscriber ends its namespace subscription by closing the stream (no
+        UNSUBSCRIBE_NAMESPACE on 16); anything it sends there is ignored."""
+        with contextlib.suppress(TransportError):
+            while await recv.read(READ_CHUNK):
+                pass
+        watch.cancel.cancel()
 
     def on_unsubscribe_namespace(self, request: msg.UnsubscribeNamespace) -> None:
         # aiomoqt names the prefix, HEAD Rust reads a request ID (spec §5.6): either finds it.
@@ -139,7 +192,10 @@ class IetfPublisher:
         if isinstance(reply, msg.PublishNamespaceError):
             log.info("%s peer refused a namespace (request %d): %s", s.name, reply.request_id, reply.reason)
         elif isinstance(reply, msg.PublishNamespaceCancel):
-            rel = namespace_path(reply.namespace)
+            if reply.request_id is not None:  # draft-16 names the request
+                rel = next((p for p, e in self.announced.items() if e.request_id == reply.request_id), None)
+            else:
+                rel = namespace_path(reply.namespace)
             if rel is not None and self.announced.pop(rel, None) is not None:
                 log.info("%s peer cancelled namespace %s: %s", s.name, rel, reply.reason)
 
@@ -182,7 +238,10 @@ class IetfPublisher:
                     await self._withdraw(watch, rel)
             elif rel not in watch.mine:
                 watch.mine[rel] = visible.generation
-                await self._announce(rel)
+                if watch.stream is not None:
+                    await self._tell(watch, rel, msg.Namespace)
+                else:
+                    await self._announce(rel)
             else:
                 # Another route took over: the namespace stays; subscriptions fail over or end.
                 watch.mine[rel] = visible.generation
@@ -200,9 +259,20 @@ class IetfPublisher:
             await s.send(msg.PublishNamespace(rid, path_namespace(rel)))
             log.debug("%s announced %s (request %d)", s.name, rel, rid)
 
+    async def _tell(self, watch: _Watch, rel: str, kind: type[msg.Namespace]) -> None:
+        """NAMESPACE or NAMESPACE_DONE on a draft-16 watch's stream: the suffix past its prefix."""
+        assert watch.stream is not None
+        fields = path_namespace(rel)
+        if fields[:len(watch.prefix)] != watch.prefix:
+            return
+        await watch.stream.write(kind(fields[len(watch.prefix):]).encode(self.session.version))
+
     async def _withdraw(self, watch: _Watch, rel: str) -> None:
         s = self.session
-        watch.mine.pop(rel, None)
+        if watch.mine.pop(rel, None) is not None and watch.stream is not None:
+            with contextlib.suppress(TransportError):
+                await self._tell(watch, rel, msg.NamespaceDone)
+            return
         async with self._announce_lock:
             entry = self.announced.get(rel)
             if entry is None:
@@ -212,7 +282,7 @@ class IetfPublisher:
                 return
             del self.announced[rel]
             try:
-                await s.send(msg.PublishNamespaceDone(path_namespace(rel)))
+                await s.send(msg.PublishNamespaceDone(path_namespace(rel), entry.request_id))
             except TransportError:
                 pass
 
@@ -305,6 +375,11 @@ class IetfPublisher:
         track = broadcast.live_track(request.track_name)
         latest = track.latest if track is not None else None
         largest = msg.Location(latest.sequence, max(0, len(latest.frames) - 1)) if latest is not None else None
+        if s.version.has_message_params:  # REQUEST_OK answers TRACK_STATUS, LARGEST_OBJECT if any
+            params: msg.Params = {}
+            put_largest(params, largest)
+            await s.send(msg.RequestOk(rid, params))
+            return
         await s.send(msg.TrackStatusOk(rid, track_alias=0, largest=largest))
 
 

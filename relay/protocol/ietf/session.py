@@ -1,7 +1,10 @@
-"""An IETF moq-transport draft-14 session between the relay and one peer (spec §3, §4, §8.1).
+"""An IETF moq-transport session (drafts 14-16) between the relay and one peer (spec §3, §4,
+§7.1-7.2, §8.1).
 
-The whole control plane rides the first bidirectional stream the client opens: CLIENT_SETUP,
-SERVER_SETUP, then every request, reply and follow-up of both sides. This module holds the
+The control plane rides the first bidirectional stream the client opens: CLIENT_SETUP,
+SERVER_SETUP, then every request, reply and follow-up of both sides; from draft-16 each
+SUBSCRIBE_NAMESPACE opens a bidirectional stream of its own (IetfPublisher serves it). From
+draft-15 REQUEST_OK / REQUEST_ERROR answer our requests: the Request ID says which side's. This module holds the
 session's life: the set-up and its scope (the SETUP PATH with its `?jwt=`, judged by the same
 Authorize callable as lite sessions), request IDs and MAX_REQUEST_ID credit both ways, the
 control-stream reader that hands each message to one of the two sides, and the accept loops.
@@ -43,6 +46,7 @@ __all__ = ["IetfSession", "IetfSessionLimits"]
 log = logging.getLogger("relay.session")
 
 READ_CHUNK = 64 * 1024
+MAX_SKIPPED = 64  # draft-16: request IDs that may still arrive after a higher one
 IMPLEMENTATION = "moq-relay"
 
 
@@ -89,6 +93,7 @@ class IetfSession(SessionTasks):
         self._send_lock = trio.Lock()
         # The peer's request IDs (a client's: even, from 0) and the exclusive bound we granted.
         self._peer_next = 0
+        self._skipped: set[int] = set()  # draft-16: IDs passed over, still to come on another stream
         self._granted = 2 * self.limits.request_window
         # Ours (odd, from 1) and the peer's grant (draft-14: none until it says).
         self._our_next = 1
@@ -111,7 +116,7 @@ class IetfSession(SessionTasks):
                 recv, pending = started
                 nursery.start_soon(self._control_loop, recv, pending)
                 nursery.start_soon(self._accept_uni_loop)
-                nursery.start_soon(self._refuse_bi_loop)
+                nursery.start_soon(self._accept_bi_loop)
                 assert self.scope is not None
                 if self.scope.expires is not None:
                     nursery.start_soon(self._expire_at, self.scope.expires)
@@ -127,7 +132,7 @@ class IetfSession(SessionTasks):
 
     async def _set_up(self) -> tuple[RecvStream, list[msg.ControlMessage]] | None:
         """CLIENT_SETUP in, scope, SERVER_SETUP out; None when the session was refused."""
-        reader = msg.ControlStreamReader(self.limits.max_message, lenient_setup=True)
+        reader = msg.ControlStreamReader(self.limits.max_message, lenient_setup=True, version=self.version)
         try:
             with trio.fail_after(self.limits.setup_timeout):
                 send, recv = await self.transport.accept_bi()
@@ -142,7 +147,7 @@ class IetfSession(SessionTasks):
             if not isinstance(setup, msg.ClientSetup):
                 raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
                                         f"{type(setup).__name__} before CLIENT_SETUP")
-            if self.version not in setup.versions:
+            if self.version.has_setup_versions and self.version not in setup.versions:
                 raise IetfProtocolError(SessionCode.VERSION_NEGOTIATION_FAILED,
                                         f"no {self.version.name_str} among {[hex(v) for v in setup.versions]}")
         except trio.TooSlowError:
@@ -195,7 +200,7 @@ class IetfSession(SessionTasks):
     async def send(self, message: msg.ControlMessage) -> None:
         """One control message, in one write (aiomoqt needs whole messages per frame, §3.2)."""
         assert self._control is not None
-        data = message.encode()
+        data = message.encode(self.version)
         async with self._send_lock:
             await self._control.write(data)
 
@@ -212,13 +217,26 @@ class IetfSession(SessionTasks):
         return request_id
 
     async def _take_request_id(self, request_id: int) -> None:
-        """A new request of the peer's: IDs grow (by 2, from 0) and stay below our grant."""
-        if request_id % 2 or request_id < self._peer_next:
+        """A new request of the peer's: IDs grow (by 2, from 0) and stay below our grant.
+
+        Draft-16 requests ride two kinds of stream (the control stream and one per
+        SUBSCRIBE_NAMESPACE), so they may arrive out of order: moq-rs sends SUBSCRIBE_NAMESPACE
+        0 on its own stream and PUBLISH_NAMESPACE 2 on the control stream at once, and 2 often
+        comes first. There the IDs skipped over stay usable, once each (at most MAX_SKIPPED)."""
+        if request_id % 2 or (request_id < self._peer_next and request_id not in self._skipped):
             raise IetfProtocolError(SessionCode.INVALID_REQUEST_ID,
                                     f"request id {request_id} (next must be {self._peer_next} or above, even)")
         if request_id >= self._granted:
             raise IetfProtocolError(SessionCode.TOO_MANY_REQUESTS,
                                     f"request id {request_id} beyond MAX_REQUEST_ID {self._granted}")
+        if request_id < self._peer_next:
+            self._skipped.discard(request_id)
+            return
+        if self.version.has_namespace_stream:
+            self._skipped.update(range(self._peer_next, request_id, 2))
+            if len(self._skipped) > MAX_SKIPPED:
+                raise IetfProtocolError(SessionCode.INVALID_REQUEST_ID,
+                                        f"request id {request_id} skips more than {MAX_SKIPPED} ids")
         self._peer_next = request_id + 2
         window = 2 * self.limits.request_window
         if self._granted - self._peer_next < window // 2:
@@ -226,7 +244,7 @@ class IetfSession(SessionTasks):
             await self.send(msg.MaxRequestId(self._granted))
 
     async def _control_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
-        reader = msg.ControlStreamReader(self.limits.max_message)
+        reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
         try:
             for message in pending:
                 await self._dispatch(message)
@@ -262,6 +280,9 @@ class IetfSession(SessionTasks):
             case msg.Unsubscribe():
                 p.on_unsubscribe(message.request_id)
             case msg.SubscribeNamespace():
+                if self.version.has_namespace_stream:
+                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                            "SUBSCRIBE_NAMESPACE on the control stream (it opens its own stream)")
                 await self._take_request_id(message.request_id)
                 await p.on_subscribe_namespace(message)
             case msg.UnsubscribeNamespace():
@@ -286,6 +307,8 @@ class IetfSession(SessionTasks):
                 log.info("%s TRACK_STATUS_OK for a request we never made: ignored", self.name)
             case msg.SubscribeOk() | msg.SubscribeError() | msg.PublishDone():
                 s.on_reply(message)
+            case msg.RequestOk() | msg.RequestError():  # draft-15 on: to which of our requests?
+                self._on_generic_reply(message)
             case msg.SubscribeNamespaceOk() | msg.SubscribeNamespaceError():
                 pass  # we never ask (no SOLICIT: the peer announces unasked)
             # -- session level
@@ -299,9 +322,22 @@ class IetfSession(SessionTasks):
                 log.info("%s peer is blocked at request id %d (granted %d)", self.name,
                          message.max_request_id, self._granted)
             case msg.ClientSetup() | msg.ServerSetup() | msg.GoAway():
-                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unexpected {message.TYPE.name}")
+                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unexpected {message.NAME}")
             case _:
-                log.info("%s %s for a request we never made: ignored", self.name, message.TYPE.name)
+                log.info("%s %s for a request we never made: ignored", self.name, message.NAME)
+
+    def _on_generic_reply(self, reply: msg.RequestOk | msg.RequestError) -> None:
+        """REQUEST_OK / REQUEST_ERROR, handed on as the draft-14 reply it stands for: our
+        PUBLISH_NAMESPACEs are the publisher's, our SUBSCRIBEs the subscriber's."""
+        rid = reply.request_id
+        if self.publisher.announces(rid):
+            if isinstance(reply, msg.RequestError):
+                self.publisher.on_namespace_reply(msg.PublishNamespaceError(rid, reply.error_code, reply.reason))
+            return
+        if isinstance(reply, msg.RequestError):
+            self.subscriber.on_reply(msg.SubscribeError(rid, reply.error_code, reply.reason))
+        else:
+            log.info("%s REQUEST_OK for request %d, which needs none: ignored", self.name, rid)
 
     # ------------------------------------------------------------------ other streams
     async def _accept_uni_loop(self) -> None:
@@ -312,13 +348,39 @@ class IetfSession(SessionTasks):
         except SessionClosed:
             pass
 
-    async def _refuse_bi_loop(self) -> None:
-        """Draft-14 has one bidirectional stream; any other is refused alone."""
+    async def _accept_bi_loop(self) -> None:
+        """Draft-16: each further bidirectional stream is one SUBSCRIBE_NAMESPACE. Before 16
+        there is one bidirectional stream; any other is refused alone."""
         try:
             while True:
                 send, recv = await self.transport.accept_bi()
+                if self.version.has_namespace_stream:
+                    self.spawn(self.publisher.serve_namespace_stream, send, recv)
+                    continue
                 log.info("%s extra bidirectional stream refused", self.name)
                 send.reset(SessionCode.PROTOCOL_VIOLATION)
                 recv.stop(SessionCode.PROTOCOL_VIOLATION)
         except SessionClosed:
             pass
+
+    async def read_request(self, recv: RecvStream) -> msg.ControlMessage | None:
+        """The first message on a request stream of the peer's (draft-16 SUBSCRIBE_NAMESPACE),
+        its request ID taken; None when the stream ends first. Raises IetfProtocolError."""
+        reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
+        with trio.fail_after(self.limits.setup_timeout):
+            while True:
+                data = await recv.read(READ_CHUNK)
+                if not data:
+                    reader.finish()
+                    return None
+                messages = reader.feed(data)
+                if messages:
+                    break
+        if len(messages) > 1:
+            raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                    f"{messages[1].NAME} after {messages[0].NAME} on a request stream")
+        request = messages[0]
+        if not isinstance(request, msg.SubscribeNamespace):
+            raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"{request.NAME} opened a bidirectional stream")
+        await self._take_request_id(request.request_id)
+        return request

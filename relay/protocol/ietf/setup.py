@@ -1,5 +1,6 @@
-"""Draft-14 session-level messages: CLIENT_SETUP, SERVER_SETUP, GOAWAY, MAX_REQUEST_ID,
-REQUESTS_BLOCKED (spec §4, §5.2)."""
+"""Session-level messages: CLIENT_SETUP, SERVER_SETUP, GOAWAY, MAX_REQUEST_ID, REQUESTS_BLOCKED
+(spec §4, §5.2). From draft-15 the SETUPs carry no version fields (the ALPN decided, §7.1): a
+CLIENT_SETUP read there lists the session's own draft, a SERVER_SETUP selects it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Self
 from relay.protocol.ietf.coding import Params, Reader, Writer
 from relay.protocol.ietf.control import ControlMessage, MessageType
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+from relay.protocol.ietf.version import IetfVersion
 
 MAX_SETUP_VERSIONS = 64  # a client lists a handful; refuse a count that would loop for long
 
@@ -138,13 +140,16 @@ class ClientSetup(ControlMessage):
     params_recovered: bool = field(default=False, compare=False)
 
     def write(self, w: Writer) -> None:
-        w.varint(len(self.versions))
-        for version in self.versions:
-            w.varint(version)
+        if w.version.has_setup_versions:
+            w.varint(len(self.versions))
+            for version in self.versions:
+                w.varint(version)
         w.params(self.params.to_params())
 
     @classmethod
     def _read(cls, r: Reader, lenient: bool) -> Self:
+        if not r.version.has_setup_versions:
+            return cls([r.version], *_read_setup_params(r, lenient=False))
         count = r.varint("version count")
         if count > MAX_SETUP_VERSIONS:
             raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"{count} versions in CLIENT_SETUP")
@@ -157,9 +162,9 @@ class ClientSetup(ControlMessage):
         return cls._read(r, lenient=False)
 
     @classmethod
-    def decode_lenient(cls, payload: bytes) -> Self:
-        """As decode, but malformed parameters are recovered or dropped (§8.4: v0.9.6)."""
-        return cls._read(Reader(payload), lenient=True)
+    def decode_lenient(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
+        """As decode, but malformed draft-14 parameters are recovered or dropped (§8.4: v0.9.6)."""
+        return cls._read(Reader(payload, version=version), lenient=True)
 
 
 @dataclass
@@ -171,10 +176,14 @@ class ServerSetup(ControlMessage):
     params_recovered: bool = field(default=False, compare=False)
 
     def write(self, w: Writer) -> None:
-        w.varint(self.selected_version).params(self.params.to_params())
+        if w.version.has_setup_versions:
+            w.varint(self.selected_version)
+        w.params(self.params.to_params())
 
     @classmethod
     def _read(cls, r: Reader, lenient: bool) -> Self:
+        if not r.version.has_setup_versions:
+            return cls(r.version, *_read_setup_params(r, lenient=False))
         version = r.varint("selected version")
         params, recovered = _read_setup_params(r, lenient)
         return cls(version, params, recovered)
@@ -184,13 +193,14 @@ class ServerSetup(ControlMessage):
         return cls._read(r, lenient=False)
 
     @classmethod
-    def decode_lenient(cls, payload: bytes) -> Self:
-        return cls._read(Reader(payload), lenient=True)
+    def decode_lenient(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
+        return cls._read(Reader(payload, version=version), lenient=True)
 
 
 @dataclass
 class GoAway(ControlMessage):
     TYPE = MessageType.GOAWAY
+    NAME = "GOAWAY"
 
     new_session_uri: str = ""  # empty = reconnect to the same URI
 

@@ -1,14 +1,22 @@
-"""Draft-14 subscription messages (spec §5.3, §5.4, §5.7): SUBSCRIBE and its replies and
-follow-ups, the publisher-initiated PUBLISH family, and TRACK_STATUS (SUBSCRIBE's layout)."""
+"""Subscription messages (spec §5.3, §5.4, §5.7, §7.1-7.2): SUBSCRIBE and its replies and
+follow-ups, the publisher-initiated PUBLISH family, and TRACK_STATUS (SUBSCRIBE's layout).
+
+One dataclass per message for every draft: draft-14 writes the fields in place; from draft-15
+they are message parameters (relay.protocol.ietf.params) and `params` keeps only the others.
+Draft-16 drops the group order from SUBSCRIBE_OK / PUBLISH and lets them end in a Track
+Extensions block (`track_extensions`, raw)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Self
 
+from relay.protocol.ietf import params as mp
 from relay.protocol.ietf.coding import FilterType, GroupOrder, Location, Params, Reader, Writer
 from relay.protocol.ietf.control import ControlMessage, ErrorReply, MessageType, RequestIdMessage
 from relay.protocol.ietf.errors import IetfProtocolError
+from relay.protocol.ietf.params import MessageParam
+from relay.protocol.ietf.version import IetfVersion
 
 
 @dataclass
@@ -38,6 +46,33 @@ class SubscriptionFilter:
         end_group = r.varint("end group") if kind == FilterType.ABSOLUTE_RANGE else None
         return cls(kind, start, end_group)
 
+    def to_param(self) -> bytes:
+        w = Writer()
+        self.write(w)
+        return bytes(w.buf)
+
+    @classmethod
+    def take(cls, params: Params) -> SubscriptionFilter:
+        """The SUBSCRIPTION_FILTER parameter (default LargestObject), popped from `params`."""
+        inner = mp.take_inner(params, MessageParam.SUBSCRIPTION_FILTER)
+        if inner is None:
+            return cls()
+        out = cls.read(inner)
+        inner.done("SUBSCRIPTION_FILTER")
+        return out
+
+
+def _request_params(priority: int, order: GroupOrder | None, forward: bool,
+                    filter: SubscriptionFilter | None, extra: Params) -> Params:
+    """SUBSCRIBE / PUBLISH_OK / SUBSCRIBE_UPDATE fields as draft-15+ parameters (as Rust writes
+    them: all of them, even at their defaults)."""
+    fields: Params = {MessageParam.FORWARD: int(forward), MessageParam.SUBSCRIBER_PRIORITY: _priority(priority)}
+    if filter is not None:
+        fields[MessageParam.SUBSCRIPTION_FILTER] = filter.to_param()
+    if order is not None:
+        fields[MessageParam.GROUP_ORDER] = int(order)
+    return mp.merged(fields, extra)
+
 
 @dataclass
 class Subscribe(ControlMessage):
@@ -54,12 +89,20 @@ class Subscribe(ControlMessage):
 
     def write(self, w: Writer) -> None:
         w.varint(self.request_id).namespace(self.namespace).string(self.track_name)
+        if w.version.has_message_params:
+            w.params(_request_params(self.subscriber_priority, self.group_order, self.forward, self.filter,
+                                     self.params))
+            return
         w.u8(_priority(self.subscriber_priority)).u8(self.group_order).flag(self.forward)
         self.filter.write(w)
         w.params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
+        if r.version.has_message_params:
+            request_id, namespace, name, params = r.varint("request id"), r.namespace(), r.string("track name"), r.params()
+            return cls(request_id, namespace, name, mp.take_priority(params), mp.take_group_order(params),
+                       mp.take_forward(params), SubscriptionFilter.take(params), params)
         return cls(
             r.varint("request id"),
             r.namespace(),
@@ -82,14 +125,29 @@ class SubscribeOk(ControlMessage):
     group_order: GroupOrder = GroupOrder.DESCENDING
     largest: Location | None = None  # Content Exists = 1 iff set
     params: Params = field(default_factory=dict)
+    track_extensions: bytes = b""  # draft-16: the trailing block (raw pairs)
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).varint(self.track_alias).varint(self.expires).u8(self.group_order)
+        w.varint(self.request_id).varint(self.track_alias)
+        if w.version.has_message_params:
+            fields: Params = {}
+            mp.put_largest(fields, self.largest)
+            if w.version.has_group_order_in_reply:
+                mp.put_int(fields, MessageParam.GROUP_ORDER, self.group_order)
+            w.params(mp.merged(fields, self.params))
+            _write_track_extensions(w, self.track_extensions)
+            return
+        w.varint(self.expires).u8(self.group_order)
         _write_largest(w, self.largest)
         w.params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
+        if r.version.has_message_params:
+            request_id, alias, params = r.varint("request id"), r.varint("track alias"), r.params()
+            largest, order = mp.take_largest(params), mp.take_group_order(params)
+            extensions = mp.read_track_extensions(r) if r.version.has_namespace_stream else b""
+            return cls(request_id, alias, 0, order, largest, params, extensions)
         return cls(
             r.varint("request id"),
             r.varint("track alias"),
@@ -120,11 +178,22 @@ class SubscribeUpdate(ControlMessage):
     params: Params = field(default_factory=dict)
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).varint(self.subscription_request_id).location(self.start)
+        w.varint(self.request_id).varint(self.subscription_request_id)
+        if w.version.has_message_params:
+            update = SubscriptionFilter(FilterType.ABSOLUTE_RANGE, self.start, self.end_group)
+            w.params(_request_params(self.subscriber_priority, None, self.forward, update, self.params))
+            return
+        w.location(self.start)
         w.varint(self.end_group).u8(_priority(self.subscriber_priority)).flag(self.forward).params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
+        if r.version.has_message_params:
+            request_id, subscription, params = r.varint("request id"), r.varint("subscription request id"), r.params()
+            priority, forward = mp.take_priority(params), mp.take_forward(params)
+            update = SubscriptionFilter.take(params)
+            start = update.start or Location(0, 0)
+            return cls(request_id, subscription, start, update.end_group or 0, priority, forward, params)
         return cls(
             r.varint("request id"),
             r.varint("subscription request id"),
@@ -162,12 +231,14 @@ class PublishDone(ControlMessage):
         return cls(r.varint("request id"), r.varint("status code"), r.varint("stream count"), r.string("reason"))
 
     @classmethod
-    def decode(cls, payload: bytes) -> Self:
+    def decode(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
         """Also reads v0.9.6's swapped order (`Status, Reason, Stream Count`, spec §8.4) when
         the draft-14 order does not parse; the draft-14 error is the one raised if neither does."""
         try:
-            return super().decode(payload)
+            return super().decode(payload, version)
         except IetfProtocolError as strict_error:
+            if version.has_message_params:  # v0.9.6 speaks draft-14 only
+                raise
             r = Reader(payload)
             try:
                 request_id, status = r.varint("request id"), r.varint("status code")
@@ -194,15 +265,31 @@ class Publish(ControlMessage):
     largest: Location | None = None  # Content Exists = 1 iff set
     forward: bool = True
     params: Params = field(default_factory=dict)
+    track_extensions: bytes = b""  # draft-16: the trailing block (raw pairs)
 
     def write(self, w: Writer) -> None:
         w.varint(self.request_id).namespace(self.namespace).string(self.track_name)
-        w.varint(self.track_alias).u8(self.group_order)
+        w.varint(self.track_alias)
+        if w.version.has_message_params:
+            fields: Params = {MessageParam.FORWARD: int(self.forward)}
+            mp.put_largest(fields, self.largest)
+            if w.version.has_group_order_in_reply:
+                mp.put_int(fields, MessageParam.GROUP_ORDER, self.group_order)
+            w.params(mp.merged(fields, self.params))
+            _write_track_extensions(w, self.track_extensions)
+            return
+        w.u8(self.group_order)
         _write_largest(w, self.largest)
         w.flag(self.forward).params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
+        if r.version.has_message_params:
+            request_id, namespace, name = r.varint("request id"), r.namespace(), r.string("track name")
+            alias, params = r.varint("track alias"), r.params()
+            order, largest, forward = mp.take_group_order(params), mp.take_largest(params), mp.take_forward(params)
+            extensions = mp.read_track_extensions(r) if r.version.has_namespace_stream else b""
+            return cls(request_id, namespace, name, alias, order, largest, forward, params, extensions)
         return cls(
             r.varint("request id"),
             r.namespace(),
@@ -227,12 +314,21 @@ class PublishOk(ControlMessage):
     params: Params = field(default_factory=dict)
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).flag(self.forward).u8(_priority(self.subscriber_priority)).u8(self.group_order)
+        w.varint(self.request_id)
+        if w.version.has_message_params:
+            w.params(_request_params(self.subscriber_priority, self.group_order, self.forward, self.filter,
+                                     self.params))
+            return
+        w.flag(self.forward).u8(_priority(self.subscriber_priority)).u8(self.group_order)
         self.filter.write(w)
         w.params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
+        if r.version.has_message_params:
+            request_id, params = r.varint("request id"), r.params()
+            return cls(request_id, mp.take_forward(params), mp.take_priority(params), mp.take_group_order(params),
+                       SubscriptionFilter.take(params), params)
         return cls(
             r.varint("request id"),
             r.flag("forward"),
@@ -257,9 +353,11 @@ class TrackStatus(Subscribe):
 
 @dataclass
 class TrackStatusOk(SubscribeOk):
-    """TRACK_STATUS_OK: SUBSCRIBE_OK's layout (aiomoqt; Rust does not implement it)."""
+    """TRACK_STATUS_OK: SUBSCRIBE_OK's layout (aiomoqt; Rust does not implement it). Draft-14
+    only: from draft-15 REQUEST_OK answers TRACK_STATUS."""
 
     TYPE = MessageType.TRACK_STATUS_OK
+    UNTIL = IetfVersion.DRAFT_14
 
 
 @dataclass
@@ -277,6 +375,12 @@ def _write_largest(w: Writer, largest: Location | None) -> None:
     w.flag(largest is not None)
     if largest is not None:
         w.location(largest)
+
+
+def _write_track_extensions(w: Writer, block: bytes) -> None:
+    if block and not w.version.has_namespace_stream:
+        raise ValueError(f"track extensions do not exist in {w.version.name_str}")
+    w.raw(block)
 
 
 def _read_largest(r: Reader) -> Location | None:

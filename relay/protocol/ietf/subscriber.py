@@ -29,6 +29,7 @@ from relay.protocol.ietf.bridge import ietf_priority, namespace_path, path_names
 from relay.protocol.ietf.coding import parse_extensions
 from relay.protocol.ietf.data import DataStreamReader, FetchHeader, ObjectStatus, SubgroupObject
 from relay.protocol.ietf.errors import IetfProtocolError, NamespaceErrorCode, SessionCode
+from relay.protocol.ietf.version import IetfVersion
 from relay.transport.base import RecvStream, SessionClosed, StreamReset, TransportError
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class IetfSubscriber:
     def __init__(self, session: IetfSession) -> None:
         self.session = session
         self.published: dict[str, Broadcast] = {}  # relative path -> what the peer announced
+        self.announce_ids: dict[int, str] = {}  # PUBLISH_NAMESPACE request id -> relative path
         self.by_request: dict[int, _Upstream] = {}
         self.by_alias: dict[int, _Upstream] = {}
         self._alias_bound = Notifier()
@@ -105,11 +107,16 @@ class IetfSubscriber:
         if old is not None:  # Rust re-offers with a new request ID: a replacement
             self._drop(rel, old)
         self.published[rel] = broadcast
+        self.announce_ids[rid] = rel
         log.info("%s publishes %s", s.name, broadcast.path)
         await s.send(msg.PublishNamespaceOk(rid))
 
     def on_publish_namespace_done(self, done: msg.PublishNamespaceDone) -> None:
-        rel = namespace_path(done.namespace)
+        """By namespace (14-15) or by the announcement's Request ID (16)."""
+        if done.request_id is not None:
+            rel: str | None = self.announce_ids.pop(done.request_id, None)
+        else:
+            rel = namespace_path(done.namespace)
         broadcast = self.published.get(rel) if rel is not None else None
         if rel is not None and broadcast is not None:
             self._drop(rel, broadcast)
@@ -143,7 +150,7 @@ class IetfSubscriber:
         s = self.session
         up = self.by_request.get(reply.request_id)
         if up is None:
-            log.info("%s %s for no subscription of ours (%d): ignored", s.name, reply.TYPE.name, reply.request_id)
+            log.info("%s %s for no subscription of ours (%d): ignored", s.name, reply.NAME, reply.request_id)
             return
         if isinstance(reply, msg.SubscribeOk):
             if up.alias is not None:
@@ -242,7 +249,7 @@ class IetfSubscriber:
 
     async def recv_stream(self, recv: RecvStream) -> None:
         s = self.session
-        reader = DataStreamReader(s.limits.max_object)
+        reader = DataStreamReader(s.limits.max_object, s.version)
         group: Group | None = None
         try:
             objects: list = []
@@ -324,15 +331,15 @@ class IetfSubscriber:
             log.debug("%s group %d has a gap at object %d: aborted", self.session.name, group_id, expected)
             group.abort(ErrorCode.UNSUPPORTED)
             return False
-        group.append(Frame(obj.payload, _timestamp(obj)))
+        group.append(Frame(obj.payload, _timestamp(obj, self.session.version)))
         return True
 
 
-def _timestamp(obj: SubgroupObject) -> int:
+def _timestamp(obj: SubgroupObject, version: IetfVersion) -> int:
     """The object's Timestamp property (Rust writes its track timescale: ms by default), else the
     arrival time in ms, as Rust stamps objects without one."""
     if obj.extensions:
-        for key, value in parse_extensions(obj.extensions):
+        for key, value in parse_extensions(obj.extensions, version):
             if key == TIMESTAMP and isinstance(value, int):
                 return value
     return int(time.time() * 1000)

@@ -39,9 +39,39 @@ class IetfVersion(IntEnum):
         return self is IetfVersion.DRAFT_14
 
     @property
+    def has_message_params(self) -> bool:
+        """Request fields (priority, order, forward, filter, largest) travel as message
+        parameters, and REQUEST_OK / REQUEST_ERROR answer every request but SUBSCRIBE and
+        FETCH (draft-15 on: spec §7.1)."""
+        return self >= IetfVersion.DRAFT_15
+
+    @property
+    def has_priorityless_subgroups(self) -> bool:
+        """SUBGROUP_HEADER types 0x30-0x3D: the 0x10 bits without a Publisher Priority (15 on)."""
+        return self >= IetfVersion.DRAFT_15
+
+    @property
     def has_delta_keys(self) -> bool:
         """Key-value-pair types are delta-coded (draft-16 on)."""
         return self >= IetfVersion.DRAFT_16
+
+    @property
+    def has_retry_interval(self) -> bool:
+        """REQUEST_ERROR carries a Retry Interval after its Error Code (draft-16 on)."""
+        return self >= IetfVersion.DRAFT_16
+
+    @property
+    def has_namespace_stream(self) -> bool:
+        """SUBSCRIBE_NAMESPACE opens its own bidirectional stream, answered with REQUEST_OK and
+        then NAMESPACE / NAMESPACE_DONE on it; PUBLISH_NAMESPACE_DONE / _CANCEL name the
+        Request ID; SUBSCRIBE_OK and PUBLISH may end in a Track Extensions block (draft-16)."""
+        return self >= IetfVersion.DRAFT_16
+
+    @property
+    def has_group_order_in_reply(self) -> bool:
+        """SUBSCRIBE_OK (and PUBLISH) carry the group order: a field in 14, a parameter in 15,
+        gone from 16."""
+        return self <= IetfVersion.DRAFT_15
 
     @classmethod
     def from_alpn(cls, alpn: str) -> IetfVersion | None:
@@ -64,5 +94,6 @@ class IetfVersion(IntEnum):
         return None
 
 
-# Offered in this order of preference; draft-14 first because every IETF peer speaks it (§1.7).
-SUPPORTED = [IetfVersion.DRAFT_14]
+# Offered in this order of preference: the newest draft first (a peer offering several gets
+# the newest; draft-14 stays for the peers that speak nothing else, spec §1.7).
+SUPPORTED = [IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
