@@ -613,3 +613,20 @@ async def test_draft15_publisher_to_draft16_and_lite_subscribers(tmp_path) -> No
     _, seen = await cross(tmp_path, "https", ["moql", "ws"],
                           {"webtransport": ["moqt-15"], "quic": ["moqt-16"], "websocket": ["moq-lite-05"]})
     assert seen == {("webtransport", "moqt-15"), ("quic", "moqt-16"), ("websocket", "moq-lite-05")}
+
+
+@per_draft
+async def test_ietf_publisher_to_legacy_subscribers(tmp_path, draft: str) -> None:
+    # The draft over raw QUIC publishes; lite-02 (the legacy in-band SETUP, "moql") subscribes over
+    # WebTransport and over WebSocket.
+    _, seen = await cross(tmp_path, "moql", ["https", "ws"],
+                          {"quic": [draft], "webtransport": ["moql"], "websocket": ["moql"]})
+    assert seen == {("quic", draft), ("webtransport", "moq-lite-02"), ("websocket", "moq-lite-02")}
+
+
+@per_draft
+async def test_legacy_publisher_to_ietf_subscribers(tmp_path, draft: str) -> None:
+    # lite-02 over WebTransport publishes; the draft subscribes over raw QUIC and over WebSocket.
+    _, seen = await cross(tmp_path, "https", ["moql", "ws"],
+                          {"webtransport": ["moql"], "quic": [draft], "websocket": [draft]})
+    assert seen == {("webtransport", "moq-lite-02"), ("quic", draft), ("websocket", draft)}
