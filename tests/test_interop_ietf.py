@@ -12,11 +12,24 @@ beside IETF clients of several drafts on one relay.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
+import signal
+import time
 
 import moq
 import pytest
 import trio
-from harness import Flag, client, in_thread, running_relay, wait_until
+from harness import (
+    Flag,
+    client,
+    in_thread,
+    publish_until,
+    read_groups,
+    running_relay,
+    spawn_python,
+    wait_until,
+)
 
 IETF = "moq-transport-14"
 # Every draft the relay claims, by its `[server] version` name (moq-rs offers moq-00, moqt-15 and
@@ -345,6 +358,159 @@ async def test_missing_broadcast(tmp_path, scheme: str, draft: str) -> None:
     assert outcome.startswith("error") or outcome == "ended", outcome
 
 
+# A publisher in its own process, so it can die without a goodbye (SIGKILL: no CONNECTION_CLOSE).
+PUBLISHER_SCRIPT = """
+import asyncio, sys, moq
+async def main():
+    url = sys.argv[1]
+    async with moq.Client(url, tls_verify=False, websocket_enabled=url.startswith("ws"), reconnect=False) as c:
+        b = c.create_broadcast("doomed")
+        t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
+        b.announce()
+        n = 0
+        while True:
+            g = t.append_group()
+            g.write_frame(b"tick-%d" % n)
+            g.finish()
+            n += 1
+            await asyncio.sleep(0.1)
+asyncio.run(main())
+"""
+IDLE = 2  # the relay's QUIC idle timeout in the SIGKILL case, seconds (keep-alive is 1 s)
+
+
+@per_draft
+@per_transport
+async def test_publisher_killed_ends_subscribers(tmp_path, scheme: str, draft: str) -> None:
+    killed = Flag()
+    async with running_relay(tmp_path, draft, idle=f"{IDLE}s") as relay:
+        url = relay.url(scheme, "anon")
+        proc = spawn_python(PUBLISHER_SCRIPT, url)
+
+        async def subscriber() -> tuple[int, float]:
+            async with client(url) as c:
+                tc = await open_track(c, "doomed", "v", 20)
+                received = 0
+                while not killed.event.is_set():
+                    group = await asyncio.wait_for(tc.next_group(), 10)
+                    assert group is not None
+                    received += 1
+                    if received == 3:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.set()
+                start = time.monotonic()
+                try:
+                    while await asyncio.wait_for(tc.next_group(), 15) is not None:
+                        pass
+                except moq.Error:
+                    pass  # PUBLISH_DONE with an error code surfaces as one
+                return received, time.monotonic() - start
+
+        try:
+            with trio.fail_after(40):
+                received, took = await in_thread(subscriber)
+        finally:
+            proc.kill()
+            proc.wait()
+        await wait_until(lambda: relay.handle.origin.best("anon/doomed") is None, 10)
+        # The relay is still up: a new publisher of the same name reaches a new subscriber.
+        stop = Flag()
+        again: list = []
+        with trio.fail_after(30):
+            async with trio.open_nursery() as n:
+                n.start_soon(in_thread, lambda: publish_until(url, "doomed", stop))
+
+                async def sub() -> None:
+                    try:
+                        again.extend(await in_thread(lambda: read_groups(url, "doomed", 1, timeout=10)))
+                    finally:
+                        stop.set()
+                n.start_soon(sub)
+    assert received >= 3
+    # The relay notices the dead publisher within its idle timeout and ends the track.
+    assert took < IDLE + 5, took
+    assert len(again) == 1 and again[0].startswith(b"doomed-"), again
+
+
+@per_draft
+@per_transport
+async def test_one_mebibyte_frames(tmp_path, scheme: str, draft: str) -> None:
+    payloads = [os.urandom(1 << 20) for _ in range(3)]
+    done = Flag()
+    received = [Flag() for _ in payloads]
+    async with running_relay(tmp_path, draft) as relay:
+        url = relay.url(scheme, "anon")
+
+        async def publisher() -> None:
+            async with client(url) as c:
+                b = c.create_broadcast("big")
+                t = b.publish_track("v", track_info())
+                b.announce()
+                await asyncio.wait_for(t.used(), 15)
+                await asyncio.sleep(0.5)
+                for k, p in enumerate(payloads):
+                    group = t.append_group()
+                    group.write_frame(p)
+                    group.finish()
+                    await received[k].wait(30)  # in lockstep with the reader, as in the lite matrix
+                await done.wait(30)
+
+        async def subscriber() -> list[str]:
+            async with client(url) as c:
+                tc = await open_track(c, "big", "v")
+                out = []
+                for k in range(len(payloads)):
+                    group = await asyncio.wait_for(tc.next_group(), 20)
+                    out.append(hashlib.sha256(b"".join(await read_group(group))).hexdigest())
+                    received[k].set()
+                done.set()
+                return out
+
+        _, result = await run_jobs(60, publisher, subscriber)
+    assert result == [hashlib.sha256(p).hexdigest() for p in payloads]
+
+
+@per_draft
+@per_transport
+async def test_ten_thousand_small_frames(tmp_path, scheme: str, draft: str) -> None:
+    groups, per_group = 10, 1000
+    done = Flag()
+    received = [Flag() for _ in range(groups)]
+    async with running_relay(tmp_path, draft) as relay:
+        url = relay.url(scheme, "anon")
+
+        async def publisher() -> None:
+            async with client(url) as c:
+                b = c.create_broadcast("small")
+                t = b.publish_track("v", track_info())
+                b.announce()
+                await asyncio.wait_for(t.used(), 15)
+                await asyncio.sleep(0.5)
+                for g in range(groups):
+                    group = t.append_group()
+                    for f in range(per_group):
+                        group.write_frame(b"%d:%d" % (g, f))
+                    group.finish()
+                    await received[g].wait(30)
+                await done.wait(30)
+
+        async def subscriber() -> list[list[bytes]]:
+            async with client(url) as c:
+                tc = await open_track(c, "small", "v")
+                out = []
+                for g in range(groups):
+                    group = await asyncio.wait_for(tc.next_group(), 20)
+                    out.append(await asyncio.wait_for(read_group(group), 20))
+                    received[g].set()
+                done.set()
+                return out
+
+        _, result = await run_jobs(60, publisher, subscriber)
+    assert sum(len(g) for g in result) == groups * per_group
+    for g, frames in enumerate(result):
+        assert frames == [b"%d:%d" % (g, f) for f in range(per_group)], g
+
+
 async def cross(tmp_path, pub: str, subs: list[str], versions: dict[str, list[str]]) -> tuple[list, set]:
     """A publisher on `pub` to subscribers on `subs` (schemes); frames of 3 groups each, and the
     (transport, version) of every session seen."""
@@ -447,3 +613,20 @@ async def test_draft15_publisher_to_draft16_and_lite_subscribers(tmp_path) -> No
     _, seen = await cross(tmp_path, "https", ["moql", "ws"],
                           {"webtransport": ["moqt-15"], "quic": ["moqt-16"], "websocket": ["moq-lite-05"]})
     assert seen == {("webtransport", "moqt-15"), ("quic", "moqt-16"), ("websocket", "moq-lite-05")}
+
+
+@per_draft
+async def test_ietf_publisher_to_legacy_subscribers(tmp_path, draft: str) -> None:
+    # The draft over raw QUIC publishes; lite-02 (the legacy in-band SETUP, "moql") subscribes over
+    # WebTransport and over WebSocket.
+    _, seen = await cross(tmp_path, "moql", ["https", "ws"],
+                          {"quic": [draft], "webtransport": ["moql"], "websocket": ["moql"]})
+    assert seen == {("quic", draft), ("webtransport", "moq-lite-02"), ("websocket", "moq-lite-02")}
+
+
+@per_draft
+async def test_legacy_publisher_to_ietf_subscribers(tmp_path, draft: str) -> None:
+    # lite-02 over WebTransport publishes; the draft subscribes over raw QUIC and over WebSocket.
+    _, seen = await cross(tmp_path, "https", ["moql", "ws"],
+                          {"webtransport": ["moql"], "quic": [draft], "websocket": [draft]})
+    assert seen == {("webtransport", "moq-lite-02"), ("quic", draft), ("websocket", draft)}
