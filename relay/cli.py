@@ -41,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     # every other line; --log-level, MOQ_LOG_LEVEL and RUST_LOG already apply (an invalid level
     # reads as info here and fails in the config), the TOML level only after loading.
     early = [raw for name, raw, _ in inv.flags if name == "log.level"]
-    setup_logging(early[-1] if early else os.environ.get("MOQ_LOG_LEVEL", "info"))
+    early_fmt = [raw for name, raw, _ in inv.flags if name == "log.format"]
+    setup_logging(early[-1] if early else os.environ.get("MOQ_LOG_LEVEL", "info"),
+                  fmt=early_fmt[-1] if early_fmt else os.environ.get("MOQ_LOG_FORMAT", "text"))
     try:
         config = build_config(inv, os.environ)
     except UsageError as exc:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, fmt=config.log.format)
     if inv.check:
         print("configuration ok" + (f": {config.source}" if config.source else " (development defaults)"))
         return 0

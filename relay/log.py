@@ -1,4 +1,5 @@
-"""Logging to stderr, one line per record: `2026-01-02T03:04:05.678Z INFO relay.server: message k=v`.
+"""Logging to stderr, one line per record: `2026-01-02T03:04:05.678Z INFO relay.server: message k=v`,
+or with `log.format = "json"` one JSON object per line (`JsonFormatter`).
 
 The level comes from `log.level`; `RUST_LOG`, when set, wins (relay spec §1.7): a bare level
 (`debug`) and/or `target=level` pairs (`relay.auth=debug,quic=info`). Rust targets such as
@@ -7,6 +8,7 @@ The level comes from `log.level`; `RUST_LOG`, when set, wins (relay spec §1.7):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -26,19 +28,48 @@ _NAMES = {TRACE: "TRACE", logging.DEBUG: "DEBUG", logging.INFO: "INFO", logging.
 _NOISY = ("quic", "hypercorn.error", "hypercorn.access", "relay.web.hypercorn", "quart.app", "quart.serving")
 
 
+FORMATS = ("text", "json")
+# The attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+def _stamp(record: logging.LogRecord) -> str:
+    """RFC 3339 UTC with milliseconds: `2026-01-02T03:04:05.678Z`."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
 class LineFormatter(logging.Formatter):
     """`time LEVEL logger: message key=value ...`; `extra={"kv": {...}}` adds key=value pairs."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
         level = _NAMES.get(record.levelno, record.levelname)
-        line = f"{stamp}.{int(record.msecs):03d}Z {level:5} {record.name}: {record.getMessage()}"
+        line = f"{_stamp(record)} {level:5} {record.name}: {record.getMessage()}"
         kv = getattr(record, "kv", None)
         if isinstance(kv, Mapping):
             line += "".join(f" {k}={_kv(v)}" for k, v in kv.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, target, message, then the record's extra fields
+    (the pairs of `extra={"kv": {...}}` and any other `extra=` key) and `exception` if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, object] = {"time": _stamp(record), "level": _NAMES.get(record.levelno, record.levelname),
+                                  "target": record.name, "message": record.getMessage()}
+        fields: dict[str, object] = {}
+        for name, value in record.__dict__.items():
+            if name == "kv" and isinstance(value, Mapping):
+                fields.update({str(k): v for k, v in value.items()})
+            elif name not in _STANDARD and not name.startswith("_"):
+                fields[name] = value
+        for name, value in fields.items():
+            out.setdefault(name, value)  # a field may not replace time, level, target or message
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
 
 
 def _kv(value: object) -> str:
@@ -78,8 +109,9 @@ def level_number(level: str) -> int:
     return _LEVELS.get(level.lower(), logging.INFO)
 
 
-def setup_logging(level: str = "info", env: Mapping[str, str] | None = None) -> None:
-    """(Re)configure the root logger; safe to call twice (the CLI does: before and after config)."""
+def setup_logging(level: str = "info", env: Mapping[str, str] | None = None, fmt: str = "text") -> None:
+    """(Re)configure the root logger; safe to call twice (the CLI does: before and after config).
+    `fmt` is `log.format`: "text" lines or "json" objects."""
     env = os.environ if env is None else env
     default, targets = parse_rust_log(env.get("RUST_LOG", ""))
     root = logging.getLogger()
@@ -89,7 +121,7 @@ def setup_logging(level: str = "info", env: Mapping[str, str] | None = None) -> 
             root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
     handler._relay_handler = True  # type: ignore[attr-defined]
-    handler.setFormatter(LineFormatter())
+    handler.setFormatter(JsonFormatter() if fmt.lower() == "json" else LineFormatter())
     root.addHandler(handler)
     root.setLevel(default if default is not None else level_number(level))
     for name, lvl in targets.items():

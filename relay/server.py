@@ -124,7 +124,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         for url in http_urls:
             log.info("http listening url=%s websocket=%s", url, websocket)
         log.info("certificate sha256=%s", identity.fingerprint)
-        if config.is_dev_defaults:
+        if config.is_dev_defaults and config.log.format == "text":  # json: only the log lines above
             port = endpoint.addresses[0][1]
             lines = [f"moq-relay is running (hop id {hop_id}). Connect with:",
                      f"  moql://localhost:{port}/anon   (raw QUIC)",

@@ -107,6 +107,8 @@ KEYS: tuple[Key, ...] = (
     Key("drain_timeout", v.DURATION, "on the first SIGINT/SIGTERM, wait this long for sessions to leave "
         "after GOAWAY; a second signal stops at once", default=10.0, example="3s"),
     Key("log.level", v.LEVEL, "log level (RUST_LOG, when set, wins)", default="info", example="debug"),
+    Key("log.format", v.LOG_FORMAT, "stderr line format: text, or json (one object per line: time, "
+        "level, target, message and the record's fields)", default="text", example="json", rust=False),
     # ------------------------------------------------------------------ QUIC listener
     Key("server.bind", v.ADDRS, "UDP addresses for raw QUIC (moql://) and WebTransport (https://)",
         default=[("::", 443)], dev=DEV_BIND, example="127.0.0.1:4443,[::1]:4444",

@@ -95,6 +95,7 @@ class ClientConfig:
 @dataclass
 class LogConfig:
     level: str = _d("log.level")
+    format: str = _d("log.format")
 
 
 @dataclass

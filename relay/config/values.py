@@ -240,6 +240,7 @@ PREFIXES = Type("PREFIX", _prefixes, _join, many=True)
 VERSIONS = Type("ALPN", _versions, _join, many=True)
 LEVEL = Type("{trace,debug,info,warn,error}", _choice("trace", "debug", "info", "warn", "warning", "error",
                                                        fold=True))
+LOG_FORMAT = Type("{text,json}", _choice("text", "json", fold=True))
 ENGINE = Type("{aioquic,qh3}", _choice("aioquic", "qh3"))
 CLUSTER_ID = Type("N", _cluster_id)
 # Keys we accept but do not implement are never parsed (a value format we do not know must not
