@@ -24,6 +24,7 @@ from relay.config import Config, ConfigError
 from relay.errors import LocalError
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
+from relay.notify_systemd import notify
 from relay.protocol.negotiate import Negotiator, versions_from_config
 from relay.relaying.cluster import Cluster
 from relay.tls import Identity, generate_self_signed, load_identity
@@ -135,6 +136,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator)
         handle_.cluster = cluster
         task_status.started(handle_)
+        notify("READY=1")
         if identity.generated:
             nursery.start_soon(_renew_generated, endpoint, handle_, list(config.server.tls.generate))
         if handle_signals:
@@ -204,6 +206,7 @@ async def _drain_on_signal(handle: RelayHandle, timeout: float, cancel: trio.Can
         signum = await signals.__anext__()
         log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
         handle.admission.draining = True
+        notify("STOPPING=1")
         for session in list(handle.sessions):
             session.send_goaway()
         with trio.move_on_after(timeout):

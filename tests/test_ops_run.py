@@ -1,4 +1,5 @@
-"""Operations, as real processes: JSON log lines (`--log-format json`)."""
+"""Operations, as real processes: JSON log lines (`--log-format json`) and systemd readiness
+(`NOTIFY_SOCKET`: READY=1 once listening, STOPPING=1 when a drain starts)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 from harness import free_port
 
 from relay.log import JsonFormatter
+from relay.notify_systemd import notify, socket_address
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -73,3 +76,49 @@ def test_log_format_json_every_stderr_line_is_an_object(tmp_path: Path) -> None:
     assert any(r["target"] == "relay.server" and r["message"].startswith("listening") for r in records)
     assert any(r["level"] == "DEBUG" for r in records)
     assert not any("moq-relay is running" in line for line in lines)  # the banner is text-only
+
+
+def test_notify_socket_address_forms() -> None:
+    assert socket_address("") is None and socket_address("relative") is None
+    assert socket_address("/run/systemd/notify") == "/run/systemd/notify"
+    assert socket_address("@moq/notify") == b"\0moq/notify"
+    assert notify("READY=1", {}) is False
+
+
+def test_notify_abstract_socket() -> None:
+    name = f"moq-relay-test-{os.getpid()}-{time.monotonic_ns()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(b"\0" + name.encode())
+        sock.settimeout(5)
+        assert notify("READY=1", {"NOTIFY_SOCKET": "@" + name})
+        assert sock.recv(100) == b"READY=1"
+
+
+def test_sd_notify_ready_then_stopping(tmp_path: Path) -> None:
+    port = free_port()
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        sock.settimeout(30)
+        relay = subprocess.Popen([sys.executable, "-m", "relay", "--server-bind", f"127.0.0.1:{port}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env=clean_env(NOTIFY_SOCKET=str(path)))
+        try:
+            assert sock.recv(100) == b"READY=1"
+            # Ready means listening: /health answers at once.
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                assert r.status == 200
+            sock.settimeout(0.2)
+            try:
+                extra = sock.recv(100)
+            except TimeoutError:
+                extra = None
+            assert extra is None  # READY=1 once
+            sock.settimeout(15)
+            relay.send_signal(signal.SIGTERM)
+            assert sock.recv(100) == b"STOPPING=1"
+            assert relay.wait(15) == 0
+        finally:
+            if relay.poll() is None:
+                relay.kill()
+                relay.wait(5)
