@@ -58,14 +58,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import trio
 
-    from relay.server import StartupError, run
+    from relay.errors import LocalError
+    from relay.listen_check import first_failure
+    from relay.server import run
 
     try:
         trio.run(partial(run, config, handle_signals=True))
     except KeyboardInterrupt:
         return 0
-    except (StartupError, ConfigError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+    except BaseException as exc:
+        # Errors of start-up (a port in use, a certificate that does not load, ...) are one
+        # line each, whatever exception groups trio wrapped them in; anything else is a bug.
+        found = first_failure(exc, (LocalError,)) or first_failure(exc, (OSError,))
+        if found is None:
+            if first_failure(exc, (KeyboardInterrupt,)) is not None:
+                return 0
+            raise
+        text = f"cannot start: {found.strerror or found}" if isinstance(found, OSError) else str(found)
+        print(f"Error: {text}", file=sys.stderr)
         return 1
     return 0
 

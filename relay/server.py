@@ -22,6 +22,7 @@ from relay.auth.keys import KeyError_
 from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
 from relay.errors import LocalError
+from relay.listen_check import check_free
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
 from relay.notify_systemd import notify
@@ -105,6 +106,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         gso=quic.gso,
         max_datagram_size=quic.max_datagram_size,
     )
+    check_free(config.server.bind, "udp", "server.bind")  # a port in use: one line naming it
+    check_free(config.web.http.listen, "tcp", "web.http.listen")
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []

@@ -19,8 +19,11 @@ def validate(cfg: Config) -> None:
     if cfg.server.bind and not tls.cert and not tls.generate:
         raise ConfigError("server.tls: must provide at least one cert/key pair or generate entry")
     for path in [*tls.cert, *tls.key]:
-        if not os.path.isfile(path):
-            raise ConfigError(f"server.tls: cannot read {path}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"server.tls: cannot read {path}: {exc.strerror or exc}") from exc
     auth = cfg.auth
     if auth.key:
         from relay.auth.keys import KeyError_, load_key
