@@ -34,8 +34,17 @@ class Sessions(set):
     def __init__(self) -> None:
         super().__init__()
         self._left = Notifier()
+        self.opened_total = 0  # sessions ever added, and ever removed (metrics)
+        self.closed_total = 0
+
+    def add(self, session: object) -> None:
+        if session not in self:
+            self.opened_total += 1
+        super().add(session)
 
     def discard(self, session: object) -> None:
+        if session in self:
+            self.closed_total += 1
         super().discard(session)
         self._left.notify()
 

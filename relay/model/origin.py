@@ -9,6 +9,7 @@ from relay.model import path as paths
 from relay.model.broadcast import Broadcast, LimitExceeded
 from relay.model.cache import CacheBudget
 from relay.model.notify import Notifier
+from relay.model.traffic import Traffic
 
 MAX_BROADCASTS = 100_000
 MAX_ROUTES_PER_PATH = 64
@@ -57,6 +58,7 @@ class Origin:
         self.max_broadcasts = max_broadcasts
         self.budget = budget or CacheBudget()
         self.max_cache_age = max_cache_age
+        self.traffic = Traffic()
         self._routes: dict[str, list[Broadcast]] = {}
         self._watchers: set[AnnounceWatcher] = set()
         self._published = Notifier()
@@ -108,6 +110,10 @@ class Origin:
 
     def __len__(self) -> int:
         return len(self._routes)
+
+    def broadcasts(self) -> list[Broadcast]:
+        """Every live route, of every path (for metrics)."""
+        return [b for routes in self._routes.values() for b in routes if not b.closed]
 
     @contextlib.contextmanager
     def watch(self, prefix: str, exclude_hop: int | None = None) -> Iterator[AnnounceWatcher]:

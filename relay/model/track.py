@@ -18,6 +18,7 @@ from relay.errors import RemoteError
 from relay.model.cache import CacheBudget
 from relay.model.notify import Notifier
 from relay.model.subscription import Demand
+from relay.model.traffic import Traffic
 
 # Rust rejects frames and groups above 32 MiB (lite §5.5, relay spec §8.6).
 MAX_FRAME_SIZE = 32 * 1024 * 1024
@@ -82,10 +83,11 @@ class TrackInfo:
 class Group:
     """One group: an append-only list of frames, then finished or aborted."""
 
-    __slots__ = ("sequence", "frames", "finished", "error", "arrived", "size", "_changed", "_budget", "_on_first")
+    __slots__ = ("sequence", "frames", "finished", "error", "arrived", "size", "_changed", "_budget", "_on_first",
+                 "_traffic")
 
     def __init__(self, sequence: int, budget: CacheBudget | None = None,
-                 on_first_frame: Callable[[], None] | None = None) -> None:
+                 on_first_frame: Callable[[], None] | None = None, traffic: Traffic | None = None) -> None:
         self.sequence = sequence
         self.frames: list[Frame] = []
         self.finished = False
@@ -96,6 +98,7 @@ class Group:
         self._budget = budget
         # The track hears of a group's first frame: its timestamp makes older groups stale.
         self._on_first = on_first_frame
+        self._traffic = traffic
 
     @property
     def done(self) -> bool:
@@ -111,6 +114,9 @@ class Group:
         self.size += n
         if self._budget is not None:
             self._budget.add(n)
+        if self._traffic is not None:
+            self._traffic.frames_in += 1
+            self._traffic.bytes_in += n
         self._changed.notify()
         if len(self.frames) == 1 and self._on_first is not None:
             self._on_first()
@@ -153,8 +159,9 @@ class Track:
     """A track shared by all subscribers of a relay: info, cached groups, arrival order, end."""
 
     def __init__(self, broadcast_path: str, name: str, budget: CacheBudget | None = None,
-                 max_cache_age: float | None = None) -> None:
+                 max_cache_age: float | None = None, traffic: Traffic | None = None) -> None:
         self.broadcast_path = broadcast_path
+        self.traffic = traffic if traffic is not None else Traffic()
         self.name = name
         self.info: TrackInfo | None = None
         self._info_ready = trio.Event()
@@ -205,7 +212,7 @@ class Track:
             return None
         if self.latest is not None and sequence < self.latest.sequence and self._too_old(sequence):
             return None
-        group = Group(sequence, self._budget, self._changed.notify)
+        group = Group(sequence, self._budget, self._changed.notify, self.traffic)
         self.groups[sequence] = group
         if self.latest is None or sequence > self.latest.sequence:
             self.latest = group
@@ -220,6 +227,7 @@ class Track:
             self._burst_start = None
         self._last_arrival = group.arrived
         self.groups_total += 1
+        self.traffic.groups_in += 1
         self._evict()
         self._changed.notify()
         return group
@@ -373,6 +381,8 @@ class Track:
         if self.closed:
             return
         self.datagrams_total += 1
+        self.traffic.datagrams_in += 1
+        self.traffic.datagrams_out += len(self._datagram_listeners)
         for listener in list(self._datagram_listeners):
             listener(sequence, timestamp, payload)
 

@@ -223,6 +223,7 @@ class Fanout:
             group = track.groups.get(seq)
             if seq < latest.sequence and (group is None or track.stale(group, self.wish.max_latency_ms)):
                 scope.cancel()
+                track.traffic.drop("stale")
 
     # -- sending ---------------------------------------------------------------------------------
     async def _start(self, nursery: trio.Nursery, group: Group) -> bool:
@@ -232,6 +233,7 @@ class Fanout:
             if oldest > group.sequence:
                 return False
             self.inflight.pop(oldest).cancel()
+            self.track.traffic.drop("inflight")
         if not self.started:
             await self.sink.first_group(group.sequence)
         # Streams are opened (and their headers sent) here, in order: groups then leave in
@@ -244,17 +246,21 @@ class Fanout:
         scope = trio.CancelScope()
         self.inflight[group.sequence] = scope
         self.started += 1
+        self.track.traffic.groups_out += 1
         if self.last_sequence is None or group.sequence > self.last_sequence:
             self.last_sequence = group.sequence
         nursery.start_soon(self._send, group, scope, stream)
         return True
 
     async def _send(self, group: Group, scope: trio.CancelScope, stream: GroupStream) -> None:
+        traffic = self.track.traffic
         try:
             with scope:
                 previous = 0
                 async for frame in group.frames_from(0):
                     await stream.write(frame, previous)
+                    traffic.frames_out += 1
+                    traffic.bytes_out += len(frame.payload)
                     previous = frame.timestamp
                 await stream.finish()
             if scope.cancelled_caught:

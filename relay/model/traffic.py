@@ -1,0 +1,28 @@
+"""Relay-wide traffic counters: what arrived from publishers and what left for subscribers.
+
+One `Traffic` per origin. Counts are taken where the data passes once: a group when the track
+creates it or a fan-out opens its stream, a frame when a group appends it or a fan-out writes it,
+a datagram when the track hands it out. `/metrics` reads them at scrape time.
+"""
+
+from __future__ import annotations
+
+
+class Traffic:
+    __slots__ = ("bytes_in", "frames_in", "groups_in", "datagrams_in",
+                 "bytes_out", "frames_out", "groups_out", "datagrams_out", "drops")
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.frames_in = 0
+        self.groups_in = 0
+        self.datagrams_in = 0
+        self.bytes_out = 0
+        self.frames_out = 0
+        self.groups_out = 0
+        self.datagrams_out = 0
+        # Groups not delivered to a subscriber, by reason ("stale", "inflight").
+        self.drops: dict[str, int] = {}
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + n
