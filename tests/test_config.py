@@ -107,6 +107,8 @@ engine = "qh3"
 ws = false
 [web.http]
 listen = "[::]:8080"
+[internal]
+listen = "127.0.0.1:4444"
 [auth.public]
 subscribe = ["anon", "demo"]
 publish = "anon"
@@ -149,10 +151,11 @@ def test_reference_config_loads_with_one_warning_per_ignored_key(tmp_path, caplo
     assert cfg.server.version is None and cfg.web.ws is True and cfg.web.http.listen == []
     assert cfg.auth.public_subscribe == [""] and cfg.auth.public_publish == [""]
     assert cfg.cache.capacity is None and cfg.cache.headroom is None and cfg.cache.duration is None
+    assert cfg.internal.listen == []
     assert cfg.drain_timeout == 10 and cfg.log.level == "info" and cfg.log_level == "info"
     msgs = warnings(caplog)
     for key in ("server.quic.mtu_discovery", "client.bind", "client.timeout", "web.https",
-                "auth.domains", "internal", "stats"):
+                "auth.domains", "stats"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
     assert set(cfg.ignored) >= {"client.bind", "web.https", "stats"}
     # [client.tls] root and disable_verify are implemented (cluster dials).
@@ -166,6 +169,7 @@ def test_every_implemented_key(tmp_path) -> None:
     assert cfg.server.bind == [("127.0.0.1", 4443), ("::1", 4444)]
     assert cfg.server.version == ["moq-lite-03", "moql"]
     assert cfg.server.tls.generate == ["localhost", "::1"] and cfg.server.tls.cert == []
+    assert cfg.internal.listen == [("127.0.0.1", 4444)]
     q = cfg.server.quic
     assert (q.max_streams, q.idle_timeout, q.keep_alive, q.engine) == (500, 60, None, "qh3")
     assert cfg.web.ws is False and cfg.web.http.listen == [("::", 8080)]
@@ -294,11 +298,11 @@ def test_unimplemented_env_and_flags_warn_once(tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     path = write(tmp_path, REFERENCE)
     load_config([path, "--tls-disable-verify", "--web-https-listen", "[::]:443", "--server-quic-gso=false"],
-                {"MOQ_CLIENT_CONNECT_TIMEOUT": "1s", "MOQ_AUTH_API": "https://x", "MOQ_INTERNAL_LISTEN": "x"})
+                {"MOQ_CLIENT_CONNECT_TIMEOUT": "1s", "MOQ_AUTH_API": "https://x", "MOQ_INTERNAL_LISTEN": "127.0.0.1:4444"})
     msgs = warnings(caplog)
-    for key in ("web.https.listen", "client.timeout", "auth.auth_api", "internal.listen"):
+    for key in ("web.https.listen", "client.timeout", "auth.auth_api"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
-    assert not any("server.quic.gso" in m for m in msgs)  # implemented: no warning
+    assert not any("server.quic.gso" in m or "internal" in m for m in msgs)  # implemented: no warning
 
 
 TLS = '[server.tls]\ngenerate = ["localhost"]\n[auth]\npublic = ""\n'

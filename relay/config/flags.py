@@ -38,6 +38,7 @@ GROUPS = {
     "top": "top level", "log": "[log]", "server": "[server]: QUIC listener (raw QUIC, WebTransport)",
     "web": "[web]: TCP listener (HTTP, WebSocket fallback)", "auth": "[auth]: who may publish and subscribe",
     "cluster": "[cluster]", "cache": "[cache]: group cache", "client": "[client]: outbound dials (cluster)",
+    "internal": "[internal]: ops HTTP listener (/health, /metrics, /nodes; unauthenticated)",
 }
 IGNORED_GROUP = "keys of the Rust relay accepted and ignored (each warns once)"
 BOOL_WORDS = ("true", "false")

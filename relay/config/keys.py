@@ -218,9 +218,10 @@ KEYS: tuple[Key, ...] = (
     Key("cache.headroom", v.SIZE, "RAM to keep free (not acted on yet)", example="1GiB", support=S),
     Key("cache.duration", v.DURATION, "never keep a non-latest group longer than this; unset = each "
         "track's own window", example="45s"),
+    # ------------------------------------------------------------------ internal (ops) listener
+    Key("internal.listen", v.ADDRS, "TCP addresses for the unauthenticated ops HTTP listener (/health, "
+        "/metrics, /nodes): bind it to loopback; unset = none", default=[], example="127.0.0.1:4444"),
     # ------------------------------------------------------------------ other Rust relay sections
-    Key("internal", v.ANY, "[internal]: the ops listener", support=N, section=True, cli=False),
-    Key("internal.listen", v.ANY, "ops listener (/health, /metrics)", support=N),
     Key("stats", v.ANY, "[stats]: stats broadcasts", support=N, section=True, cli=False),
     Key("iroh", v.ANY, "[iroh]: iroh transport", support=N, section=True, cli=False),
     # Rust 0.15 renamed whole sections; a 0.15+ config would otherwise fail on "unknown field"

@@ -51,6 +51,11 @@ class HttpConfig:
 
 
 @dataclass
+class InternalConfig:
+    listen: list[Addr] = _d("internal.listen")
+
+
+@dataclass
 class WebConfig:
     ws: bool = _d("web.ws")
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -104,6 +109,7 @@ class Config:
     drain_timeout: float = _d("drain_timeout")
     server: ServerConfig = field(default_factory=ServerConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    internal: InternalConfig = field(default_factory=InternalConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
