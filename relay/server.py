@@ -12,7 +12,7 @@ import logging
 import random
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -31,6 +31,7 @@ from relay.relaying.cluster import Cluster
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.quic import QuicEndpoint, moq_apps
 from relay.web.app import create_app
+from relay.web.internal import create_internal_app
 from relay.web.serve import HttpServer
 
 log = logging.getLogger("relay.server")
@@ -55,6 +56,8 @@ class RelayHandle:
     endpoint: QuicEndpoint | None = None
     cluster: Cluster | None = None
     http_server: HttpServer | None = None
+    internal: list[str] = field(default_factory=list)  # the ops listener's URLs ([internal] listen)
+    internal_server: HttpServer | None = None
 
     @property
     def sessions(self) -> Sessions:
@@ -138,6 +141,12 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             print("\n".join([*lines, f"certificate sha256: {identity.fingerprint}"]), file=sys.stderr, flush=True)
         cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator)
         handle_.cluster = cluster
+        if config.internal.listen:
+            internal_app, collector = create_internal_app(handle_)
+            handle_.internal_server = collector.internal_server = HttpServer(internal_app, list(config.internal.listen))
+            handle_.internal = await nursery.start(handle_.internal_server.serve)
+            for url in handle_.internal:
+                log.info("internal listening url=%s (/health /metrics /nodes; unauthenticated)", url)
         task_status.started(handle_)
         notify("READY=1")
         if identity.generated:

@@ -87,6 +87,7 @@ class QuicEndpoint:
         self._cids: dict[bytes, Connection] = {}
         self._conns: set[Connection] = set()
         self._nursery: trio.Nursery | None = None
+        self.serving = False  # the sockets are open and read (for /health)
         self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0,
                       "fallback_engine": 0, "version_negotiation": 0, "refused_pending_handshakes": 0}
 
@@ -183,8 +184,10 @@ class QuicEndpoint:
                     nursery.start_soon(s.reader)
                     nursery.start_soon(s.writer)
                 log.info("QUIC endpoint (%s) on %s", self.engine.name, ", ".join(format_addr(a) for a in self.addresses))
+                self.serving = True
                 task_status.started()
         finally:
+            self.serving = False
             for s in self._sockets:
                 s.close()
 

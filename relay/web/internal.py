@@ -1,0 +1,208 @@
+"""The internal (ops) HTTP listener, `[internal] listen`: /health, /metrics and /nodes.
+
+Unauthenticated, like the Rust relay's: bind it to loopback (or a private network). It is a
+second quart-trio app served by `HttpServer`, in the relay's nursery. `/metrics` is one
+`prometheus_client` registry per relay, holding one collector that reads the relay's own
+objects (sessions, origin, traffic counters, authorizer, cluster, endpoint, HTTP servers) at
+scrape time: nothing is counted here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from quart import Response
+from quart_trio import QuartTrio
+
+if TYPE_CHECKING:
+    from relay.server import RelayHandle
+
+log = logging.getLogger("relay.web.internal")
+
+# The Rust relay's exposition version (relay spec §12); prometheus_client writes that format.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TIER = ""  # the Rust relay's `tier` label (auth.mtls_tier / cluster.tier: not implemented)
+
+
+def session_labels(session: Any) -> tuple[str, str]:
+    """(transport, version) of a live session, as the metrics label them."""
+    version = getattr(session, "version", None)
+    name = getattr(version, "name_str", None) or (str(version) if version is not None else "")
+    return session.transport.info.transport, name
+
+
+def healthy(relay: RelayHandle) -> tuple[bool, str]:
+    if relay.admission.draining:
+        return False, "draining"
+    if relay.endpoint is not None and not relay.endpoint.serving:
+        return False, "quic endpoint down"
+    return True, "ok"
+
+
+def nodes(relay: RelayHandle) -> dict[str, Any]:
+    """The peers this relay dials (0.17's shape), each with its live session if any, plus ours:
+    `state` (`up` | `connecting`) and `cost`."""
+    cluster = relay.cluster
+    out: list[dict[str, Any]] = []
+    if cluster is not None:
+        costs = {p.url: p.cost for p in cluster.static}
+        for url in sorted(cluster.links):
+            session = cluster.link_sessions.get(url)
+            connections = [{"id": session.transport.info.conn_id}] if session is not None else []
+            out.append({"node": url, "connections": connections, "state": "up" if session else "connecting",
+                        "cost": costs.get(url)})
+    return {"nodes": out}
+
+
+class RelayCollector(Collector):
+    """Metric families read from one running relay at each scrape."""
+
+    def __init__(self, relay: RelayHandle, internal_server: Any = None) -> None:
+        self.relay = relay
+        self.internal_server = internal_server  # the internal listener's own HttpServer
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._traffic()
+        yield from self._sessions()
+        yield from self._origin()
+        yield from self._auth()
+        yield from self._cluster()
+        yield from self._quic()
+        yield from self._http()
+
+    def _traffic(self) -> Iterator[Metric]:
+        t = self.relay.origin.traffic
+        for name, what, pub, sub in (("bytes", "payload bytes", t.bytes_in, t.bytes_out),
+                                     ("frames", "frames", t.frames_in, t.frames_out),
+                                     ("groups", "groups", t.groups_in, t.groups_out),
+                                     ("datagrams", "datagrams", t.datagrams_in, t.datagrams_out)):
+            family = CounterMetricFamily(f"moq_relay_{name}", f"{what} from publishers (role=publisher) and to "
+                                         "subscribers (role=subscriber)", labels=["tier", "role"])
+            family.add_metric([TIER, "publisher"], pub)
+            family.add_metric([TIER, "subscriber"], sub)
+            yield family
+        drops = CounterMetricFamily("moq_relay_drops", "groups not delivered to a subscriber, by reason "
+                                    "(stale: past its latency budget; inflight: over the in-flight cap)",
+                                    labels=["reason"])
+        for reason in ("stale", "inflight"):
+            drops.add_metric([reason], t.drops.get(reason, 0))
+        for reason, n in sorted(t.drops.items()):
+            if reason not in ("stale", "inflight"):
+                drops.add_metric([reason], n)
+        yield drops
+
+    def _sessions(self) -> Iterator[Metric]:
+        sessions = self.relay.admission.sessions
+        opened = CounterMetricFamily("moq_relay_sessions_opened", "sessions started", labels=["tier"])
+        opened.add_metric([TIER], sessions.opened_total)
+        closed = CounterMetricFamily("moq_relay_sessions_closed", "sessions ended", labels=["tier"])
+        closed.add_metric([TIER], sessions.closed_total)
+        active = GaugeMetricFamily("moq_relay_sessions_active", "live sessions by transport and version",
+                                   labels=["transport", "version"])
+        counts = Counter(session_labels(s) for s in list(sessions))
+        for transport in ("quic", "webtransport", "websocket"):
+            if not any(t == transport for t, _ in counts):
+                active.add_metric([transport, ""], 0)
+        for (transport, version), n in sorted(counts.items()):
+            active.add_metric([transport, version], n)
+        draining = self.relay.admission.draining
+        drain = GaugeMetricFamily("moq_relay_draining_sessions", "sessions sent a shutdown GOAWAY that "
+                                  "have not left; 0 outside a drain", value=len(sessions) if draining else 0)
+        flag = GaugeMetricFamily("moq_relay_draining", "1 while the relay drains (new sessions refused)",
+                                 value=1 if draining else 0)
+        yield from (opened, closed, active, drain, flag)
+
+    def _origin(self) -> Iterator[Metric]:
+        origin = self.relay.origin
+        broadcasts = origin.broadcasts()
+        tracks = [t for b in broadcasts for name in b.track_names if (t := b.live_track(name)) is not None]
+        yield GaugeMetricFamily("moq_relay_broadcasts_active", "broadcast paths announced to this relay",
+                                value=len(origin))
+        yield GaugeMetricFamily("moq_relay_routes_active", "live routes (a path may have several)",
+                                value=len(broadcasts))
+        yield GaugeMetricFamily("moq_relay_tracks_active", "tracks with an upstream subscription", value=len(tracks))
+        yield GaugeMetricFamily("moq_relay_subscribers_active", "subscriptions served from those tracks",
+                                value=sum(len(t.demand) for t in tracks))
+        yield GaugeMetricFamily("moq_relay_cache_bytes", "payload bytes held by the group cache",
+                                value=origin.budget.used)
+
+    def _auth(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("moq_relay_auth_rejections", "requests refused by authorisation, by reason",
+                                     labels=["reason"])
+        authorizer = self.relay.authorizer
+        for reason, n in sorted((authorizer.rejections if authorizer else {}).items()):
+            family.add_metric([reason], n)
+        yield family
+
+    def _cluster(self) -> Iterator[Metric]:
+        links = GaugeMetricFamily("moq_relay_cluster_links", "cluster peers this relay dials, by state "
+                                  "(1 for the peer's current state)", labels=["node", "state"])
+        established = CounterMetricFamily("moq_relay_cluster_links_established", "cluster link sessions set up")
+        cluster = self.relay.cluster
+        if cluster is not None:
+            for url in sorted(cluster.links):
+                up = url in cluster.link_sessions
+                links.add_metric([url, "up"], 1 if up else 0)
+                links.add_metric([url, "connecting"], 0 if up else 1)
+            established.add_metric([], cluster.links_established)
+        else:
+            established.add_metric([], 0)
+        yield from (links, established)
+
+    def _quic(self) -> Iterator[Metric]:
+        endpoint = self.relay.endpoint
+        if endpoint is None:
+            return
+        for key, n in sorted(endpoint.stats.items()):
+            yield CounterMetricFamily(f"moq_relay_quic_{key}", f"QUIC endpoint: {key.replace('_', ' ')}", value=n)
+        yield GaugeMetricFamily("moq_relay_quic_connections", "QUIC connections open", value=len(endpoint.connections))
+        yield GaugeMetricFamily("moq_relay_quic_pending_handshakes", "QUIC handshakes under way",
+                                value=endpoint.pending_handshakes)
+        yield GaugeMetricFamily("moq_relay_quic_up", "1 while the QUIC endpoint serves",
+                                value=1 if endpoint.serving else 0)
+
+    def _http(self) -> Iterator[Metric]:
+        servers = [("http", self.relay.http_server), ("internal", self.internal_server)]
+        servers = [(name, s) for name, s in servers if s is not None]
+        keys = sorted({k for _, s in servers for k in s.stats})
+        for key in keys:
+            family = CounterMetricFamily(f"moq_relay_http_{key}", f"HTTP listener: {key.replace('_', ' ')}",
+                                         labels=["listener"])
+            for name, server in servers:
+                family.add_metric([name], server.stats.get(key, 0))
+            yield family
+        active = GaugeMetricFamily("moq_relay_http_connections_active", "HTTP connections being served",
+                                   labels=["listener"])
+        for name, server in servers:
+            active.add_metric([name], server.active)
+        yield active
+
+
+def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
+    """The ops app for `relay`, and its collector (give it the internal HttpServer once built)."""
+    app = QuartTrio("relay-internal")
+    registry = CollectorRegistry(auto_describe=False)
+    collector = RelayCollector(relay)
+    registry.register(collector)
+
+    @app.get("/health")
+    async def health() -> Response:
+        ok, why = healthy(relay)
+        return Response("ok\n" if ok else f"{why}\n", status=200 if ok else 503, content_type="text/plain")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), status=200, content_type=CONTENT_TYPE)
+
+    @app.get("/nodes")
+    async def nodes_() -> Response:
+        return Response(json.dumps(nodes(relay)), status=200, content_type="application/json")
+
+    return app, collector
