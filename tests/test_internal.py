@@ -86,6 +86,8 @@ async def test_health_and_metrics_with_moq_rs_clients(tmp_path) -> None:
                                  version="moq-lite-05") == 1
                     assert value(during, "moq_relay_tracks_active") == 1
                     assert value(during, "moq_relay_subscribers_active") == 1
+                    assert traffic(during, "subscriptions_opened", "subscriber") == 1
+                    assert traffic(during, "subscriptions_opened", "publisher") == 1
                     while True:
                         later = await scrape(base)
                         if traffic(later, "frames", "publisher") > traffic(during, "frames", "publisher"):
@@ -103,6 +105,8 @@ async def test_health_and_metrics_with_moq_rs_clients(tmp_path) -> None:
                     await wait_until(lambda: len(relay.handle.sessions) == 1, 10)  # the viewer left
                     after = await scrape(base)
                     assert value(after, "moq_relay_sessions_closed_total", tier="") == 1
+                    assert traffic(after, "subscriptions_closed", "subscriber") == 1
+                    assert traffic(after, "subscriptions_closed", "publisher") == 1
                     assert value(after, "moq_relay_sessions_active", transport="webtransport", version="") == 0
             finally:
                 stop.set()

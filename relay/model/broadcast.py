@@ -80,7 +80,7 @@ class Broadcast:
                  budget: CacheBudget | None = None, max_cache_age: float | None = None,
                  cost: int = 0, traffic: Traffic | None = None) -> None:
         self.path = path
-        self.traffic = traffic
+        self.traffic = traffic if traffic is not None else Traffic()
         self.source = source
         self.hops = hops
         self.cost = cost
@@ -164,12 +164,15 @@ class Broadcast:
             subscription = Subscription(entry.track, wish or Wish())
             entry.cancel = self.source.serve_track(entry.track)
             self.upstream_subscriptions_total += 1
+            self.traffic.upstream_opened += 1
         else:
             subscription = Subscription(entry.track, wish or Wish())
         entry.refs += 1
+        self.traffic.downstream_opened += 1
         try:
             yield subscription
         finally:
+            self.traffic.downstream_closed += 1
             subscription._release()
             entry.refs -= 1
             if entry.refs == 0 and self._tracks.get(name) is entry:
@@ -177,6 +180,7 @@ class Broadcast:
 
     def _detach(self, name: str, entry: _TrackEntry) -> None:
         del self._tracks[name]
+        self.traffic.upstream_closed += 1
         entry.cancel()
         entry.track.close()
         entry.track.drop_cache()
@@ -189,6 +193,7 @@ class Broadcast:
             return
         self.closed = True
         for entry in list(self._tracks.values()):
+            self.traffic.upstream_closed += 1
             entry.cancel()
             entry.track.close(error)
         self._tracks.clear()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 class Traffic:
     __slots__ = ("bytes_in", "frames_in", "groups_in", "datagrams_in",
-                 "bytes_out", "frames_out", "groups_out", "datagrams_out", "drops")
+                 "bytes_out", "frames_out", "groups_out", "datagrams_out", "drops",
+                 "upstream_opened", "upstream_closed", "downstream_opened", "downstream_closed")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -21,6 +22,12 @@ class Traffic:
         self.frames_out = 0
         self.groups_out = 0
         self.datagrams_out = 0
+        # Subscriptions: to publishers (one per shared track) and from subscribers (one per
+        # reader of a track, a failover to another route counting as a new one).
+        self.upstream_opened = 0
+        self.upstream_closed = 0
+        self.downstream_opened = 0
+        self.downstream_closed = 0
         # Groups not delivered to a subscriber, by reason ("stale", "inflight").
         self.drops: dict[str, int] = {}
 

@@ -88,6 +88,14 @@ class RelayCollector(Collector):
             family.add_metric([TIER, "publisher"], pub)
             family.add_metric([TIER, "subscriber"], sub)
             yield family
+        for name, pub, sub in (("opened", t.upstream_opened, t.downstream_opened),
+                               ("closed", t.upstream_closed, t.downstream_closed)):
+            family = CounterMetricFamily(f"moq_relay_subscriptions_{name}", f"subscriptions {name}: to "
+                                         "publishers (role=publisher) and from subscribers (role=subscriber)",
+                                         labels=["tier", "role"])
+            family.add_metric([TIER, "publisher"], pub)
+            family.add_metric([TIER, "subscriber"], sub)
+            yield family
         drops = CounterMetricFamily("moq_relay_drops", "groups not delivered to a subscriber, by reason "
                                     "(stale: past its latency budget; inflight: over the in-flight cap)",
                                     labels=["reason"])
