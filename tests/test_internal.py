@@ -157,3 +157,19 @@ async def test_nodes_lists_a_static_peer(tmp_path) -> None:
             assert value(samples, "moq_relay_cluster_links", node=peer, state="up") == 1
             assert value(samples, "moq_relay_cluster_links_established_total") == 1
         await stack.aclose()
+
+
+async def test_auth_rejections_by_reason(tmp_path) -> None:
+    ip = free_port()
+    async with running_relay(tmp_path, auth='public = "anon"', extra=internal_extra(ip)) as relay:
+        base = relay.handle.internal[0]
+        with trio.fail_after(30):
+            before = await scrape(base)
+            assert not [k for k in before if k[0] == "moq_relay_auth_rejections_total"]
+            status, _, _ = await get(relay.http + "/fetch/secret/cam/v/0")
+            assert status in (401, 403)
+            status, _, _ = await get(relay.http + "/fetch/secret/cam/v/0?jwt=abc")
+            assert status in (401, 403)
+            after = await scrape(base)
+            rejections = {dict(k[1])["reason"]: v for k, v in after.items() if k[0] == "moq_relay_auth_rejections_total"}
+            assert sum(rejections.values()) == 2 and len(rejections) == 2, rejections
