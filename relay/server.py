@@ -111,6 +111,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     )
     check_free(config.server.bind, "udp", "server.bind")  # a port in use: one line naming it
     check_free(config.web.http.listen, "tcp", "web.http.listen")
+    check_free(config.internal.listen, "tcp", "internal.listen")
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import urllib.error
 import urllib.request
 
@@ -12,6 +13,7 @@ import trio
 from harness import Flag, free_port, in_thread, publish_until, read_groups, running_relay, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from test_cluster import cluster_extra
+from test_ops_errors import assert_one_error_line, run_relay
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -135,6 +137,15 @@ async def test_health_is_503_while_draining(tmp_path) -> None:
 async def test_no_internal_listener_by_default(tmp_path) -> None:
     async with running_relay(tmp_path) as relay:
         assert relay.handle.internal == [] and relay.handle.internal_server is None
+
+
+def test_internal_port_in_use_is_one_error_line() -> None:
+    port, held_port = free_port(), free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", held_port))
+        held.listen()
+        proc = run_relay("--server-bind", f"127.0.0.1:{port}", "--internal-listen", f"127.0.0.1:{held_port}")
+    assert_one_error_line(proc, "internal.listen", f"TCP 127.0.0.1:{held_port}", "Address already in use")
 
 
 async def test_nodes_lists_a_static_peer(tmp_path) -> None:
