@@ -4,6 +4,7 @@ CLIENT_SETUP read there lists the session's own draft, a SERVER_SETUP selects it
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Self
@@ -130,8 +131,26 @@ def _read_setup_params(r: Reader, lenient: bool) -> tuple[SetupParameters, bool]
     return out, True
 
 
+class _Setup(ControlMessage):
+    """CLIENT_SETUP and SERVER_SETUP: read strictly, or leniently for v0.9.6's parameters."""
+
+    @classmethod
+    @abstractmethod
+    def _read(cls, r: Reader, lenient: bool) -> Self:
+        """The message; with `lenient`, malformed draft-14 parameters recovered or dropped."""
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        return cls._read(r, lenient=False)
+
+    @classmethod
+    def decode_lenient(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
+        """As decode, but malformed draft-14 parameters are recovered or dropped (§8.4: v0.9.6)."""
+        return cls._read(Reader(payload, version=version), lenient=True)
+
+
 @dataclass
-class ClientSetup(ControlMessage):
+class ClientSetup(_Setup):
     TYPE = MessageType.CLIENT_SETUP
 
     versions: list[int]
@@ -157,18 +176,9 @@ class ClientSetup(ControlMessage):
         params, recovered = _read_setup_params(r, lenient)
         return cls(versions, params, recovered)
 
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls._read(r, lenient=False)
-
-    @classmethod
-    def decode_lenient(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
-        """As decode, but malformed draft-14 parameters are recovered or dropped (§8.4: v0.9.6)."""
-        return cls._read(Reader(payload, version=version), lenient=True)
-
 
 @dataclass
-class ServerSetup(ControlMessage):
+class ServerSetup(_Setup):
     TYPE = MessageType.SERVER_SETUP
 
     selected_version: int
@@ -187,14 +197,6 @@ class ServerSetup(ControlMessage):
         version = r.varint("selected version")
         params, recovered = _read_setup_params(r, lenient)
         return cls(version, params, recovered)
-
-    @classmethod
-    def read(cls, r: Reader) -> Self:
-        return cls._read(r, lenient=False)
-
-    @classmethod
-    def decode_lenient(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
-        return cls._read(Reader(payload, version=version), lenient=True)
 
 
 @dataclass
