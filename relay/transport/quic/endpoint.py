@@ -27,7 +27,7 @@ from relay.transport.quic.packet import (
     is_long_header,
     parse_long_header,
 )
-from relay.transport.quic.udp import UdpSocket, format_addr
+from relay.transport.quic.udp import V4_MAPPED, UdpSocket, dual_stack, format_addr
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,7 @@ class QuicEndpoint:
         `handler` runs the session once the handshake completes, inside the connection's task
         tree, which lives exactly as long as this context: leaving it closes the connection."""
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        sock = addr = None
-        for family, _, _, _, sockaddr in infos:
-            for candidate in self._sockets:
-                if candidate.sock.family == family:
-                    sock = candidate
-                    addr = sockaddr if family == socket.AF_INET else sockaddr[:2]
-                    break
-            if sock is not None:
-                break
+        sock, addr = pick_socket(self._sockets, [(family, sockaddr) for family, _, _, _, sockaddr in infos])
         if sock is None or addr is None:
             raise OSError(f"no local socket can reach {host}:{port}")
         cfg = self.engine.client_configuration(alpns)
@@ -177,7 +169,8 @@ class QuicEndpoint:
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             for host, port in self.binds:
-                self._sockets.append(UdpSocket(self, host, port, gso=self.gso))
+                self._sockets.append(UdpSocket(self, host, port, gso=self.gso,
+                                               dual_stack=dual_stack(host, port, self.binds)))
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for s in self._sockets:
@@ -288,3 +281,19 @@ class QuicEndpoint:
                       conn.conn_id, format_addr(addr), engine.name)
         self._nursery.start_soon(conn.run)
         return conn
+
+
+def pick_socket(sockets: list[UdpSocket], targets: list[tuple[int, Any]]) -> tuple[UdpSocket | None, Any]:
+    """The first of our sockets that can reach one of `targets` (getaddrinfo's order), and the
+    address to send to: a socket of the target's family, or a dual-stack IPv6 socket for an
+    IPv4 target (addressed as ::ffff:a.b.c.d). The address is written as recvfrom() will name
+    the peer (an IPv6 4-tuple): aioquic's client drops datagrams from any other address."""
+    for family, sockaddr in targets:
+        for candidate in sockets:
+            if candidate.sock.family == family:
+                return candidate, sockaddr
+        if family == socket.AF_INET:
+            for candidate in sockets:
+                if candidate.dual_stack:
+                    return candidate, (V4_MAPPED + sockaddr[0], sockaddr[1], 0, 0)
+    return None, None

@@ -33,7 +33,23 @@ def format_addr(addr: Any) -> str:
         host, port = addr[0], addr[1]
     except (TypeError, IndexError):
         return str(addr)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    host = str(host)
+    if host.startswith(V4_MAPPED):  # an IPv4 peer of a dual-stack socket: log it as IPv4
+        host = host[len(V4_MAPPED):]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+V4_MAPPED = "::ffff:"  # how a dual-stack IPv6 socket names an IPv4 peer (RFC 4291 §2.5.5.2)
+
+
+def dual_stack(host: str, port: int, binds: list[tuple[str, int]]) -> bool:
+    """Whether the IPv6 wildcard bind (host, port) should also take IPv4 (IPV6_V6ONLY off).
+
+    `[::]:443` is upstream's default and must reach IPv4 clients too. Only where an IPv4 bind
+    shares its (non-zero) port must the two stay separate sockets, or the second bind fails."""
+    if host.strip("[]") != "::":
+        return False  # a specific IPv6 address never receives IPv4
+    return not any(":" not in h and p == port and port != 0 for h, p in binds)
 
 
 class DatagramReceiver(Protocol):
@@ -53,14 +69,17 @@ class DatagramRouter(Protocol):
 class UdpSocket:
     """One bound UDP socket: batched non-blocking reads, sends with a small overflow queue."""
 
-    def __init__(self, router: DatagramRouter, host: str, port: int, *, gso: bool = True) -> None:
+    def __init__(self, router: DatagramRouter, host: str, port: int, *, gso: bool = True,
+                 dual_stack: bool = False) -> None:
         self.router = router
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         s = socket.socket(family, socket.SOCK_DGRAM)
+        # A dual-stack socket (see `dual_stack`) also reaches IPv4 peers, as ::ffff:a.b.c.d.
+        self.dual_stack = family == socket.AF_INET6 and dual_stack
         try:
             if family == socket.AF_INET6:
-                # Separate v4 and v6 sockets may share a port number.
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # Otherwise separate v4 and v6 sockets may share a port number.
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if self.dual_stack else 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 try:
                     s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)  # media bursts
