@@ -74,7 +74,8 @@ class JsonFormatter(logging.Formatter):
 
 def _kv(value: object) -> str:
     text = str(value)
-    return repr(text) if not text or any(c.isspace() for c in text) else text
+    # Quoted where a value could break the line or the terminal (a peer's path may hold anything).
+    return repr(text) if not text or any(c.isspace() or not c.isprintable() for c in text) else text
 
 
 def _target(name: str) -> str:

@@ -11,6 +11,7 @@ import datetime
 import logging
 import random
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 
@@ -32,11 +33,15 @@ from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.quic import QuicEndpoint, moq_apps
 from relay.web.app import create_app
 from relay.web.internal import create_internal_app
-from relay.web.serve import HttpServer
+from relay.web.serve import HttpServer, https_context
 
 log = logging.getLogger("relay.server")
 
 RENEW_BEFORE = datetime.timedelta(hours=24)
+# One line per HTTP request (INFO), by listener: the public API and the ops listener apart, so
+# that scrapes can be silenced (`RUST_LOG=relay.internal.access=warn`) without the rest.
+ACCESS_LOG = "relay.web.access"
+INTERNAL_ACCESS_LOG = "relay.internal.access"
 
 class StartupError(LocalError):
     """The relay cannot start (a port in use, unreadable certificates, ...): exit status 1."""
@@ -56,6 +61,7 @@ class RelayHandle:
     endpoint: QuicEndpoint | None = None
     cluster: Cluster | None = None
     http_server: HttpServer | None = None
+    https_server: HttpServer | None = None
     internal: list[str] = field(default_factory=list)  # the ops listener's URLs ([internal] listen)
     internal_server: HttpServer | None = None
 
@@ -70,6 +76,17 @@ def load_identities(config: Config) -> list[Identity]:
     if tls.generate:
         identities.append(generate_self_signed(list(tls.generate)))
     return identities
+
+
+def load_https_context(config: Config) -> ssl.SSLContext | None:
+    https = config.web.https
+    if not https.listen:
+        return None
+    try:
+        return https_context(https.cert[0], https.key[0])
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"web.https: cannot load {https.cert[0]} / {https.key[0]}: "
+                           f"{getattr(exc, 'strerror', None) or exc}") from exc
 
 
 async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
@@ -111,19 +128,27 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     )
     check_free(config.server.bind, "udp", "server.bind")  # a port in use: one line naming it
     check_free(config.web.http.listen, "tcp", "web.http.listen")
+    check_free(config.web.https.listen, "tcp", "web.https.listen")
+    https_tls = load_https_context(config)
     check_free(config.internal.listen, "tcp", "internal.listen")
     async with trio.open_nursery() as nursery:
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []
         http_server: HttpServer | None = None
-        if config.web.http.listen:
+        https_server: HttpServer | None = None
+        if config.web.http.listen or config.web.https.listen:
             app = create_app(origin, authorize, lambda: endpoint.identity.fingerprint,
                              ws_select=admission.ws_select if config.web.ws else None, ws_run=admission.ws_run)
-            http_server = HttpServer(app, list(config.web.http.listen))
-            http_urls = await nursery.start(http_server.serve)
+            if config.web.http.listen:
+                http_server = HttpServer(app, list(config.web.http.listen), access_log=ACCESS_LOG)
+                http_urls = await nursery.start(http_server.serve)
+            if config.web.https.listen:
+                https_server = HttpServer(app, list(config.web.https.listen), tls=https_tls, access_log=ACCESS_LOG)
+                http_urls = http_urls + await nursery.start(https_server.serve)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, admission=admission,
-                              authorizer=authorize, endpoint=endpoint, http_server=http_server)
+                              authorizer=authorize, endpoint=endpoint, http_server=http_server,
+                              https_server=https_server)
         for host, port in endpoint.addresses:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             log.info("listening addr=%s (udp: moql://%s https://%s)", hostport, hostport, hostport)
@@ -144,7 +169,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         handle_.cluster = cluster
         if config.internal.listen:
             internal_app, collector = create_internal_app(handle_)
-            handle_.internal_server = collector.internal_server = HttpServer(internal_app, list(config.internal.listen))
+            handle_.internal_server = collector.internal_server = HttpServer(
+                internal_app, list(config.internal.listen), access_log=INTERNAL_ACCESS_LOG)
             handle_.internal = await nursery.start(handle_.internal_server.serve)
             for url in handle_.internal:
                 log.info("internal listening url=%s (/health /metrics /nodes; unauthenticated)", url)

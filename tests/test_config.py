@@ -154,10 +154,11 @@ def test_reference_config_loads_with_one_warning_per_ignored_key(tmp_path, caplo
     assert cfg.internal.listen == []
     assert cfg.drain_timeout == 10 and cfg.log.level == "info" and cfg.log_level == "info"
     msgs = warnings(caplog)
-    for key in ("server.quic.mtu_discovery", "client.bind", "client.timeout", "web.https",
+    for key in ("server.quic.mtu_discovery", "client.bind", "client.timeout",
                 "auth.domains", "stats"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
-    assert set(cfg.ignored) >= {"client.bind", "web.https", "stats"}
+    assert set(cfg.ignored) >= {"client.bind", "stats"}
+    assert not any("web.https" in m for m in msgs)  # implemented (empty lists: no listener)
     # [client.tls] root and disable_verify are implemented (cluster dials).
     assert "client.tls.disable_verify is not supported, ignored" not in msgs
 
@@ -297,10 +298,10 @@ def test_dev_defaults_are_for_loopback_only(tmp_path) -> None:
 def test_unimplemented_env_and_flags_warn_once(tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     path = write(tmp_path, REFERENCE)
-    load_config([path, "--tls-disable-verify", "--web-https-listen", "[::]:443", "--server-quic-gso=false"],
+    load_config([path, "--tls-disable-verify", "--client-bind", "[::]:0", "--server-quic-gso=false"],
                 {"MOQ_CLIENT_CONNECT_TIMEOUT": "1s", "MOQ_AUTH_API": "https://x", "MOQ_INTERNAL_LISTEN": "127.0.0.1:4444"})
     msgs = warnings(caplog)
-    for key in ("web.https.listen", "client.timeout", "auth.auth_api"):
+    for key in ("client.bind", "client.timeout", "auth.auth_api"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
     assert not any("server.quic.gso" in m or "internal" in m for m in msgs)  # implemented: no warning
 

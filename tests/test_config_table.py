@@ -31,9 +31,11 @@ from relay.tls import generate_self_signed, write_pem
 
 ROOT = Path(__file__).resolve().parent.parent
 # The keys every round trip starts from: a relay that validates without touching the keys under test
-# (server.tls.root is a way to authenticate that is not checked for existence at load).
-BASE = {"server.bind": ["127.0.0.1:4443"], "server.tls.generate": ["localhost"], "server.tls.root": ["ca.pem"]}
-STORED = [k for k in KEYS if k.implemented and k.cli]
+# (a public subscribe prefix so that somebody can authenticate; the auth keys under test drop it).
+BASE = {"server.bind": ["127.0.0.1:4443"], "server.tls.generate": ["localhost"], "auth.public.subscribe": ["base"]}
+# Parsed and stored, but refused by the checks (mTLS is not implemented): tested on their own.
+REFUSED = {"server.tls.root", "web.https.root"}
+STORED = [k for k in KEYS if k.implemented and k.cli and k.name not in REFUSED]
 IGNORED = [k for k in KEYS if k.support is Support.NO and k.cli]
 
 
@@ -80,21 +82,25 @@ def files(tmp_path: Path) -> dict[str, str]:
     write_pem(generate_self_signed(["localhost"]), str(tmp_path / "c.pem"), str(tmp_path / "k.pem"))
     (tmp_path / "keys").mkdir()
     return {"server.tls.cert": str(tmp_path / "c.pem"), "server.tls.key": str(tmp_path / "k.pem"),
+            "web.https.cert": str(tmp_path / "c.pem"), "web.https.key": str(tmp_path / "k.pem"),
             "auth.key": hmac_jwk(tmp_path / "root.jwk"), "auth.key_dir": str(tmp_path / "keys")}
 
 
-NEEDS = {"server.tls.cert": "server.tls.key", "server.tls.key": "server.tls.cert"}
-EXTRA: dict[str, dict[str, Any]] = {"cluster.mesh": {"cluster.node": "https://me.example/"}}
+NEEDS = {"server.tls.cert": "server.tls.key", "server.tls.key": "server.tls.cert",
+         "web.https.cert": "web.https.key", "web.https.key": "web.https.cert"}
+EXTRA: dict[str, dict[str, Any]] = {"cluster.mesh": {"cluster.node": "https://me.example/"},
+                                   "web.https.listen": {"web.https.cert": "CERT", "web.https.key": "KEY"}}
 
 
 @pytest.mark.parametrize("key", STORED, ids=[k.name for k in STORED])
 def test_every_key_round_trips_toml_config_env_flag(key: Key, tmp_path: Path, files: dict[str, str]) -> None:
     example = files.get(key.name, key.example)
     assert example, f"{key.name} has no example in the table"
-    base = dict(BASE)
+    base = dict(BASE) if not key.name.startswith("auth.") else \
+        {k: v for k, v in BASE.items() if not k.startswith("auth.")}
     if key.name in NEEDS:
         base[NEEDS[key.name]] = [files[NEEDS[key.name]]]
-    base.update(EXTRA.get(key.name, {}))
+    base.update({k: [files[k]] if v in ("CERT", "KEY") else v for k, v in EXTRA.get(key.name, {}).items()})
     base_path = tmp_path / "base.toml"
     base_path.write_text(toml_text(base))
     configs = []
@@ -112,6 +118,16 @@ def test_every_key_round_trips_toml_config_env_flag(key: Key, tmp_path: Path, fi
         assert plain(load_config([str(base_path), f"{flag}={text}"], {})) == cfg, (key.name, flag, text)
         if not key.type.bare:
             assert plain(load_config([str(base_path), flag, text], {})) == cfg, (key.name, flag, text)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_client_certificate_roots_are_refused_not_ignored(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "relay.toml"
+    path.write_text(toml_text({**BASE, name: ["/etc/ssl/certs/ca-certificates.crt"]}))
+    with pytest.raises(ConfigError, match=rf"^{name}: client certificates \(mTLS\) are not implemented"):
+        load_config([str(path)], {})
+    # The same refusal from the command line's --check: status 1 and the one line.
+    assert main([str(path), "--check"]) == 1
 
 
 @pytest.mark.parametrize("key", IGNORED, ids=[k.name for k in IGNORED])

@@ -124,8 +124,8 @@ KEYS: tuple[Key, ...] = (
     Key("server.tls.generate", v.STRS, "host names and IPs for a generated self-signed certificate "
         "(14 days, renewed a day before it expires)", default=[], dev=["localhost", "127.0.0.1", "::1"],
         example="localhost,::1", flags=("--tls-generate",), group="identity"),
-    Key("server.tls.root", v.PATHS, "CA PEM files: a client certificate chaining to one is a cluster "
-        "peer (mTLS)", default=[], example="/etc/moq/ca.pem", group="access"),
+    Key("server.tls.root", v.PATHS, "client-certificate CAs (mTLS): not implemented, refused at load; "
+        "give cluster peers a token instead", default=[], example="/etc/moq/ca.pem", group="access"),
     Key("server.quic.max_streams", v.INT, "streams each peer may open each way", default=10000,
         example="500"),
     Key("server.quic.idle_timeout", v.DURATION, "close a connection silent this long", default=30.0,
@@ -171,11 +171,14 @@ KEYS: tuple[Key, ...] = (
     Key("web.http.listen", v.ADDRS, "TCP addresses for plain HTTP (/health, /certificate.sha256, "
         "/announced, /fetch) and the WebSocket fallback; unset = none", default=[], dev=Same("server.bind"),
         example="127.0.0.1:8080"),
-    Key("web.https", v.ANY, "[web.https]: HTTPS listener", support=N, section=True, cli=False),
-    Key("web.https.listen", v.ANY_LIST, "HTTPS listener", support=N),
-    Key("web.https.cert", v.ANY_LIST, "HTTPS certificates", support=N),
-    Key("web.https.key", v.ANY_LIST, "HTTPS keys", support=N),
-    Key("web.https.root", v.ANY_LIST, "HTTPS client CAs", support=N),
+    Key("web.https.listen", v.ADDRS, "TCP addresses for the same HTTP API and WebSocket fallback over TLS "
+        "(wss://); needs web.https.cert and key", default=[], example="[::]:443"),
+    Key("web.https.cert", v.PATHS, "PEM certificate chain for web.https (the first is served; reloaded "
+        "on change and on SIGHUP)", default=[], example="/etc/moq/fullchain.pem"),
+    Key("web.https.key", v.PATHS, "PEM private key for web.https.cert", default=[],
+        example="/etc/moq/privkey.pem"),
+    Key("web.https.root", v.PATHS, "client-certificate CAs for web.https (mTLS): not implemented, "
+        "refused at load", default=[], example="/etc/moq/ca.pem"),
     # ------------------------------------------------------------------ authentication
     Key("auth.key", v.PATH, "JWK file verifying tokens (?jwt=); exclusive with auth.key_dir",
         example="/etc/moq/root.jwk", group="access"),

@@ -51,6 +51,14 @@ class HttpConfig:
 
 
 @dataclass
+class HttpsConfig:
+    listen: list[Addr] = _d("web.https.listen")
+    cert: list[str] = _d("web.https.cert")
+    key: list[str] = _d("web.https.key")
+    root: list[str] = _d("web.https.root")
+
+
+@dataclass
 class InternalConfig:
     listen: list[Addr] = _d("internal.listen")
 
@@ -59,6 +67,7 @@ class InternalConfig:
 class WebConfig:
     ws: bool = _d("web.ws")
     http: HttpConfig = field(default_factory=HttpConfig)
+    https: HttpsConfig = field(default_factory=HttpsConfig)
 
 
 @dataclass

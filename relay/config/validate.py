@@ -24,6 +24,23 @@ def validate(cfg: Config) -> None:
                 pass
         except OSError as exc:
             raise ConfigError(f"server.tls: cannot read {path}: {exc.strerror or exc}") from exc
+    # mTLS is refused rather than accepted and ignored: a peer that relies on its client
+    # certificate would silently get only public access.
+    for key, roots in (("server.tls.root", tls.root), ("web.https.root", cfg.web.https.root)):
+        if roots:
+            raise ConfigError(f"{key}: client certificates (mTLS) are not implemented yet; remove it "
+                              "and authenticate peers with tokens (cluster.token, ?jwt=)")
+    https = cfg.web.https
+    if https.listen and not https.cert:
+        raise ConfigError("web.https.cert must include at least one certificate")
+    if len(https.cert) != len(https.key):
+        raise ConfigError(f"web.https: {len(https.cert)} cert files but {len(https.key)} key files")
+    for path in [*https.cert, *https.key]:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"web.https: cannot read {path}: {exc.strerror or exc}") from exc
     auth = cfg.auth
     if auth.key:
         from relay.auth.keys import KeyError_, load_key
@@ -36,9 +53,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"auth.key_dir: {auth.key_dir} is not a directory")
     if auth.key and auth.key_dir:
         raise ConfigError("auth: cannot combine key and key_dir")
-    if not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish or tls.root):
-        raise ConfigError("auth: no auth-key, auth-key-dir, public path, or server tls.root configured; "
-                          "nobody can authenticate")
+    if not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish):
+        raise ConfigError("auth: no auth-key, auth-key-dir or public path configured; nobody can authenticate")
     if cfg.cluster.root and cfg.cluster.connect:
         raise ConfigError("cluster: root and connect cannot both be set")
     if cfg.cluster.mesh and not cfg.cluster.node:

@@ -177,7 +177,8 @@ class RelayCollector(Collector):
                                 value=1 if endpoint.serving else 0)
 
     def _http(self) -> Iterator[Metric]:
-        servers = [("http", self.relay.http_server), ("internal", self.internal_server)]
+        servers = [("http", self.relay.http_server), ("https", self.relay.https_server),
+                   ("internal", self.internal_server)]
         servers = [(name, s) for name, s in servers if s is not None]
         keys = sorted({k for _, s in servers for k in s.stats})
         for key in keys:

@@ -9,6 +9,8 @@ being served and closes at once any accepted past `max_connections`.
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Mapping
 from functools import partial
 
 import trio
@@ -36,10 +38,11 @@ REFUSAL_LOG_INTERVAL = 1.0  # at most one log line a second about refused connec
 SEND_CHUNK = 64 << 10
 
 
-def hypercorn_config(listen: list[tuple[str, int]]) -> HypercornConfig:
+def hypercorn_config(listen: list[tuple[str, int]], *, access_log: str | None = None) -> HypercornConfig:
+    """`access_log`: the logger that gets one line per request (None: no access lines)."""
     hc = HypercornConfig()
     hc.bind = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in listen]
-    hc.accesslog = None
+    hc.accesslog = access_logger(access_log) if access_log else None
     hc.errorlog = logging.getLogger("relay.web.hypercorn")
     hc.graceful_timeout = 1.0
     # WebSocket pings keep quiet sessions alive through middleboxes and, with TCP, tell a dead
@@ -50,6 +53,28 @@ def hypercorn_config(listen: list[tuple[str, int]]) -> HypercornConfig:
     # peer whose handler has ended before the close handshake.
     hc.websocket_max_message_size = websocket.MAX_MESSAGE
     return hc
+
+
+class AccessLine(logging.Filter):
+    """Turns hypercorn's access record (its format string and a dict of atoms) into one of ours:
+    `request` with peer, method, path, status, bytes and us (microseconds) as fields, which the
+    text and JSON formatters escape (the path is percent-decoded: it may hold control bytes).
+    The query string is left out: it may carry a token (`?jwt=`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if isinstance(atoms, Mapping):
+            record.msg, record.args = "request", ()
+            record.kv = {"peer": atoms.get("h"), "method": atoms.get("m"), "path": atoms.get("U"),
+                         "status": atoms.get("s"), "bytes": atoms.get("b"), "us": atoms.get("D")}
+        return True
+
+
+def access_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, AccessLine) for f in logger.filters):
+        logger.addFilter(AccessLine())
+    return logger
 
 
 class GuardedStream(trio.abc.HalfCloseableStream):
@@ -98,13 +123,25 @@ def peer_of(stream: trio.SocketStream) -> str:
         return "?"
 
 
+def https_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server TLS context for the HTTPS listener. `load_cert_chain` on it again swaps the
+    certificate for new handshakes (how a reload reaches a running listener)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["http/1.1"])  # WebSocket upgrades are HTTP/1.1
+    return context
+
+
 class HttpServer:
-    """`app` on `listen`, at most `max_connections` TCP connections at once."""
+    """`app` on `listen`, at most `max_connections` TCP connections at once; over TLS when
+    given a `tls` context."""
 
     def __init__(self, app: QuartTrio, listen: list[tuple[str, int]], *,
-                 max_connections: int | None = None, config: HypercornConfig | None = None) -> None:
+                 max_connections: int | None = None, config: HypercornConfig | None = None,
+                 tls: ssl.SSLContext | None = None, access_log: str | None = None) -> None:
         self.app = app
-        self.config = config or hypercorn_config(listen)
+        self.config = config or hypercorn_config(listen, access_log=access_log)
+        self.tls = tls
         self.max_connections = MAX_HTTP_CONNECTIONS if max_connections is None else max_connections
         self.active = 0  # connections being served now
         self.stats = {"accepted": 0, "refused_max_connections": 0, "stalled": 0}
@@ -147,8 +184,9 @@ class HttpServer:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
             bind = repr_socket_addr(sock.family, sock.getsockname())
-            urls.append(f"http://{bind}")
-            await config.log.info(f"Running on http://{bind}")
+            scheme = "https" if self.tls is not None else "http"
+            urls.append(f"{scheme}://{bind}")
+            await config.log.info(f"Running on {scheme}://{bind}")
         return listeners, urls
 
     async def _handle(self, app: AppWrapper, context: WorkerContext, state: ConnectionState,
@@ -159,8 +197,13 @@ class HttpServer:
             return
         self.active += 1
         self.stats["accepted"] += 1
+        guarded: trio.abc.Stream = GuardedStream(stream, self)
+        if self.tls is not None:
+            # TLS above the stall guard: TCPServer runs the handshake (bounded by hypercorn's
+            # ssl_handshake_timeout) and finds the socket at transport_stream.socket.
+            guarded = trio.SSLStream(guarded, self.tls, server_side=True, https_compatible=True)
         try:
-            await TCPServer(app, self.config, context, state, GuardedStream(stream, self))  # type: ignore[arg-type]
+            await TCPServer(app, self.config, context, state, guarded)  # type: ignore[arg-type]
         finally:
             self.active -= 1
 
