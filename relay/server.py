@@ -96,7 +96,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     different versions on one relay, since moq-rs always offers every version it has."""
     identities = load_identities(config)
     identity = identities[0]
-    origin = Origin(budget=CacheBudget(config.cache.capacity), max_cache_age=config.cache.duration)
+    origin = Origin(budget=CacheBudget(config.cache.capacity, config.cache.duration))
     hop_id = config.cluster.id or random.randint(1, 2**53 - 1)
     try:
         versions = versions_from_config(config.server.version)

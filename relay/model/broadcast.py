@@ -77,7 +77,7 @@ class Broadcast:
     """A published broadcast. Exactly one upstream subscription per track, however many readers."""
 
     def __init__(self, path: str, source: TrackSource, hops: tuple[int, ...] = (), *,
-                 budget: CacheBudget | None = None, max_cache_age: float | None = None,
+                 budget: CacheBudget | None = None,
                  cost: int = 0, traffic: Traffic | None = None) -> None:
         self.path = path
         self.traffic = traffic if traffic is not None else Traffic()
@@ -86,7 +86,6 @@ class Broadcast:
         self.cost = cost
         self.generation = next(_generation)
         self._budget = budget
-        self._max_cache_age = max_cache_age
         self._tracks: dict[str, _TrackEntry] = {}
         self.closed = False
         self.upstream_subscriptions_total = 0
@@ -157,7 +156,7 @@ class Broadcast:
         if entry is None:
             if len(self._tracks) >= MAX_TRACKS_PER_BROADCAST:
                 raise LimitExceeded(f"more than {MAX_TRACKS_PER_BROADCAST} tracks in {self.path}")
-            entry = _TrackEntry(Track(self.path, name, self._budget, self._max_cache_age, self.traffic))
+            entry = _TrackEntry(Track(self.path, name, self._budget, self.traffic))
             if name in self._infos:
                 entry.track.set_info(self._infos[name])
             self._tracks[name] = entry

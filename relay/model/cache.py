@@ -4,10 +4,14 @@ from __future__ import annotations
 
 
 class CacheBudget:
-    """Counts payload bytes held by track caches; tracks evict their stalest groups when over."""
+    """Counts payload bytes held by track caches; tracks evict their stalest groups when over.
 
-    def __init__(self, capacity: int | None = None) -> None:
+    It also holds `max_age` (`[cache] duration`): how long a non-latest group may stay. Every
+    track reads both here at each eviction, so a reload that changes them reaches live tracks."""
+
+    def __init__(self, capacity: int | None = None, max_age: float | None = None) -> None:
         self.capacity = capacity
+        self.max_age = max_age
         self.used = 0
 
     def add(self, n: int) -> None:

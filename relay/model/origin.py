@@ -53,11 +53,9 @@ class AnnounceWatcher:
 
 
 class Origin:
-    def __init__(self, *, max_broadcasts: int = MAX_BROADCASTS, budget: CacheBudget | None = None,
-                 max_cache_age: float | None = None) -> None:
+    def __init__(self, *, max_broadcasts: int = MAX_BROADCASTS, budget: CacheBudget | None = None) -> None:
         self.max_broadcasts = max_broadcasts
         self.budget = budget or CacheBudget()
-        self.max_cache_age = max_cache_age
         self.traffic = Traffic()
         self._routes: dict[str, list[Broadcast]] = {}
         self._watchers: set[AnnounceWatcher] = set()

@@ -159,14 +159,13 @@ class Track:
     """A track shared by all subscribers of a relay: info, cached groups, arrival order, end."""
 
     def __init__(self, broadcast_path: str, name: str, budget: CacheBudget | None = None,
-                 max_cache_age: float | None = None, traffic: Traffic | None = None) -> None:
+                 traffic: Traffic | None = None) -> None:
         self.broadcast_path = broadcast_path
         self.traffic = traffic if traffic is not None else Traffic()
         self.name = name
         self.info: TrackInfo | None = None
         self._info_ready = trio.Event()
         self._budget = budget
-        self._max_cache_age = max_cache_age
         self.groups: dict[int, Group] = {}
         self.latest: Group | None = None
         # Arrival order (not sequence order): subscribers follow it with an integer cursor. Only
@@ -241,8 +240,8 @@ class Track:
     def _retention(self) -> float:
         ms = self.info.max_latency_ms if self.info is not None else DEFAULT_MAX_LATENCY_MS
         age = ms / 1000.0
-        if self._max_cache_age is not None:
-            age = min(age, self._max_cache_age)
+        if self._budget is not None and self._budget.max_age is not None:
+            age = min(age, self._budget.max_age)
         return age
 
     def _evict(self) -> None:

@@ -96,8 +96,7 @@ class IetfSubscriber:
             log.warning("%s announces more than %d namespaces; refusing %s", s.name, s.limits.max_published, rel)
             await s.send(msg.PublishNamespaceError(rid, NamespaceErrorCode.INTERNAL_ERROR, "too many namespaces"))
             return
-        broadcast = Broadcast(s.scope.absolute(rel), self, (), budget=s.origin.budget, traffic=s.origin.traffic,
-                              max_cache_age=s.origin.max_cache_age, cost=s.link_cost)
+        broadcast = Broadcast(s.scope.absolute(rel), self, (), budget=s.origin.budget, traffic=s.origin.traffic, cost=s.link_cost)
         try:
             s.origin.publish(broadcast)
         except LimitExceeded as exc:

@@ -164,8 +164,7 @@ class LiteSubscriber:
             log.warning("%s announces more than %d broadcasts; ignoring %s", s.name,
                         s.limits.max_published, rel)
             return
-        broadcast = Broadcast(abs_path, self, hops, budget=s.origin.budget, traffic=s.origin.traffic,
-                              max_cache_age=s.origin.max_cache_age, cost=min(cost + s.link_cost, 2**62 - 1))
+        broadcast = Broadcast(abs_path, self, hops, budget=s.origin.budget, traffic=s.origin.traffic, cost=min(cost + s.link_cost, 2**62 - 1))
         try:
             s.origin.publish(broadcast)
         except LimitExceeded as exc:
