@@ -1,0 +1,263 @@
+"""The internal listener's live dashboard: `/` (the page, in headless Chromium), its snapshots
+at `/dashboard.json` and `/dashboard/events` (server-sent events), and the counters they read:
+per-session bytes (counted by the transports on SessionInfo) and per-broadcast bytes (the
+broadcast's Meter). On an in-memory session the bytes are checked exactly against what the test
+wrote; with the real Rust client (moq-rs) against what it sent and received.
+
+The browser test needs Debian's `chromium` and `npm ci --prefix tests/browser`; without them it
+is skipped, saying why (as tests/test_browser.py is).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from typing import Any
+
+import trio
+from harness import Flag, client, free_port, in_thread, publish_until, running_relay, wait_until
+from test_internal import get, internal_extra
+from test_session_rules import FakeSource, Peer, write_group
+
+from relay.admission import Admission
+from relay.auth.scope import Scope
+from relay.model.broadcast import Broadcast
+from relay.model.origin import Origin
+from relay.protocol.lite import messages as m
+from relay.protocol.lite.session import LiteSession
+from relay.protocol.lite.version import Version
+from relay.protocol.negotiate import Negotiator
+from relay.server import RelayHandle
+from relay.transport.memory import memory_pair
+from relay.web.dashboard import Dashboard, Rates
+
+V6 = Version.LITE_06
+SCOPE = Scope(root="anon", publish=("",), subscribe=("",))
+
+
+def memory_relay(origin: Origin) -> RelayHandle:
+    """A RelayHandle around `origin` with no listeners: what the dashboard reads, without sockets."""
+    negotiator = Negotiator([V6], lambda target: SCOPE)
+    return RelayHandle(quic=[], http=[], fingerprint="", origin=origin, hop_id=7,
+                       admission=Admission(negotiator, origin, 7))
+
+
+async def test_snapshot_counts_a_memory_sessions_bytes_exactly() -> None:
+    origin = Origin()
+    relay = memory_relay(origin)
+    dashboard = Dashboard(relay)
+    peer_end, relay_end = memory_pair(V6.alpn, "/anon?jwt=not-for-the-page")
+    session = LiteSession(relay_end, V6, origin, authorize=lambda target: SCOPE, hop_id=7, scope=SCOPE)
+    relay.admission.sessions.add(session)
+    source = FakeSource()
+    broadcast = Broadcast("anon/live", source, hops=(99,), traffic=origin.traffic)
+    origin.publish(broadcast)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(session.run)
+            # Everything the peer ever writes to the relay: one SUBSCRIBE request.
+            request = m.encode_bi_type(m.BiStream.SUBSCRIBE) + m.Subscribe(1, "live", "v", 1, False, 30_000,
+                                                                           None, None).encode(V6)
+            send, _ = await peer_end.open_bi()
+            await send.write(request)
+            await wait_until(lambda: bool(source.tracks), 5)
+            track = source.tracks[0]
+            payloads = [[b"a" * 100, b"b" * 900], [b"c" * 1000]]
+            for seq, frames in enumerate(payloads):
+                write_group(track, seq, frames)
+            peer = Peer(peer_end, session, origin, V6)
+            assert await peer.group_streams(2) == [(seq, frames) for seq, frames in enumerate(payloads)]
+
+            first = dashboard.snapshot(now=100.0)
+            [row] = first["sessions"]
+            assert row["bytes_in"] == len(request)  # exactly what the peer wrote, and nothing else
+            # At least every payload byte the peer read, and everything the peer's end read.
+            assert row["bytes_out"] >= 2000 and row["bytes_out"] >= peer_end.info.bytes_in > 2000
+            assert (row["id"], row["transport"], row["version"]) == (session.id, "memory", "moq-lite-06")
+            assert (row["root"], row["path"], row["peer"]) == ("/anon", "/anon", "memory-server")
+            assert row["rate_in"] is None and row["rate_out"] is None  # a first sighting has no rate yet
+            [b] = first["broadcasts"]
+            assert b["path"] == "/anon/live" and b["publisher"] is None  # FakeSource: no session published it
+            assert (b["bytes"], b["frames"], b["groups"]) == (2000, 3, 2)
+            assert b["tracks"] == [{"name": "v", "subscribers": 1, "cached_groups": 2, "latest": 1}]
+            assert (b["subscribers"], b["cached_groups"], b["active"], b["hops"]) == (1, 2, True, 1)
+            assert b["bitrate"] is None
+
+            out_before = row["bytes_out"]
+            write_group(track, 2, [b"d" * 500])
+            assert await peer.group_streams(1) == [(2, [b"d" * 500])]
+            second = dashboard.snapshot(now=101.0)  # one second later: the rates are the deltas
+            [row] = second["sessions"]
+            assert row["bytes_in"] == len(request) and row["rate_in"] == 0
+            assert row["rate_out"] == row["bytes_out"] - out_before >= 500
+            [b] = second["broadcasts"]
+            assert (b["bytes"], b["bitrate"]) == (2500, 500 * 8)
+            nursery.cancel_scope.cancel()
+    relay.admission.sessions.discard(session)
+    assert dashboard.snapshot(now=102.0)["sessions"] == []
+
+
+def test_rates_reuse_the_last_delta_for_close_snapshots_and_forget_what_left() -> None:
+    rates = Rates(min_interval=0.5)
+    assert rates.rate(("s",), 1000, now=10.0) is None
+    assert rates.rate(("s",), 1500, now=10.2) is None  # too close to divide: no rate yet
+    assert rates.rate(("s",), 3000, now=11.0) == 2000.0  # (3000 - 1000) / 1 s
+    assert rates.rate(("s",), 3100, now=11.1) == 2000.0  # kept until half a second passed
+    rates.forget_unseen()
+    rates.forget_unseen()  # nothing asked since: ("s",) is forgotten, and starts over
+    assert rates.rate(("s",), 5000, now=12.0) is None
+
+
+async def read_then_hold(url: str, name: str, count: int, got: list[bytes], hold: Flag) -> None:
+    """Read `count` groups of `name` (moq-rs) into `got`, then keep the session open until `hold`
+    is set (so the relay's counts of it can be read while it is still there)."""
+    import moq
+
+    async with client(url) as c:
+        consumer = await asyncio.wait_for(c.announced_broadcast(name), 15)
+        sub = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+        for _ in range(count):
+            group = await asyncio.wait_for(sub.next_group(), 15)
+            got.append(b"".join([f.payload async for f in group]))
+        await hold.wait(30)
+
+
+async def read_until(url: str, name: str, stop: Flag) -> int:
+    """Read groups of `name` (moq-rs) until `stop` is set or the track ends; the groups read."""
+    import moq
+
+    async with client(url) as c:
+        consumer = await asyncio.wait_for(c.announced_broadcast(name), 15)
+        sub = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+        n = 0
+        while not stop.event.is_set():
+            group = await asyncio.wait_for(sub.next_group(), 15)
+            if group is None:
+                break
+            _ = [f async for f in group]
+            n += 1
+        return n
+
+
+async def snapshot(base: str) -> dict[str, Any]:
+    status, headers, body = await get(base + "/dashboard.json")
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    return json.loads(body)
+
+
+def frames_of(n: int) -> list[bytes]:
+    return [b"cam-%d-" % n + b"x" * 1000]
+
+
+async def test_dashboard_json_with_moq_rs_sessions(tmp_path) -> None:
+    ip = free_port()
+    stop, hold = Flag(), Flag()
+    count = 8
+    async with running_relay(tmp_path, extra=internal_extra(ip)) as relay:
+        base = relay.handle.internal[0]
+        got: list[bytes] = []  # filled by the viewer's thread
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(relay.url("moql", "anon"), "cam", stop, frames=frames_of))
+            n.start_soon(in_thread, lambda: read_then_hold(relay.url("https", "anon"), "cam", count, got, hold))
+            try:
+                with trio.fail_after(40):
+                    await wait_until(lambda: len(got) == count, 30)
+                    # The viewer holds its session open: what it read is in the relay's counts.
+                    snap = await snapshot(base)
+                    rows = {s["transport"]: s for s in snap["sessions"]}
+                    assert set(rows) == {"quic", "webtransport"}, snap["sessions"]
+                    publisher, reader = rows["quic"], rows["webtransport"]
+                    [b] = snap["broadcasts"]
+                    assert b["path"] == "/anon/cam" and b["publisher"] == publisher["id"]
+                    assert b["publisher_peer"] == publisher["peer"]
+                    assert [t["name"] for t in b["tracks"]] == ["v"] and b["subscribers"] == 1
+                    assert b["cached_groups"] >= 1 and b["active"] is True
+                    payload = sum(len(g) for g in got)
+                    assert all(g.startswith(b"cam-") for g in got) and payload > count * 1000
+                    # The relay wrote the viewer at least every payload byte it read; the publisher's
+                    # session read at least every payload byte the broadcast holds, which include them.
+                    assert reader["bytes_out"] >= payload
+                    assert publisher["bytes_in"] >= b["bytes"] >= payload
+                    assert b["groups"] >= count and b["frames"] >= count
+                    assert publisher["bytes_out"] > 0 and reader["bytes_in"] > 0  # SETUP, requests
+                    assert publisher["version"] == reader["version"] == "moq-lite-06"
+                    assert (reader["root"], reader["path"]) == ("/anon", "/anon")
+                    assert publisher["root"] == "/anon" and publisher["path"] == ""  # raw QUIC: path in SETUP
+                    assert publisher["peer"].startswith("127.0.0.1:") and reader["peer"].startswith("127.0.0.1:")
+                    assert snap["links"] == [] and snap["relay"]["sessions"] == 2
+                    hold.set()
+                    await wait_until(lambda: len(relay.handle.sessions) == 1, 15)  # the viewer left
+                    stop.set()
+                    while (await snapshot(base))["broadcasts"]:  # the publisher left: its broadcast goes
+                        await trio.sleep(0.1)
+                    await wait_until(lambda: len(relay.handle.sessions) == 0, 15)
+                    assert (await snapshot(base))["sessions"] == []
+            finally:
+                stop.set()
+                hold.set()
+
+
+def read_events(url: str, count: int) -> tuple[str, list[str], list[dict[str, Any]]]:
+    """The content type, the non-data lines and the first `count` events of an SSE stream."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        kind = resp.headers["content-type"]
+        other, events = [], []
+        while len(events) < count:
+            line = resp.readline().decode()
+            if not line:
+                break
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: "):]))
+            elif line.strip():
+                other.append(line.strip())
+        return kind, other, events
+
+
+async def test_events_stream_one_snapshot_a_second(tmp_path) -> None:
+    ip = free_port()
+    stop = Flag()
+    async with running_relay(tmp_path, extra=internal_extra(ip), http=False) as relay:
+        base = relay.handle.internal[0]
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(relay.url("moql", "anon"), "cam", stop))
+            try:
+                with trio.fail_after(30):
+                    await wait_until(lambda: relay.handle.origin.best("anon/cam") is not None, 15)
+                    kind, other, events = await trio.to_thread.run_sync(read_events, base + "/dashboard/events", 3)
+                    # The viewer closed its connection: the stream (and its connection) ended with it.
+                    server = relay.handle.internal_server
+                    assert server is not None
+                    await wait_until(lambda: server.active == 0, 10)
+            finally:
+                stop.set()
+    assert kind.startswith("text/event-stream")
+    assert other == ["retry: 1000"]
+    assert len(events) == 3
+    assert events[0]["time"] < events[1]["time"] < events[2]["time"]
+    for event in events:
+        assert set(event) == {"time", "relay", "sessions", "broadcasts", "links"}
+        assert [b["path"] for b in event["broadcasts"]] == ["/anon/cam"]
+        assert [s["transport"] for s in event["sessions"]] == ["quic"]
+
+
+async def test_page_and_its_assets_come_from_the_package(tmp_path) -> None:
+    ip = free_port()
+    async with running_relay(tmp_path, extra=internal_extra(ip), http=False) as relay:
+        base = relay.handle.internal[0]
+        with trio.fail_after(20):
+            page = await get(base + "/")
+            script = await get(base + "/dashboard.js")
+            style = await get(base + "/dashboard.css")
+    status, headers, body = page
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in headers["content-security-policy"]
+    html = body.decode()
+    assert '<script src="/dashboard.js"' in html and 'href="/dashboard.css"' in html
+    assert "https://" not in html and "http://" not in html  # nothing loaded from elsewhere
+    assert script[0] == 200 and script[1]["content-type"].startswith("text/javascript")
+    assert style[0] == 200 and style[1]["content-type"].startswith("text/css")
+    js = script[2].decode()
+    # Peer data (paths, track names) reaches the DOM through textContent only.
+    assert "textContent" in js and "EventSource(\"/dashboard/events\")" in js
+    assert not [sink for sink in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write") if sink in js]
