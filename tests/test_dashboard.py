@@ -12,11 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import subprocess
 import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from harness import Flag, client, free_port, in_thread, publish_until, running_relay, wait_until
+from test_browser import BROWSER_DIR, CHROMIUM, NODE
+from test_browser import _missing as browser_missing
 from test_internal import get, internal_extra
 from test_session_rules import FakeSource, Peer, write_group
 
@@ -261,3 +268,81 @@ async def test_page_and_its_assets_come_from_the_package(tmp_path) -> None:
     # Peer data (paths, track names) reaches the DOM through textContent only.
     assert "textContent" in js and "EventSource(\"/dashboard/events\")" in js
     assert not [sink for sink in (".innerHTML", ".outerHTML", "insertAdjacentHTML", "document.write") if sink in js]
+
+
+async def lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
+    buf = b""
+    while True:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            if buf:
+                yield buf.decode(errors="replace")
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.decode(errors="replace")
+
+
+@pytest.mark.skipif(browser_missing() is not None, reason=browser_missing() or "")
+async def test_browser_shows_a_moq_rs_broadcast_live_and_its_end(tmp_path: Path) -> None:
+    ip = free_port()
+    stop_publisher, stop_viewer = Flag(), Flag()
+    screenshot = tmp_path / "dashboard.png"
+    async with running_relay(tmp_path, extra=internal_extra(ip)) as relay:
+        base = relay.handle.internal[0]
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(relay.url("moql", "anon"), "cam", stop_publisher,
+                                                          frames=frames_of))
+            # A viewer makes the relay pull the track: with no reader nothing flows.
+            n.start_soon(in_thread, lambda: read_until(relay.url("https", "anon"), "cam", stop_viewer))
+            stderr = bytearray()
+            phases: list[dict[str, Any]] = []
+            try:
+                with trio.fail_after(90):
+                    def flowing() -> bool:
+                        b = relay.handle.origin.best("anon/cam")
+                        return b is not None and b.meter.bytes > 0
+                    await wait_until(flowing, 20)
+                    assert NODE is not None
+                    cmd = [NODE, str(BROWSER_DIR / "dashboard.mjs"), "--url", base + "/", "--broadcast", "/anon/cam",
+                           "--screenshot", str(screenshot), "--chromium", CHROMIUM, "--rise-ms", "2000",
+                           "--gone-ms", "20000", "--timeout", "75"]
+                    proc = await trio.lowlevel.open_process(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                    try:
+                        async def drain() -> None:
+                            assert proc.stderr is not None
+                            async for line in lines(proc.stderr):
+                                stderr.extend(line.encode() + b"\n")
+                        n.start_soon(drain)
+                        assert proc.stdout is not None
+                        async for line in lines(proc.stdout):
+                            if not line.strip():
+                                continue
+                            phase = json.loads(line)
+                            phases.append(phase)
+                            if phase.get("phase") == "live":
+                                stop_publisher.set()  # the publisher leaves: the page must drop its row
+                        code = await proc.wait()
+                    finally:
+                        if proc.returncode is None:  # the test failed or timed out first
+                            proc.kill()
+                            with trio.CancelScope(shield=True):
+                                await proc.wait()
+            finally:
+                stop_publisher.set()
+                stop_viewer.set()
+        logging.getLogger("tests.dashboard").info("dashboard page: %s", phases)
+        if code != 0 or [p.get("phase") for p in phases] != ["live", "gone"]:
+            shot = next((p.get("screenshot") for p in phases if p.get("screenshot")), None)
+            print(f"dashboard screenshot: {shot or '(none taken)'}")
+            pytest.fail(f"dashboard page failed (exit {code}), screenshot {shot}: {phases}\n"
+                        f"{stderr.decode(errors='replace')[-4000:]}")
+        live, gone = phases
+        assert live["live"]["path"] == "/anon/cam" and live["live"]["bitrate"] > 0
+        assert live["live"]["bytes"] > live["first"]["bytes"] > 0
+        assert live["live"]["subscribers"] == 1 and "v (1)" in live["live"]["tracks"]
+        assert live["live"]["sessions"] >= 2  # the publisher and the viewer
+        assert gone["navigations"] == 1 and gone["events"] >= 2  # updated in place, never reloaded
+        assert gone["foreign"] == []  # the page loaded nothing from anywhere else
+        assert "/anon/cam" not in gone["broadcasts_text"]
