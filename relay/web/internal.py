@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from quart import Response
 from quart_trio import QuartTrio
 
-from relay.web.dashboard import Dashboard, session_labels
+from relay.web.dashboard import MIN_RATE_INTERVAL, Dashboard, session_labels
 
 if TYPE_CHECKING:
     from relay.server import RelayHandle
@@ -36,6 +36,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TIER = ""  # the Rust relay's `tier` label (auth.mtls_tier / cluster.tier: not implemented)
 # The dashboard's stream: one snapshot this often. EventSource reconnects after `retry` ms.
 DASHBOARD_PERIOD = 1.0
+# A new viewer's second snapshot comes sooner, just past the rates' shortest interval: what is
+# new to the first one (a first sighting has no rate) has its rates then, not a second later.
+DASHBOARD_FOLLOW_UP = MIN_RATE_INTERVAL + 0.1
 SSE_RETRY_MS = 1000
 # The page, its script and its style, from the package (no external scripts or fonts): the
 # policy lets it load nothing but them and its own event stream.
@@ -245,6 +248,8 @@ def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
     async def dashboard_events() -> Response:
         async def stream() -> AsyncIterator[bytes]:
             yield f"retry: {SSE_RETRY_MS}\n\n".encode()
+            yield f"data: {json.dumps(dashboard.snapshot())}\n\n".encode()
+            await trio.sleep(DASHBOARD_FOLLOW_UP)
             tick = trio.current_time()
             while True:  # until the viewer leaves (quart cancels the body) or the relay stops
                 yield f"data: {json.dumps(dashboard.snapshot())}\n\n".encode()
