@@ -11,6 +11,7 @@ is skipped, saying why (as tests/test_browser.py is).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import subprocess
@@ -24,6 +25,7 @@ import trio
 from harness import Flag, client, free_port, in_thread, publish_until, running_relay, wait_until
 from test_browser import BROWSER_DIR, CHROMIUM, NODE
 from test_browser import _missing as browser_missing
+from test_cluster import cluster_extra
 from test_internal import get, internal_extra
 from test_session_rules import FakeSource, Peer, write_group
 
@@ -37,7 +39,7 @@ from relay.protocol.lite.version import Version
 from relay.protocol.negotiate import Negotiator
 from relay.server import RelayHandle
 from relay.transport.memory import memory_pair
-from relay.web.dashboard import Dashboard, Rates
+from relay.web.dashboard import MIN_RATE_INTERVAL, Dashboard, Rates
 
 V6 = Version.LITE_06
 SCOPE = Scope(root="anon", publish=("",), subscribe=("",))
@@ -203,6 +205,64 @@ async def test_dashboard_json_with_moq_rs_sessions(tmp_path) -> None:
             finally:
                 stop.set()
                 hold.set()
+
+
+@pytest.mark.parametrize(("scheme", "version", "transport", "version_name"), [
+    ("ws", None, "websocket", "moq-lite-06"),
+    ("moql", "moq-transport-14", "quic", "moq-transport-14"),
+], ids=["websocket-lite06", "quic-draft14"])
+async def test_publisher_bytes_on_websocket_and_ietf(tmp_path, scheme, version, transport, version_name) -> None:
+    """The counts of the other transport (WebSocket, QMux) and the other family (IETF draft-14)."""
+    ip = free_port()
+    stop, hold = Flag(), Flag()
+    count = 4
+    async with running_relay(tmp_path, version, extra=internal_extra(ip)) as relay:
+        base = relay.handle.internal[0]
+        got: list[bytes] = []
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(relay.url(scheme, "anon"), "cam", stop, frames=frames_of))
+            n.start_soon(in_thread, lambda: read_then_hold(relay.url("moql", "anon"), "cam", count, got, hold))
+            try:
+                with trio.fail_after(40):
+                    await wait_until(lambda: len(got) == count, 30)
+                    snap = await snapshot(base)
+                    [b] = snap["broadcasts"]
+                    [publisher] = [s for s in snap["sessions"] if s["id"] == b["publisher"]]
+                    assert (publisher["transport"], publisher["version"]) == (transport, version_name)
+                    assert publisher["published"] == 1 and publisher["root"] == "/anon"
+                    payload = sum(len(g) for g in got)
+                    assert publisher["bytes_in"] >= b["bytes"] >= payload > count * 1000
+                    [reader] = [s for s in snap["sessions"] if s["id"] != b["publisher"]]
+                    assert reader["bytes_out"] >= payload
+            finally:
+                stop.set()
+                hold.set()
+
+
+async def test_cluster_links_and_their_sessions(tmp_path) -> None:
+    pa, pb, ip = free_port(), free_port(), free_port()
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_relay(tmp_path, port=pb, http=False))
+        a = await stack.enter_async_context(running_relay(
+            tmp_path, port=pa, http=False, extra=cluster_extra(pa, connect=[pb]) + "\n" + internal_extra(ip)))
+        cluster = a.handle.cluster
+        assert cluster is not None
+        base = a.handle.internal[0]
+        peer = f"https://127.0.0.1:{pb}/"
+        with trio.fail_after(30):
+            await wait_until(lambda: peer in cluster.link_sessions, 15)
+            first = await snapshot(base)
+            await trio.sleep(MIN_RATE_INTERVAL + 0.1)
+            second = await snapshot(base)
+        session = cluster.link_sessions[peer]
+        [link] = first["links"]
+        assert (link["peer"], link["cost"], link["state"], link["session"]) == (peer, 1, "up", session.id)
+        [row] = [s for s in first["sessions"] if s["id"] == session.id]
+        assert row["link"] == peer and row["transport"] == "quic" and row["bytes_out"] > 0
+        assert first["relay"]["sessions"] == 0  # a link we dialed is not one of the sessions we admitted
+        [link] = second["links"]
+        assert link["rate_in"] is not None and link["rate_out"] is not None  # a delta since the first
+        await stack.aclose()
 
 
 def read_events(url: str, count: int) -> tuple[str, list[str], list[dict[str, Any]]]:
