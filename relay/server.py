@@ -173,7 +173,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                 internal_app, list(config.internal.listen), access_log=INTERNAL_ACCESS_LOG)
             handle_.internal = await nursery.start(handle_.internal_server.serve)
             for url in handle_.internal:
-                log.info("internal listening url=%s (/health /metrics /nodes; unauthenticated)", url)
+                log.info("internal listening url=%s (/ dashboard, /health /metrics /nodes; unauthenticated)", url)
         task_status.started(handle_)
         notify("READY=1")
         if identity.generated:

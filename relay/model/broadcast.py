@@ -13,7 +13,7 @@ from relay.errors import LocalError
 from relay.model.cache import CacheBudget
 from relay.model.subscription import Wish
 from relay.model.track import Frame, Group, Track, TrackClosed, TrackInfo
-from relay.model.traffic import Traffic
+from relay.model.traffic import Meter, Traffic
 
 # A peer can make us create one track (and one upstream subscription) per name it asks for.
 MAX_TRACKS_PER_BROADCAST = 1024
@@ -81,6 +81,7 @@ class Broadcast:
                  cost: int = 0, traffic: Traffic | None = None) -> None:
         self.path = path
         self.traffic = traffic if traffic is not None else Traffic()
+        self.meter = Meter()  # what this broadcast's publisher sent, over all its tracks
         self.source = source
         self.hops = hops
         self.cost = cost
@@ -156,7 +157,7 @@ class Broadcast:
         if entry is None:
             if len(self._tracks) >= MAX_TRACKS_PER_BROADCAST:
                 raise LimitExceeded(f"more than {MAX_TRACKS_PER_BROADCAST} tracks in {self.path}")
-            entry = _TrackEntry(Track(self.path, name, self._budget, self.traffic))
+            entry = _TrackEntry(Track(self.path, name, self._budget, self.traffic, self.meter))
             if name in self._infos:
                 entry.track.set_info(self._infos[name])
             self._tracks[name] = entry

@@ -18,7 +18,7 @@ from relay.errors import RemoteError
 from relay.model.cache import CacheBudget
 from relay.model.notify import Notifier
 from relay.model.subscription import Demand
-from relay.model.traffic import Traffic
+from relay.model.traffic import Meter, Traffic
 
 # Rust rejects frames and groups above 32 MiB (lite §5.5, relay spec §8.6).
 MAX_FRAME_SIZE = 32 * 1024 * 1024
@@ -84,10 +84,11 @@ class Group:
     """One group: an append-only list of frames, then finished or aborted."""
 
     __slots__ = ("sequence", "frames", "finished", "error", "arrived", "size", "_changed", "_budget", "_on_first",
-                 "_traffic")
+                 "_traffic", "_meter")
 
     def __init__(self, sequence: int, budget: CacheBudget | None = None,
-                 on_first_frame: Callable[[], None] | None = None, traffic: Traffic | None = None) -> None:
+                 on_first_frame: Callable[[], None] | None = None, traffic: Traffic | None = None,
+                 meter: Meter | None = None) -> None:
         self.sequence = sequence
         self.frames: list[Frame] = []
         self.finished = False
@@ -99,6 +100,7 @@ class Group:
         # The track hears of a group's first frame: its timestamp makes older groups stale.
         self._on_first = on_first_frame
         self._traffic = traffic
+        self._meter = meter  # the broadcast's
 
     @property
     def done(self) -> bool:
@@ -117,6 +119,9 @@ class Group:
         if self._traffic is not None:
             self._traffic.frames_in += 1
             self._traffic.bytes_in += n
+        if self._meter is not None:
+            self._meter.frames += 1
+            self._meter.bytes += n
         self._changed.notify()
         if len(self.frames) == 1 and self._on_first is not None:
             self._on_first()
@@ -159,9 +164,10 @@ class Track:
     """A track shared by all subscribers of a relay: info, cached groups, arrival order, end."""
 
     def __init__(self, broadcast_path: str, name: str, budget: CacheBudget | None = None,
-                 traffic: Traffic | None = None) -> None:
+                 traffic: Traffic | None = None, meter: Meter | None = None) -> None:
         self.broadcast_path = broadcast_path
         self.traffic = traffic if traffic is not None else Traffic()
+        self.meter = meter if meter is not None else Meter()  # its broadcast's, shared by its tracks
         self.name = name
         self.info: TrackInfo | None = None
         self._info_ready = trio.Event()
@@ -211,7 +217,7 @@ class Track:
             return None
         if self.latest is not None and sequence < self.latest.sequence and self._too_old(sequence):
             return None
-        group = Group(sequence, self._budget, self._changed.notify, self.traffic)
+        group = Group(sequence, self._budget, self._changed.notify, self.traffic, self.meter)
         self.groups[sequence] = group
         if self.latest is None or sequence > self.latest.sequence:
             self.latest = group
@@ -227,6 +233,7 @@ class Track:
         self._last_arrival = group.arrived
         self.groups_total += 1
         self.traffic.groups_in += 1
+        self.meter.groups += 1
         self._evict()
         self._changed.notify()
         return group
@@ -381,6 +388,7 @@ class Track:
             return
         self.datagrams_total += 1
         self.traffic.datagrams_in += 1
+        self.meter.bytes += len(payload)
         self.traffic.datagrams_out += len(self._datagram_listeners)
         for listener in list(self._datagram_listeners):
             listener(sequence, timestamp, payload)

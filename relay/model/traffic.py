@@ -1,6 +1,7 @@
-"""Relay-wide traffic counters: what arrived from publishers and what left for subscribers.
+"""Traffic counters: what arrived from publishers and what left for subscribers.
 
-One `Traffic` per origin. Counts are taken where the data passes once: a group when the track
+One `Traffic` per origin, and one `Meter` per broadcast (what its publisher sent, for the
+dashboard's bitrate). Counts are taken where the data passes once: a group when the track
 creates it or a fan-out opens its stream, a frame when a group appends it or a fan-out writes it,
 a datagram when the track hands it out. `/metrics` reads them at scrape time.
 """
@@ -33,3 +34,16 @@ class Traffic:
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
+
+
+class Meter:
+    """What one broadcast's publisher delivered: payload bytes (frames and datagrams), frames
+    and groups. Its tracks and groups add to it where `Traffic` is counted, so it outlives the
+    tracks (a track nobody reads any more is dropped, its bytes are not)."""
+
+    __slots__ = ("bytes", "frames", "groups")
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.frames = 0
+        self.groups = 0

@@ -8,6 +8,7 @@ to its wire form (the WebTransport range on QUIC and WebTransport, raw on QMux).
 from __future__ import annotations
 
 import itertools
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -94,6 +95,12 @@ class SessionInfo:
     remote: str = ""  # "ip:port" of the peer, for logs
     conn_id: int = 0  # relay-wide connection counter, for log lines (conn=<id>)
     extra: dict = field(default_factory=dict)
+    # The moq bytes the session read from and wrote to this transport's streams and datagrams
+    # (the transport's own framing excluded). Each transport's stream read()/write() and datagram
+    # paths add to them: every byte of every session passes there once, and an add is all it costs.
+    bytes_in: int = 0
+    bytes_out: int = 0
+    opened_at: float = field(default_factory=time.monotonic)  # when the transport set the session up
 
 
 class TransportSession(ABC):

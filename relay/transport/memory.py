@@ -64,6 +64,7 @@ class MemorySendStream(SendStream):
         if data:
             pipe.chunks.append(bytes(data))
             pipe.size += len(data)
+            pipe.session.info.bytes_out += len(data)
             pipe.wake()
         await trio.lowlevel.checkpoint()
 
@@ -106,6 +107,7 @@ class MemoryRecvStream(RecvStream):
                     pipe.chunks.appendleft(chunk[max_bytes:])
                     chunk = chunk[:max_bytes]
                 pipe.size -= len(chunk)
+                pipe.session.peer.info.bytes_in += len(chunk)
                 pipe.wake()
                 await trio.lowlevel.checkpoint()
                 return chunk
@@ -202,13 +204,16 @@ class MemorySession(TransportSession):
             try:
                 self.peer._dg_send.send_nowait(bytes(data))
             except trio.WouldBlock:
-                pass  # lossy by contract
+                return  # lossy by contract
+            self.info.bytes_out += len(data)
 
     async def recv_datagram(self) -> bytes:
         try:
-            return await self._dg_recv.receive()
+            data = await self._dg_recv.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self.closed or SessionClosed() from None
+        self.info.bytes_in += len(data)
+        return data
 
     def close(self, code: int = 0, reason: str = "") -> None:
         for end in (self, self.peer):

@@ -154,6 +154,7 @@ class _Stream(SendStream, RecvStream):
             if self.buf:
                 chunk = self.buf.take(max_bytes)
                 s.unread -= len(chunk)
+                s.info.bytes_in += len(chunk)
                 s.conn.consumed(self.stream_id, len(chunk), fin_read=self.fin and not self.buf)
                 s.kick()
                 return chunk
@@ -180,6 +181,7 @@ class _Stream(SendStream, RecvStream):
         if self.send_done:
             raise TransportError(f"stream {self.stream_id} already finished")
         s.conn.send_stream_data(self.stream_id, bytes(data))
+        s.info.bytes_out += len(data)
         s.kick()
         while s.conn.pending(self.stream_id) > SEND_HIGH_WATER:
             await s.progress.wait()

@@ -1,4 +1,5 @@
-"""The internal (ops) HTTP listener, `[internal] listen`: /health, /metrics and /nodes.
+"""The internal (ops) HTTP listener, `[internal] listen`: /health, /metrics, /nodes and the live
+dashboard (`/`, its snapshots at /dashboard.json and /dashboard/events: relay/web/dashboard.py).
 
 Unauthenticated, like the Rust relay's: bind it to loopback (or a private network). It is a
 second quart-trio app served by `HttpServer`, in the relay's nursery. `/metrics` is one
@@ -12,14 +13,18 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from quart import Response
 from quart_trio import QuartTrio
+
+from relay.web.dashboard import MIN_RATE_INTERVAL, Dashboard, session_labels
 
 if TYPE_CHECKING:
     from relay.server import RelayHandle
@@ -29,13 +34,20 @@ log = logging.getLogger("relay.web.internal")
 # The Rust relay's exposition version (relay spec §12); prometheus_client writes that format.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 TIER = ""  # the Rust relay's `tier` label (auth.mtls_tier / cluster.tier: not implemented)
-
-
-def session_labels(session: Any) -> tuple[str, str]:
-    """(transport, version) of a live session, as the metrics label them."""
-    version = getattr(session, "version", None)
-    name = getattr(version, "name_str", None) or (str(version) if version is not None else "")
-    return session.transport.info.transport, name
+# The dashboard's stream: one snapshot this often. EventSource reconnects after `retry` ms.
+DASHBOARD_PERIOD = 1.0
+# A new viewer's second snapshot comes sooner, just past the rates' shortest interval: what is
+# new to the first one (a first sighting has no rate) has its rates then, not a second later.
+DASHBOARD_FOLLOW_UP = MIN_RATE_INTERVAL + 0.1
+SSE_RETRY_MS = 1000
+# The page, its script and its style, from the package (no external scripts or fonts): the
+# policy lets it load nothing but them and its own event stream.
+STATIC = {"/": ("dashboard.html", "text/html; charset=utf-8"),
+          "/dashboard.js": ("dashboard.js", "text/javascript; charset=utf-8"),
+          "/dashboard.css": ("dashboard.css", "text/css; charset=utf-8")}
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+                                           "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'",
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
 
 
 def healthy(relay: RelayHandle) -> tuple[bool, str]:
@@ -213,5 +225,42 @@ def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
     @app.get("/nodes")
     async def nodes_() -> Response:
         return Response(json.dumps(nodes(relay)), status=200, content_type="application/json")
+
+    dashboard = Dashboard(relay)
+    static = resources.files("relay.web") / "static"
+    pages = {route: (static.joinpath(name).read_bytes(), kind) for route, (name, kind) in STATIC.items()}
+
+    def static_view(route: str) -> Callable[[], Awaitable[Response]]:
+        body, kind = pages[route]
+
+        async def view() -> Response:
+            return Response(body, status=200, content_type=kind, headers=PAGE_HEADERS)
+        return view
+
+    for route in STATIC:
+        app.add_url_rule(route, f"static{route}", static_view(route), methods=["GET"])
+
+    @app.get("/dashboard.json")
+    async def dashboard_json() -> Response:
+        return Response(json.dumps(dashboard.snapshot()), status=200, content_type="application/json",
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/dashboard/events")
+    async def dashboard_events() -> Response:
+        async def stream() -> AsyncIterator[bytes]:
+            yield f"retry: {SSE_RETRY_MS}\n\n".encode()
+            yield f"data: {json.dumps(dashboard.snapshot())}\n\n".encode()
+            await trio.sleep(DASHBOARD_FOLLOW_UP)
+            tick = trio.current_time()
+            while True:  # until the viewer leaves (quart cancels the body) or the relay stops
+                yield f"data: {json.dumps(dashboard.snapshot())}\n\n".encode()
+                # A steady second however long a snapshot took; after a stall, no burst to catch up.
+                tick = max(tick + DASHBOARD_PERIOD, trio.current_time())
+                await trio.sleep_until(tick)
+
+        response = Response(stream(), status=200, content_type="text/event-stream",
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response.timeout = None  # quart's RESPONSE_TIMEOUT (60 s) would end the stream
+        return response
 
     return app, collector

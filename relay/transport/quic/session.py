@@ -141,9 +141,11 @@ class BaseQuicSession(TransportSession):
 
     async def recv_datagram(self) -> bytes:
         try:
-            return await self._dg_rx.receive()
+            data = await self._dg_rx.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise self._closed or SessionClosed() from None
+        self.info.bytes_in += len(data)
+        return data
 
     async def _open(self, uni: bool) -> QuicStream:
         conn = self._conn
@@ -194,6 +196,7 @@ class BaseQuicSession(TransportSession):
             self._queue_datagram(bytes(data))
         except Exception:
             return
+        self.info.bytes_out += len(data)
         self._conn.wake()
 
 

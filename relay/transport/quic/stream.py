@@ -11,7 +11,14 @@ from typing import Protocol
 
 import trio
 
-from relay.transport.base import RecvStream, SendStream, SessionClosed, StreamReset, TransportError
+from relay.transport.base import (
+    RecvStream,
+    SendStream,
+    SessionClosed,
+    SessionInfo,
+    StreamReset,
+    TransportError,
+)
 from relay.transport.chunks import ChunkQueue
 from relay.transport.quic.codes import code_to_wire
 
@@ -20,6 +27,8 @@ SEND_HIGH_WATER = 1 << 20  # write() waits while a stream has more unsent bytes 
 
 class StreamOwner(Protocol):
     """What a stream asks of the session it belongs to."""
+
+    info: SessionInfo  # its byte counters count what the stream reads and writes
 
     @property
     def closed(self) -> SessionClosed | None:
@@ -65,6 +74,7 @@ class QuicStream(SendStream, RecvStream):
         self.stream_id = stream_id
         self._owner = owner
         self._wire = wire
+        self._info = owner.info
         # receive half
         self._rbuf = ChunkQueue()
         self._rfin = not readable
@@ -95,6 +105,7 @@ class QuicStream(SendStream, RecvStream):
             if self._rbuf:
                 chunk = self._rbuf.take(max_bytes)
                 self._owner.unread_changed(-len(chunk))
+                self._info.bytes_in += len(chunk)
                 if not self._rbuf and self._rfin:
                     self._rdone = True
                     self._release_if_finished()
@@ -185,6 +196,7 @@ class QuicStream(SendStream, RecvStream):
         if not data:
             return
         self._wire.send_stream_data(self.stream_id, bytes(data))
+        self._info.bytes_out += len(data)
         while self._wire.unsent_bytes(self.stream_id) > SEND_HIGH_WATER:
             await self._wire.wait_flushed()
             self._check_send()
