@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from relay.server import run
 
     try:
-        trio.run(partial(run, config, handle_signals=True))
+        trio.run(partial(run, config, handle_signals=True, reload_config=partial(build_config, inv, os.environ)))
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:

@@ -7,12 +7,12 @@ subscription and each group fan-out below it.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import random
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -29,6 +29,7 @@ from relay.model.origin import Origin
 from relay.notify_systemd import notify
 from relay.protocol.negotiate import Negotiator, versions_from_config
 from relay.relaying.cluster import Cluster
+from relay.reload import Reloader
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.quic import QuicEndpoint, moq_apps
 from relay.web.app import create_app
@@ -37,7 +38,6 @@ from relay.web.serve import HttpServer, https_context
 
 log = logging.getLogger("relay.server")
 
-RENEW_BEFORE = datetime.timedelta(hours=24)
 # One line per HTTP request (INFO), by listener: the public API and the ops listener apart, so
 # that scrapes can be silenced (`RUST_LOG=relay.internal.access=warn`) without the rest.
 ACCESS_LOG = "relay.web.access"
@@ -64,6 +64,7 @@ class RelayHandle:
     https_server: HttpServer | None = None
     internal: list[str] = field(default_factory=list)  # the ops listener's URLs ([internal] listen)
     internal_server: HttpServer | None = None
+    reloader: Reloader | None = None  # set once the relay serves
 
     @property
     def sessions(self) -> Sessions:
@@ -90,10 +91,13 @@ def load_https_context(config: Config) -> ssl.SSLContext | None:
 
 
 async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
-              handle_signals: bool = False, task_status=trio.TASK_STATUS_IGNORED) -> None:
+              handle_signals: bool = False, reload_config: Callable[[], Config] | None = None,
+              task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the relay until cancelled. `transport_versions` narrows, per transport ("webtransport",
     "websocket"), the versions that transport may negotiate: tests use it to put clients of
-    different versions on one relay, since moq-rs always offers every version it has."""
+    different versions on one relay, since moq-rs always offers every version it has.
+    `reload_config` builds the configuration anew for SIGHUP (the CLI re-reads its file, flags
+    and variables); with `handle_signals` and without it, SIGHUP re-applies `config`."""
     identities = load_identities(config)
     identity = identities[0]
     origin = Origin(budget=CacheBudget(config.cache.capacity, config.cache.duration))
@@ -174,12 +178,14 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             handle_.internal = await nursery.start(handle_.internal_server.serve)
             for url in handle_.internal:
                 log.info("internal listening url=%s (/ dashboard, /health /metrics /nodes; unauthenticated)", url)
+        handle_.reloader = reloader = Reloader(config, handle_)
+        nursery.start_soon(reloader.renew_generated)
+        nursery.start_soon(reloader.watch_certificates)
         task_status.started(handle_)
         notify("READY=1")
-        if identity.generated:
-            nursery.start_soon(_renew_generated, endpoint, handle_, list(config.server.tls.generate))
         if handle_signals:
-            nursery.start_soon(_drain_on_signal, handle_, config.drain_timeout, nursery.cancel_scope)
+            nursery.start_soon(reloader.on_sighup, reload_config or (lambda: config))
+            nursery.start_soon(_drain_on_signal, handle_, nursery.cancel_scope)
 
 
 def cluster_plan(config: Config) -> tuple[list[str], str | None, bool]:
@@ -222,27 +228,13 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
     return cluster
 
 
-def renewal_delay(identity: Identity, now: datetime.datetime | None = None) -> float:
-    """Seconds until a generated certificate must be replaced: a day before it expires."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    return max(0.0, (identity.not_after - RENEW_BEFORE - now).total_seconds())
-
-
-async def _renew_generated(endpoint: QuicEndpoint, handle: RelayHandle, names: list[str]) -> None:
-    """Browsers pin only certificates valid <= 14 days, and Rust never renews: we do (spec §4.2)."""
-    while True:
-        await trio.sleep(renewal_delay(endpoint.identity))
-        fresh = generate_self_signed(names)
-        endpoint.set_identity(fresh)
-        handle.fingerprint = fresh.fingerprint
-        log.info("generated certificate renewed; certificate sha256=%s", fresh.fingerprint)
-
-
-async def _drain_on_signal(handle: RelayHandle, timeout: float, cancel: trio.CancelScope) -> None:
+async def _drain_on_signal(handle: RelayHandle, cancel: trio.CancelScope) -> None:
     """First SIGINT/SIGTERM: refuse new sessions, send GOAWAY, wait for sessions to leave (up to
     `drain_timeout`), then close what remains. A second signal stops at once (relay spec §11)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         signum = await signals.__anext__()
+        assert handle.reloader is not None  # set before the signal tasks start
+        timeout = handle.reloader.config.drain_timeout  # as last reloaded
         log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
         handle.admission.draining = True
         notify("STOPPING=1")

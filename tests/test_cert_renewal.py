@@ -10,7 +10,7 @@ import moq
 import trio
 from harness import running_relay
 
-from relay.server import renewal_delay
+from relay.reload import renewal_delay
 from relay.tls import generate_self_signed
 
 

@@ -28,6 +28,13 @@ class Authorizer:
         self.public_publish = list(public_publish or [])
         self.rejections: dict[str, int] = {}
 
+    def replace(self, verifier: TokenVerifier, public_subscribe: list[str] | None,
+                public_publish: list[str] | None) -> None:
+        """New rules for the requests to come (a reload); granted sessions keep their scopes."""
+        self.verifier = verifier
+        self.public_subscribe = list(public_subscribe or [])
+        self.public_publish = list(public_publish or [])
+
     def __call__(self, target: str, token: str | None = None) -> Scope:
         try:
             return self._authorize(target, token)

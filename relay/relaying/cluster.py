@@ -131,6 +131,22 @@ class Cluster:
                 nursery.start_soon(self._advertise_and_discover)
             task_status.started()
 
+    def parse_connect(self, connect: list[str]) -> list[PeerUrl]:
+        """The peers of a `cluster.connect` list (raises ValueError for a bad URL)."""
+        return [PeerUrl.parse(u, self.token) for u in connect]
+
+    def set_static(self, peers: list[PeerUrl]) -> None:
+        """A new connect list (a reload): links to peers no longer listed end, new ones start.
+        A peer also found by gossip may be dialed again through gossip."""
+        keep = {p.url for p in peers}
+        for old in self.static:
+            if old.url not in keep and (scope := self.links.pop(old.url, None)) is not None:
+                log.info("cluster: %s left cluster.connect; dropping the link", old.url)
+                scope.cancel()
+        self.static = list(peers)
+        for peer in peers:
+            self._start_link(peer)
+
     def _start_link(self, peer: PeerUrl) -> None:
         if peer.url in self.links:
             return
@@ -153,7 +169,8 @@ class Cluster:
                     delay = BACKOFF_MIN
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, BACKOFF_MAX)
-        self.links.pop(peer.url, None)
+        if self.links.get(peer.url) is scope:  # a later link to the same peer may have taken the slot
+            del self.links[peer.url]
 
     async def _dial_once(self, peer: PeerUrl) -> None:
         done = trio.Event()

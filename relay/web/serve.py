@@ -59,11 +59,15 @@ class AccessLine(logging.Filter):
     """Turns hypercorn's access record (its format string and a dict of atoms) into one of ours:
     `request` with peer, method, path, status, bytes and us (microseconds) as fields, which the
     text and JSON formatters escape (the path is percent-decoded: it may hold control bytes).
-    The query string is left out: it may carry a token (`?jwt=`)."""
+    The query string is left out: it may carry a token (`?jwt=`). hypercorn also logs a request
+    whose stream closed while its response was still being sent, once without a status and then
+    again with it: the line without a status is dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         atoms = record.args
         if isinstance(atoms, Mapping):
+            if atoms.get("s") == "-":
+                return False
             record.msg, record.args = "request", ()
             record.kv = {"peer": atoms.get("h"), "method": atoms.get("m"), "path": atoms.get("U"),
                          "status": atoms.get("s"), "bytes": atoms.get("b"), "us": atoms.get("D")}
