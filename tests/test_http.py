@@ -124,3 +124,42 @@ def test_group_argument() -> None:
     for bad in ("\u0663", "\u00b3", "\uff11", "1" * 5000, "-1", " 1", "1_000", str(2**62 - 1), "", "LATEST"):
         with pytest.raises(web_app.BadRequest):
             web_app.parse_group(bad)
+
+
+async def test_fetch_of_an_aborted_group_never_looks_complete(tmp_path, caplog) -> None:
+    """The publisher leaves mid-group while /fetch streams it: the chunked body must end without
+    its last chunk (a whole-looking body would be a group missing frames)."""
+    async with running_relay(tmp_path, "moq-lite-05") as relay:
+        url = relay.url("moql", "anon")
+        wrote, leave = Flag(), Flag()
+
+        async def publisher() -> None:
+            async with client(url) as c:
+                b = c.create_broadcast("cut")
+                t = b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))
+                b.announce()
+                group = t.append_group()
+                group.write_frame(b"first;")
+                wrote.set()
+                await leave.wait(30)  # then leaves with the group unfinished
+
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, publisher)
+            await wait_until(wrote.event.is_set, 10)
+            stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+            await stream.send_all(b"GET /fetch/anon/cut/v HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            with trio.fail_after(10):
+                while b"first;" not in data:
+                    data += await stream.receive_some(4096)
+                leave.set()
+                try:
+                    while chunk := await stream.receive_some(4096):
+                        data += chunk
+                except trio.BrokenResourceError:
+                    pass
+            await stream.aclose()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"chunked" in head.lower()
+    assert body == b"6\r\nfirst;\r\n", body  # no "0\r\n\r\n": the client sees a cut response
+    assert not [r for r in caplog.records if r.name.startswith("relay.web") and r.levelno >= 40]

@@ -22,6 +22,7 @@ from relay.model.subscription import Wish
 from relay.model.track import GroupAborted, TrackClosed
 from relay.transport.base import SessionInfo
 from relay.transport.websocket import QuartChannel
+from relay.web.serve import ResponseCut
 
 log = logging.getLogger("relay.web")
 
@@ -181,8 +182,12 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
                     with trio.move_on_at(deadline):
                         async for frame in group.frames_from(0):
                             yield frame.payload
-                except GroupAborted:
-                    return  # truncated body: the client sees an incomplete response
+                except GroupAborted as exc:
+                    # Ending the body normally would send the last chunk and make a cut group look
+                    # whole: raising makes hypercorn drop the connection without it.
+                    log.info("fetch: group %d of %s/%s aborted mid-body; cutting the response short",
+                             group.sequence, broadcast.path, track_name)
+                    raise ResponseCut("group aborted") from exc
                 finally:
                     subscription.__exit__(None, None, None)
 

@@ -23,6 +23,7 @@ from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 from quart_trio import QuartTrio
 
+from relay.errors import RemoteError
 from relay.transport import websocket
 
 log = logging.getLogger("relay.web")
@@ -44,6 +45,8 @@ def hypercorn_config(listen: list[tuple[str, int]], *, access_log: str | None = 
     hc.bind = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in listen]
     hc.accesslog = access_logger(access_log) if access_log else None
     hc.errorlog = logging.getLogger("relay.web.hypercorn")
+    if not any(isinstance(f, CutIsNoError) for f in hc.errorlog.filters):
+        hc.errorlog.addFilter(CutIsNoError())
     hc.graceful_timeout = 1.0
     # WebSocket pings keep quiet sessions alive through middleboxes and, with TCP, tell a dead
     # peer from a quiet one on wires without keep-alives (the `webtransport` wire).
@@ -53,6 +56,35 @@ def hypercorn_config(listen: list[tuple[str, int]], *, access_log: str | None = 
     # peer whose handler has ended before the close handshake.
     hc.websocket_max_message_size = websocket.MAX_MESSAGE
     return hc
+
+
+class ResponseCut(RemoteError):
+    """Raised by a streamed body that must end unfinished (its group was aborted upstream): the
+    connection is dropped without the last chunk, so the client cannot take it for whole."""
+
+
+def _caused_by_cut(exc: BaseException | None) -> bool:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ResponseCut):
+            return True
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
+        todo.extend((e.__cause__, e.__context__))
+    return False
+
+
+class CutIsNoError(logging.Filter):
+    """hypercorn logs an app that raised mid-body as "Error in ASGI Framework" with a traceback;
+    a ResponseCut is how a body ends unfinished on purpose (the app logged why)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and _caused_by_cut(record.exc_info[1]))
 
 
 class AccessLine(logging.Filter):
