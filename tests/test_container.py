@@ -250,6 +250,10 @@ async def test_compose_cluster_leaf_to_leaf(images: dict[str, float]) -> None:
                                                              ("root", "leaf-a", "leaf-b", "clock")), up.stdout
         for port in CLUSTER_PORTS:
             assert await wait_http(f"http://127.0.0.1:{port}/health") == b"ok\n"
+        with trio.fail_after(60):  # each relay's HEALTHCHECK, through its own config's listener
+            for service in ("root", "leaf-a", "leaf-b"):
+                while podman("healthcheck", "run", f"{project}_{service}_1", check=False).returncode != 0:
+                    await trio.sleep(0.5)
         # The leaves dialled root:4443 by service name; a broadcast on leaf-a reaches leaf-b.
         stop = Flag()
         async with trio.open_nursery() as nursery:
