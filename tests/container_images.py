@@ -78,6 +78,8 @@ def ensure_base(name: str = BASE, packages: str = BASE_PACKAGES, cmd: str = '["/
         return name
     if shutil.which("mmdebstrap") is None:
         pytest.skip(f"no image {name} and no mmdebstrap to build it (apt-get install mmdebstrap)")
+    if os.geteuid() != 0:
+        pytest.skip(f"no image {name}, and building it (mmdebstrap, podman import) needs root")
     with tempfile.TemporaryDirectory(prefix="moq-base-") as tmp:
         tar = Path(tmp) / "base.tar"
         run(["mmdebstrap", "--variant=minbase", f"--include={packages}", "bookworm", str(tar), *apt_sources()],
@@ -110,7 +112,11 @@ def build(tag: str, *, base: str, target: str | None = None, dockerfile: Path | 
         args += ["--target", target]
     if dockerfile:
         args += ["-f", str(dockerfile)]
+    before = podman("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
     podman(*args, str(ROOT), timeout=timeout)
+    after = podman("image", "inspect", "--format", "{{.Id}}", tag).stdout.strip()
+    if before and before != after:  # the tag moved on: drop the image it left (kept if in use)
+        podman("rmi", before, check=False)
     return tag
 
 

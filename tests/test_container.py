@@ -233,9 +233,18 @@ async def test_container_serves_quic_and_webtransport(images: dict[str, float], 
     assert podman("ps", "-a", "-q", "--filter", f"name=^{name}$").stdout.strip() == ""
 
 
-def compose_containers(project: str) -> list[str]:
-    out = podman("ps", "-a", "--format", "{{.Names}}", "--filter", f"label=io.podman.compose.project={project}").stdout
-    return out.split()
+def compose_containers(project: str, service: str | None = None) -> list[str]:
+    """The names of the project's containers (of one service), found by podman-compose's labels."""
+    filters = ["--filter", f"label=io.podman.compose.project={project}"]
+    if service:
+        filters += ["--filter", f"label=com.docker.compose.service={service}"]
+    return podman("ps", "-a", "--format", "{{.Names}}", *filters).stdout.split()
+
+
+def compose_container(project: str, service: str) -> str:
+    names = compose_containers(project, service)
+    assert len(names) == 1, (service, names)
+    return names[0]
 
 
 async def test_compose_cluster_leaf_to_leaf(images: dict[str, float]) -> None:
@@ -246,13 +255,14 @@ async def test_compose_cluster_leaf_to_leaf(images: dict[str, float]) -> None:
     compose = ["podman-compose", "-p", project, "-f", str(ROOT / "compose.yaml")]
     try:
         up = run([*compose, "up", "-d"], timeout=300)
-        assert sorted(compose_containers(project)) == sorted(f"{project}_{s}_1" for s in
-                                                             ("root", "leaf-a", "leaf-b", "clock")), up.stdout
+        services = ("root", "leaf-a", "leaf-b", "clock")
+        assert len(compose_containers(project)) == 4, up.stdout
+        names = {service: compose_container(project, service) for service in services}
         for port in CLUSTER_PORTS:
             assert await wait_http(f"http://127.0.0.1:{port}/health") == b"ok\n"
         with trio.fail_after(60):  # each relay's HEALTHCHECK, through its own config's listener
             for service in ("root", "leaf-a", "leaf-b"):
-                while podman("healthcheck", "run", f"{project}_{service}_1", check=False).returncode != 0:
+                while podman("healthcheck", "run", names[service], check=False).returncode != 0:
                     await trio.sleep(0.5)
         # The leaves dialled root:4443 by service name; a broadcast on leaf-a reaches leaf-b.
         stop = Flag()
@@ -270,7 +280,7 @@ async def test_compose_cluster_leaf_to_leaf(images: dict[str, float]) -> None:
             clock = await in_thread(lambda: read_frames("moql://127.0.0.1:4445/anon", "clock", 2, track="seconds",
                                                         timeout=60))
         assert all(len(f) == 19 and f[4:5] == b"-" and f[13:14] == b":" for f in clock), clock
-        nodes = json.loads(podman("exec", f"{project}_leaf-b_1", "python3", "-c",
+        nodes = json.loads(podman("exec", names["leaf-b"], "python3", "-c",
                                   "import urllib.request; print(urllib.request.urlopen("
                                   "'http://127.0.0.1:9090/nodes').read().decode())").stdout)
         assert {n["node"] for n in nodes["nodes"]} >= {"https://root:4443/"}, nodes

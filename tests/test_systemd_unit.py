@@ -129,18 +129,21 @@ def systemctl(name: str, *args: str, timeout: float = 60) -> subprocess.Complete
     return podman("exec", name, "systemctl", *args, timeout=timeout, check=False)
 
 
-@pytest.mark.container
-async def test_unit_runs_under_systemd(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def systemd_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Bookworm with systemd, and the relay installed by README.md's lines as written, run in a
+    copy of this checkout (the build context, less .dockerignore's entries)."""
     base = ensure_base(SYSTEMD_BASE, SYSTEMD_PACKAGES, cmd='["/sbin/init"]')
-    # The image runs README.md's install lines as written, in a copy of this checkout.
     install = readme_commands("python3 -m venv /opt/moq-relay", "useradd ", "install -D -m 644 configs/",
                               "install -D -m 644 packaging/")
-    containerfile = tmp_path / "Containerfile"
+    containerfile = tmp_path_factory.mktemp("systemd-image") / "Containerfile"
     containerfile.write_text("ARG BASE\nFROM ${BASE}\nCOPY . /src\nWORKDIR /src\n"
                              + "".join(f"RUN {line}\n" for line in install) + 'CMD ["/sbin/init"]\n')
-    tag = "localhost/moq-relay-systemd-test"
-    build(tag, base=base, dockerfile=containerfile)
+    return build("localhost/moq-relay-systemd-test", base=base, dockerfile=containerfile)
 
+
+@pytest.mark.container
+async def test_unit_runs_under_systemd(systemd_image: str, tmp_path: Path) -> None:
     # A real certificate whose key only root and the moq-relay group may read; ports below 1024.
     write_pem(generate_self_signed(["localhost", "127.0.0.1"]), str(tmp_path / "fullchain.pem"),
               str(tmp_path / "privkey.pem"))
@@ -153,7 +156,7 @@ async def test_unit_runs_under_systemd(tmp_path: Path) -> None:
     try:
         # systemd as PID 1; CAP_SYS_ADMIN lets it set up the unit's namespaces (ProtectSystem...).
         podman("run", "-d", "--name", name, "--systemd=always", "--cap-add", "SYS_ADMIN",
-               "-p", f"127.0.0.1:{quic}:443/udp", "-p", f"127.0.0.1:{http}:80/tcp", tag, "/sbin/init")
+               "-p", f"127.0.0.1:{quic}:443/udp", "-p", f"127.0.0.1:{http}:80/tcp", systemd_image, "/sbin/init")
         podman("exec", name, "mkdir", "-p", "/etc/moq")
         for file, dest in (("fullchain.pem", "/etc/moq/"), ("privkey.pem", "/etc/moq/"),
                            ("relay.toml", "/etc/moq-relay/relay.toml")):
