@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -248,6 +249,8 @@ def compose_container(project: str, service: str) -> str:
 
 
 async def test_compose_cluster_leaf_to_leaf(images: dict[str, float]) -> None:
+    if shutil.which("podman-compose") is None:
+        pytest.skip("podman-compose is not installed (apt-get install podman-compose)")
     busy = [p for p in CLUSTER_PORTS if not port_free(p)]
     if busy:
         pytest.skip(f"host ports {busy} are in use on this machine (compose.yaml publishes 4443-4445)")
