@@ -20,11 +20,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = "localhost/moq-relay-base"
-SYSTEMD_BASE = "localhost/moq-relay-systemd-base"
+SYSTEMD_BASE = "localhost/moq-relay-systemd-base:2"  # :2 adds procps (/bin/kill, for ExecReload)
 IMAGE = "localhost/moq-relay"
 EXAMPLES_IMAGE = "localhost/moq-relay-examples"
 BASE_PACKAGES = "python3,python3-venv,ca-certificates"
-SYSTEMD_PACKAGES = BASE_PACKAGES + ",systemd,systemd-sysv,dbus"
+SYSTEMD_PACKAGES = BASE_PACKAGES + ",systemd,systemd-sysv,dbus,procps"  # a systemd host has /bin/kill
 
 
 def run(args: Sequence[str], *, timeout: float = 120, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:

@@ -191,9 +191,20 @@ async def test_unit_runs_under_systemd(systemd_image: str, tmp_path: Path) -> No
             try:
                 with trio.fail_after(60):
                     got = await in_thread(lambda: read_groups(url, "unit", 3, timeout=30))
+                # `systemctl reload` (ExecReload: SIGHUP) applies a changed file to the same
+                # process, and the publisher's session carries on through it.
+                podman("exec", name, "sed", "-i", 's/^public = "anon"$/public = ["anon", "more"]/',
+                       "/etc/moq-relay/relay.toml")
+                reloaded = systemctl(name, "reload", "moq-relay")
+                assert reloaded.returncode == 0, podman("exec", name, "journalctl", "-u", "moq-relay", "--no-pager",
+                                                        check=False).stdout[-3000:]
+                with trio.fail_after(60):
+                    after = await in_thread(lambda: read_groups(url, "unit", 2, timeout=30))
             finally:
                 stop.set()
-        assert got == [b"unit-0", b"unit-1", b"unit-2"]
+        assert got == [b"unit-0", b"unit-1", b"unit-2"] and all(g.startswith(b"unit-") for g in after)
+        pid = dict(line.split("=", 1) for line in systemctl(name, "show", "-p", "MainPID", "moq-relay").stdout.split())
+        assert pid["MainPID"] == props["MainPID"], (pid, props)  # the same process
 
         t0 = time.monotonic()
         stopped = systemctl(name, "stop", "moq-relay")
@@ -205,5 +216,6 @@ async def test_unit_runs_under_systemd(systemd_image: str, tmp_path: Path) -> No
             {"ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}, show
         journal = podman("exec", name, "journalctl", "-u", "moq-relay", "--no-pager").stdout
         assert "listening" in journal and "draining" in journal, journal[-3000:]
+        assert "applied auth.public_publish, auth.public_subscribe" in journal, journal[-3000:]
     finally:
         remove_containers(name)
