@@ -61,9 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     from relay.errors import LocalError
     from relay.listen_check import first_failure
     from relay.server import run
+    from relay.workers import ENV, Supervisor, WorkerSpec, die_with_parent, worker_config, worker_count
 
     try:
-        trio.run(partial(run, config, handle_signals=True, reload_config=partial(build_config, inv, os.environ)))
+        if ENV in os.environ:  # one of a supervisor's workers
+            die_with_parent()
+            spec = WorkerSpec.from_env(os.environ[ENV])
+            trio.run(partial(run, worker_config(config, spec), handle_signals=True, worker=spec,
+                             reload_config=lambda: worker_config(build_config(inv, os.environ), spec)))
+        elif worker_count(config) > 1:
+            trio.run(Supervisor(config, args, os.environ).run)
+        else:
+            trio.run(partial(run, config, handle_signals=True, reload_config=partial(build_config, inv, os.environ)))
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:

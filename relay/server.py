@@ -35,6 +35,7 @@ from relay.transport.quic import QuicEndpoint, moq_apps
 from relay.web.app import create_app
 from relay.web.internal import create_internal_app
 from relay.web.serve import HttpServer, https_context
+from relay.workers import WorkerSpec
 
 log = logging.getLogger("relay.server")
 
@@ -92,12 +93,14 @@ def load_https_context(config: Config) -> ssl.SSLContext | None:
 
 async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
               handle_signals: bool = False, reload_config: Callable[[], Config] | None = None,
-              task_status=trio.TASK_STATUS_IGNORED) -> None:
+              worker: WorkerSpec | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Run the relay until cancelled. `transport_versions` narrows, per transport ("webtransport",
     "websocket"), the versions that transport may negotiate: tests use it to put clients of
     different versions on one relay, since moq-rs always offers every version it has.
     `reload_config` builds the configuration anew for SIGHUP (the CLI re-reads its file, flags
-    and variables); with `handle_signals` and without it, SIGHUP re-applies `config`."""
+    and variables); with `handle_signals` and without it, SIGHUP re-applies `config`.
+    `worker`: this relay is one of a supervisor's worker processes (relay/workers.py): it shares
+    the public ports and admits its siblings' links."""
     identities = load_identities(config)
     identity = identities[0]
     origin = Origin(budget=CacheBudget(config.cache.capacity, config.cache.duration))
@@ -110,7 +113,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         verifier = TokenVerifier(config.auth.key, config.auth.key_dir)
     except KeyError_ as exc:
         raise StartupError(str(exc)) from exc
-    authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish)
+    authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish,
+                           local_credential=worker.credential if worker else None)
     negotiator = Negotiator(versions, authorize, per_transport=transport_versions)
     if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
@@ -129,10 +133,14 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         engine=quic.engine,
         gso=quic.gso,
         max_datagram_size=quic.max_datagram_size,
+        reuse_port=worker is not None,
+        private_binds=worker.private_binds if worker else None,
+        siblings=worker.sibling_addresses() if worker else None,
     )
-    check_free(config.server.bind, "udp", "server.bind")  # a port in use: one line naming it
-    check_free(config.web.http.listen, "tcp", "web.http.listen")
-    check_free(config.web.https.listen, "tcp", "web.https.listen")
+    if worker is None:  # a worker's siblings hold its ports: the supervisor checked them
+        check_free(config.server.bind, "udp", "server.bind")  # a port in use: one line naming it
+        check_free(config.web.http.listen, "tcp", "web.http.listen")
+        check_free(config.web.https.listen, "tcp", "web.https.listen")
     https_tls = load_https_context(config)
     check_free(config.internal.listen, "tcp", "internal.listen")
     async with trio.open_nursery() as nursery:
@@ -144,10 +152,12 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             app = create_app(origin, authorize, lambda: endpoint.identity.fingerprint,
                              ws_select=admission.ws_select if config.web.ws else None, ws_run=admission.ws_run)
             if config.web.http.listen:
-                http_server = HttpServer(app, list(config.web.http.listen), access_log=ACCESS_LOG)
+                http_server = HttpServer(app, list(config.web.http.listen), access_log=ACCESS_LOG,
+                                         reuse_port=worker is not None)
                 http_urls = await nursery.start(http_server.serve)
             if config.web.https.listen:
-                https_server = HttpServer(app, list(config.web.https.listen), tls=https_tls, access_log=ACCESS_LOG)
+                https_server = HttpServer(app, list(config.web.https.listen), tls=https_tls, access_log=ACCESS_LOG,
+                                          reuse_port=worker is not None)
                 http_urls = http_urls + await nursery.start(https_server.serve)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, admission=admission,
@@ -169,7 +179,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             if http_urls:  # flags may have moved HTTP off the QUIC port number, or off altogether
                 lines.append(f"  http://localhost:{http_urls[0].rsplit(':', 1)[1]}/certificate.sha256")
             print("\n".join([*lines, f"certificate sha256: {identity.fingerprint}"]), file=sys.stderr, flush=True)
-        cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator)
+        cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator,
+                                       worker.sibling_urls() if worker else [])
         handle_.cluster = cluster
         if config.internal.listen:
             internal_app, collector = create_internal_app(handle_)
@@ -205,9 +216,9 @@ def cluster_plan(config: Config) -> tuple[list[str], str | None, bool]:
 
 
 async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, endpoint: QuicEndpoint,
-                         hop_id: int, negotiator: Negotiator):
+                         hop_id: int, negotiator: Negotiator, siblings: list[str]):
     connect, node, mesh = cluster_plan(config)
-    if not connect and not mesh:
+    if not connect and not mesh and not siblings:
         return None
     token = None
     if config.cluster.token:
@@ -220,11 +231,12 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
         cluster = Cluster(origin=origin, endpoint=endpoint, hop_id=hop_id, negotiator=negotiator, node=node,
                           connect=connect, mesh=mesh,
                           prefix=config.cluster.prefix, token=token, verify=not config.client.disable_verify,
-                          cafile=config.client.root[0] if config.client.root else None)
+                          cafile=config.client.root[0] if config.client.root else None, siblings=siblings)
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
     await nursery.start(cluster.run)
-    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d", node, connect, mesh, hop_id)
+    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d%s", node, connect, mesh, hop_id,
+             f" sibling workers={len(siblings)}" if siblings else "")
     return cluster
 
 

@@ -7,6 +7,7 @@ must die abruptly (SIGKILL) and come back with the same config.
 from __future__ import annotations
 
 import asyncio
+import logging
 import contextlib
 import os
 import signal
@@ -324,3 +325,20 @@ async def test_node_loss_and_healing(tmp_path) -> None:
             node.kill()
     print("cluster timings (s):", {k: round(v, 2) for k, v in timings.items()})
     assert timings["publisher relay lost -> viewer ended"] < 3 + 5  # idle timeout 3 s here
+
+
+async def test_a_link_refused_in_the_handshake_is_redialed_not_fatal(tmp_path, caplog) -> None:
+    """A peer whose certificate does not verify (self-signed, verification on): the link fails
+    with a warning and is dialed again; the dialing relay keeps serving."""
+    caplog.set_level(logging.WARNING, logger="relay.relaying.cluster")
+    async with running_relay(tmp_path) as peer, \
+            running_relay(tmp_path, extra=f'[cluster]\nconnect = ["https://127.0.0.1:{peer.port}/"]\n') as leaf:
+        await wait_until(lambda: sum("cluster link to" in r.getMessage() and "failed" in r.getMessage()
+                                     for r in caplog.records) >= 2, 20)  # failed, redialed, failed again
+        assert leaf.handle.endpoint.serving and not leaf.handle.cluster.link_sessions
+        stop = Flag()
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(leaf.url("moql", "anon"), "still", stop))
+            with trio.fail_after(20):
+                assert len(await in_thread(lambda: read_groups(leaf.url("moql", "anon"), "still", 1))) == 1
+            stop.set()

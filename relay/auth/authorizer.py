@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
-from relay.auth.scope import AuthError, Scope, public_scope, scope_from_grants, split_target
+from relay.auth.scope import AuthError, Scope, full_scope, public_scope, scope_from_grants, split_target
 from relay.auth.tokens import TokenVerifier, check_path
+from relay.model.path import norm
 
 log = logging.getLogger("relay.auth")
 
@@ -20,10 +22,17 @@ def token_from_query(query: dict[str, list[str]]) -> str | None:
     return values[-1] if values else None
 
 
+# Where a sibling worker process dials (relay 0.17's LAN mesh is `/.cluster/<credential>`): its
+# credential is a random secret the supervisor gives its workers, checked here, never logged
+# (it rides in the query, which logs and link names leave out).
+LOCAL_LINK_PATH = ".cluster"
+
+
 class Authorizer:
     def __init__(self, verifier: TokenVerifier, public_subscribe: list[str] | None,
-                 public_publish: list[str] | None) -> None:
+                 public_publish: list[str] | None, *, local_credential: str | None = None) -> None:
         self.verifier = verifier
+        self.local_credential = local_credential
         self.public_subscribe = list(public_subscribe or [])
         self.public_publish = list(public_publish or [])
         self.rejections: dict[str, int] = {}
@@ -48,6 +57,11 @@ class Authorizer:
     def _authorize(self, target: str, token: str | None) -> Scope:
         path, query = split_target(target)
         check_path(path, "path")
+        if norm(path) == LOCAL_LINK_PATH:
+            given = (query.get("credential") or [""])[-1]
+            if self.local_credential and hmac.compare_digest(given.encode(), self.local_credential.encode()):
+                return full_scope()
+            raise AuthError("lan: no such local link credential")
         if token is None:
             token = token_from_query(query)
         if token is None:

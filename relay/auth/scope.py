@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.errors import RemoteError
-from relay.model.path import has_prefix, join, norm, overlaps, reserved_prefix, strip
+from relay.model.path import RESERVED, has_prefix, join, norm, overlaps, reserved_prefix, strip
 
 
 class AuthError(RemoteError):
@@ -71,6 +71,13 @@ class Scope:
             if has_prefix(grant, rel_prefix):
                 out.append(grant)
         return out
+
+
+def full_scope(_: str = "") -> Scope:
+    """Everything both ways, the reserved prefixes included (node advertisements): what a
+    cluster link carries. Also an `Authorize` that grants it for any target."""
+    return Scope(root="", publish=("",), subscribe=("",), reserved_publish=RESERVED,
+                 reserved_subscribe=RESERVED)
 
 
 def split_target(target: str) -> tuple[str, dict[str, list[str]]]:

@@ -113,6 +113,8 @@ KEYS: tuple[Key, ...] = (
     Key("server.bind", v.ADDRS, "UDP addresses for raw QUIC (moql://) and WebTransport (https://)",
         default=[("::", 443)], dev=DEV_BIND, example="127.0.0.1:4443,[::1]:4444",
         aliases=("server.listen",), flags=("--listen",)),
+    Key("server.workers", v.WORKERS, "relay processes sharing the ports (SO_REUSEPORT), linked as a local "
+        "cluster; auto = one per core", default=0, dev=1, example="2", rust=False),
     Key("server.version", v.VERSIONS, "versions to offer: moq-lite ALPNs (moq-lite-06 ... moq-lite-03, moql) "
         "and IETF moq-transport-14 (ALPN / wt-protocol moq-00), moqt-15 and moqt-16 (ALPNs moqt-15, moqt-16); "
         "unset = all, moq-lite preferred, then the newest draft",

@@ -41,6 +41,7 @@ class QuicConfig:
 class ServerConfig:
     bind: list[Addr] = _d("server.bind")
     version: list[str] | None = _d("server.version")
+    workers: int = _d("server.workers")  # 0 = auto (one per core)
     tls: TlsConfig = field(default_factory=TlsConfig)
     quic: QuicConfig = field(default_factory=QuicConfig)
 

@@ -160,6 +160,16 @@ def parse_int(value: Any, key: str) -> int:
         raise ConfigError(f"{key}: expected an integer, got {value!r}") from exc
 
 
+def _workers(value: Any, key: str) -> int:
+    """`"auto"` (0: one per core, decided at start) or a count of at least 1."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return 0
+    n = parse_int(value, key)
+    if n < 1:
+        raise ConfigError(f'{key}: expected "auto" or at least 1, got {value!r}')
+    return n
+
+
 def parse_str(value: Any, key: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -243,6 +253,7 @@ LEVEL = Type("{trace,debug,info,warn,error}", _choice("trace", "debug", "info", 
 LOG_FORMAT = Type("{text,json}", _choice("text", "json", fold=True))
 ENGINE = Type("{aioquic,qh3}", _choice("aioquic", "qh3"))
 CLUSTER_ID = Type("N", _cluster_id)
+WORKERS = Type("{auto,N}", _workers, lambda v: "auto" if v == 0 else str(v))
 # Keys we accept but do not implement are never parsed (a value format we do not know must not
 # stop a Rust relay's config from loading); these only shape their flags.
 ANY = Type("VALUE", lambda v, k: v)

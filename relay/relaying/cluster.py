@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.auth.scope import Scope
+from relay.auth.scope import full_scope
 from relay.digits import ascii_uint
 from relay.model import path as paths
 from relay.model.broadcast import Broadcast
@@ -105,13 +105,17 @@ class Cluster:
     def __init__(self, *, origin: Origin, endpoint, hop_id: int, negotiator: Negotiator, node: str | None,
                  connect: list[str],
                  mesh: bool, prefix: str, token: str | None, verify: bool, cafile: str | None = None,
-                 on_session: Callable[[LiteSession], Callable[[], None]] | None = None) -> None:
+                 on_session: Callable[[LiteSession], Callable[[], None]] | None = None,
+                 siblings: list[str] | None = None) -> None:
         self.origin = origin
         self.endpoint = endpoint
         self.hop_id = hop_id
         self.negotiator = negotiator
         self.node = PeerUrl.parse(node) if node else None
         self.static = [PeerUrl.parse(u, token) for u in connect]
+        # Sibling worker processes on loopback (relay/workers.py): their URL carries the local
+        # credential, and their certificate, ours, is not checked (it may be self-signed).
+        self.siblings = [PeerUrl.parse(u) for u in siblings or []]
         self.mesh = mesh
         self.prefix = paths.norm(prefix)
         self.token = token
@@ -125,7 +129,7 @@ class Cluster:
     async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for peer in self.static:
+            for peer in [*self.siblings, *self.static]:
                 self._start_link(peer)
             if self.mesh and self.node is not None:
                 nursery.start_soon(self._advertise_and_discover)
@@ -181,8 +185,8 @@ class Cluster:
                 transport.close(ErrorCode.VERSION, "unsupported version")
                 return
             version = choice.version
-            session = LiteSession(transport, version, self.origin, authorize=_full_scope, hop_id=self.hop_id,
-                                  scope=_full_scope(""), dial_path=peer.target, link_cost=peer.cost)
+            session = LiteSession(transport, version, self.origin, authorize=full_scope, hop_id=self.hop_id,
+                                  scope=full_scope(), dial_path=peer.target, link_cost=peer.cost)
             self.link_sessions[peer.url] = session
             self.links_established += 1
             log.info("cluster link to %s up (%s)", peer.url, version.name_str)
@@ -195,7 +199,8 @@ class Cluster:
                 self.link_sessions.pop(peer.url, None)
                 done.set()
 
-        async with self.endpoint.dial(peer.host, peer.port, self.negotiator.protocols("link"), handler, verify=self.verify,
+        verify = self.verify and peer not in self.siblings
+        async with self.endpoint.dial(peer.host, peer.port, self.negotiator.protocols("link"), handler, verify=verify,
                                       cafile=self.cafile):
             await done.wait()
 
@@ -240,10 +245,3 @@ class Cluster:
                     pending = []
         finally:
             self.origin.unpublish(advert)
-
-
-def _full_scope(_: str) -> Scope:
-    # A link carries the whole origin both ways, the reserved prefixes included (node
-    # advertisements): we dialed this peer from our own configuration. It authorises us with our token.
-    return Scope(root="", publish=("",), subscribe=("",), reserved_publish=paths.RESERVED,
-                 reserved_subscribe=paths.RESERVED)

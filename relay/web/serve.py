@@ -39,9 +39,13 @@ REFUSAL_LOG_INTERVAL = 1.0  # at most one log line a second about refused connec
 SEND_CHUNK = 64 << 10
 
 
-def hypercorn_config(listen: list[tuple[str, int]], *, access_log: str | None = None) -> HypercornConfig:
-    """`access_log`: the logger that gets one line per request (None: no access lines)."""
+def hypercorn_config(listen: list[tuple[str, int]], *, access_log: str | None = None,
+                     reuse_port: bool = False) -> HypercornConfig:
+    """`access_log`: the logger that gets one line per request (None: no access lines).
+    `reuse_port`: sibling worker processes listen on the same addresses (SO_REUSEPORT)."""
     hc = HypercornConfig()
+    if reuse_port:
+        hc.workers = 2  # hypercorn sets SO_REUSEPORT on its sockets when it has several workers
     hc.bind = [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in listen]
     hc.accesslog = access_logger(access_log) if access_log else None
     hc.errorlog = logging.getLogger("relay.web.hypercorn")
@@ -174,9 +178,10 @@ class HttpServer:
 
     def __init__(self, app: QuartTrio, listen: list[tuple[str, int]], *,
                  max_connections: int | None = None, config: HypercornConfig | None = None,
-                 tls: ssl.SSLContext | None = None, access_log: str | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, access_log: str | None = None,
+                 reuse_port: bool = False) -> None:
         self.app = app
-        self.config = config or hypercorn_config(listen, access_log=access_log)
+        self.config = config or hypercorn_config(listen, access_log=access_log, reuse_port=reuse_port)
         self.tls = tls
         self.max_connections = MAX_HTTP_CONNECTIONS if max_connections is None else max_connections
         self.active = 0  # connections being served now

@@ -17,8 +17,10 @@ from typing import Any
 
 import trio
 
+from relay.concurrency import open_nursery
 from relay.tls import Identity
 from relay.transport.engines import Engine, get_engine
+from relay.transport.quic import forward
 from relay.transport.quic.connection import AppRegistry, Connection, ConnectionSettings, Handler
 from relay.transport.quic.packet import (
     MIN_INITIAL_DATAGRAM,
@@ -27,7 +29,7 @@ from relay.transport.quic.packet import (
     is_long_header,
     parse_long_header,
 )
-from relay.transport.quic.udp import V4_MAPPED, UdpSocket, dual_stack, format_addr
+from relay.transport.quic.udp import V4_MAPPED, DatagramReceiver, UdpSocket, dual_stack, format_addr
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,20 @@ class QuicEndpoint:
         max_stream_data: int = 4 << 20,
         gso: bool = True,
         max_datagram_size: int | None = None,
+        reuse_port: bool = False,
+        private_binds: list[tuple[str, int]] | None = None,
+        siblings: list[tuple[str, int]] | None = None,
     ) -> None:
+        # `reuse_port`: `binds` are shared with sibling worker processes (SO_REUSEPORT).
+        # `private_binds`: sockets of this process alone, which dials leave from (and which
+        # siblings dial): an answer to a dial from a shared port could reach another worker.
         self.binds = list(binds)
+        self.reuse_port = reuse_port
+        self.private_binds = list(private_binds or [])
+        # Sibling workers' private loopback addresses: datagrams of connections we do not know
+        # are passed to them (forward.py), from our first private socket.
+        self.siblings = list(siblings or [])
+        self._passing: UdpSocket | None = None
         self.identity = identity
         self.apps = apps
         self.alpns = apps.alpns
@@ -89,7 +103,8 @@ class QuicEndpoint:
         self._nursery: trio.Nursery | None = None
         self.serving = False  # the sockets are open and read (for /health)
         self.stats = {"dropped": 0, "dropped_short_initial": 0, "refused_max_connections": 0,
-                      "fallback_engine": 0, "version_negotiation": 0, "refused_pending_handshakes": 0}
+                      "fallback_engine": 0, "version_negotiation": 0, "refused_pending_handshakes": 0,
+                      "passed_to_siblings": 0, "taken_from_siblings": 0}
 
     def set_identity(self, identity: Identity) -> None:
         """Serve new connections with another certificate (existing ones keep theirs)."""
@@ -143,7 +158,9 @@ class QuicEndpoint:
         self.add_cid(quic.host_cid, conn)
         quic.connect(addr, trio.current_time())
         try:
-            async with trio.open_nursery() as nursery:
+            # A failed handshake must reach the caller as the ConnectionError it is (a cluster
+            # link redials on it), not wrapped in an exception group.
+            async with open_nursery() as nursery:
                 nursery.start_soon(conn.run)
                 conn.transmit()
                 with trio.fail_after(timeout):
@@ -160,7 +177,12 @@ class QuicEndpoint:
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [s.address for s in self._sockets]
+        """The public sockets' addresses (`binds`)."""
+        return [s.address for s in self._sockets[:len(self.binds)]]
+
+    @property
+    def private_addresses(self) -> list[tuple[str, int]]:
+        return [s.address for s in self._sockets[len(self.binds):]]
 
     @property
     def connections(self) -> list[Connection]:
@@ -170,7 +192,13 @@ class QuicEndpoint:
         try:
             for host, port in self.binds:
                 self._sockets.append(UdpSocket(self, host, port, gso=self.gso,
-                                               dual_stack=dual_stack(host, port, self.binds)))
+                                               dual_stack=dual_stack(host, port, self.binds),
+                                               reuse_port=self.reuse_port))
+            for host, port in self.private_binds:
+                self._sockets.append(UdpSocket(self, host, port, gso=self.gso,
+                                               dual_stack=dual_stack(host, port, self.private_binds)))
+            if self.private_binds:
+                self._passing = self._sockets[len(self.binds)]
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 for s in self._sockets:
@@ -208,15 +236,17 @@ class QuicEndpoint:
         return len(self._handshaking)
 
     # -- DatagramRouter
-    def route(self, data: bytes, addr: Any, sock: UdpSocket) -> Connection | None:
+    def route(self, data: bytes, addr: Any, sock: UdpSocket) -> DatagramReceiver | None:
         if not data:
             return None
+        if forward.is_forwarded(data):
+            return self._passed(data, addr, sock)
         if not is_long_header(data):
             # Short header: the destination connection ID is one of ours, of our fixed length;
             # this is every packet of an established connection, so no full header parse.
             conn = self._cids.get(data[1 : 1 + LOCAL_CID_LENGTH])
             if conn is None:
-                self.stats["dropped"] += 1
+                self._unknown(data, addr, sock)
             return conn
         header = parse_long_header(data)
         if header is None:
@@ -225,10 +255,46 @@ class QuicEndpoint:
         conn = self._cids.get(header.destination_cid)
         if conn is not None:
             return conn
+        if header.version in self._supported_versions and (data[0] & 0x30) != 0:
+            # A Handshake or 0-RTT packet (not an Initial) of a connection we do not know.
+            self._unknown(data, addr, sock)
+            return None
         if header.version not in self._supported_versions:
             self._negotiate_version(header, len(data), addr, sock)
             return None
         return self._accept(data, header, addr, sock)
+
+    def _unknown(self, data: bytes, addr: Any, sock: UdpSocket) -> None:
+        """A packet of no connection of ours: a sibling worker's, if the kernel moved its peer
+        (see forward.py), else dropped."""
+        if not (sock.shared and self.siblings and self._passing is not None):
+            self.stats["dropped"] += 1
+            return
+        wrapped = forward.encode(addr, data)
+        for sibling in self.siblings:
+            self._passing.send(wrapped, sibling)
+        self.stats["passed_to_siblings"] += 1
+
+    def _passed(self, data: bytes, addr: Any, sock: UdpSocket) -> DatagramReceiver | None:
+        """A datagram a sibling worker passed us: ours if we know its connection; never passed
+        on, never a new connection."""
+        if sock.shared or (addr[0], addr[1]) not in self.siblings:
+            self.stats["dropped"] += 1  # only a sibling, on our own socket, may pass datagrams
+            return None
+        try:
+            peer, datagram = forward.decode(data)
+        except forward.ForwardError:
+            self.stats["dropped"] += 1
+            return None
+        if is_long_header(datagram):
+            header = parse_long_header(datagram)
+            conn = self._cids.get(header.destination_cid) if header is not None else None
+        else:
+            conn = self._cids.get(datagram[1 : 1 + LOCAL_CID_LENGTH])
+        if conn is None:
+            return None  # another sibling's (each was asked)
+        self.stats["taken_from_siblings"] += 1
+        return _Passed(conn, datagram, peer)
 
     def _negotiate_version(self, header: LongHeader, size: int, addr: Any, sock: UdpSocket) -> None:
         """Answer a client packet of a QUIC version we do not speak with the ones we do."""
@@ -288,12 +354,37 @@ def pick_socket(sockets: list[UdpSocket], targets: list[tuple[int, Any]]) -> tup
     address to send to: a socket of the target's family, or a dual-stack IPv6 socket for an
     IPv4 target (addressed as ::ffff:a.b.c.d). The address is written as recvfrom() will name
     the peer (an IPv6 4-tuple): aioquic's client drops datagrams from any other address."""
+    unshared = [s for s in sockets if not s.shared]
+    if len(unshared) < len(sockets):
+        sockets = unshared  # a shared port's answers may reach a sibling worker: never dial from one
     for family, sockaddr in targets:
         for candidate in sockets:
-            if candidate.sock.family == family:
+            if candidate.sock.family == family and _reaches(candidate, sockaddr[0]):
                 return candidate, sockaddr
         if family == socket.AF_INET:
             for candidate in sockets:
                 if candidate.dual_stack:
                     return candidate, (V4_MAPPED + sockaddr[0], sockaddr[1], 0, 0)
     return None, None
+
+
+def _reaches(sock: UdpSocket, host: str) -> bool:
+    """A socket bound to a loopback address cannot send to another host."""
+    bound = sock.address[0]
+    loopback = bound.startswith("127.") or bound == "::1"
+    return not loopback or host.startswith("127.") or host == "::1"
+
+
+class _Passed:
+    """A datagram a sibling passed us, delivered to its connection under the peer's address."""
+
+    __slots__ = ("conn", "datagram", "peer")
+
+    def __init__(self, conn: Connection, datagram: bytes, peer: Any) -> None:
+        self.conn, self.datagram, self.peer = conn, datagram, peer
+
+    def receive(self, data: bytes, addr: Any, now: float) -> None:
+        self.conn.receive(self.datagram, self.peer, now)
+
+    def after_batch(self) -> None:
+        self.conn.after_batch()

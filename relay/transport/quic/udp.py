@@ -70,7 +70,7 @@ class UdpSocket:
     """One bound UDP socket: batched non-blocking reads, sends with a small overflow queue."""
 
     def __init__(self, router: DatagramRouter, host: str, port: int, *, gso: bool = True,
-                 dual_stack: bool = False) -> None:
+                 dual_stack: bool = False, reuse_port: bool = False) -> None:
         self.router = router
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         s = socket.socket(family, socket.SOCK_DGRAM)
@@ -80,6 +80,12 @@ class UdpSocket:
             if family == socket.AF_INET6:
                 # Otherwise separate v4 and v6 sockets may share a port number.
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if self.dual_stack else 1)
+            # Worker processes share the port: the kernel hashes each peer's 4-tuple to one of
+            # them, so a connection stays on one worker. A datagram to this port from a peer we
+            # dialed may land on another worker: dials leave from an unshared socket.
+            self.shared = reuse_port
+            if reuse_port:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 try:
                     s.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)  # media bursts
