@@ -7,8 +7,8 @@ must die abruptly (SIGKILL) and come back with the same config.
 from __future__ import annotations
 
 import asyncio
-import logging
 import contextlib
+import logging
 import os
 import signal
 import subprocess
