@@ -9,10 +9,12 @@ import trio
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
+    """The distinct exceptions in `exc`: one object raised by several tasks counts once (a
+    closed session raises its one SessionClosed in every task blocked on it)."""
     if isinstance(exc, BaseExceptionGroup):
         out: list[BaseException] = []
         for inner in exc.exceptions:
-            out.extend(_leaves(inner))
+            out.extend(x for x in _leaves(inner) if not any(x is y for y in out))
         return out
     return [exc]
 
@@ -23,7 +25,8 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
 
     Protocol handlers catch specific errors (a reset stream, a closed session); trio's strict
     exception groups would hide them behind a group. Several different failures still raise
-    the group.
+    the group. The same exception object raised in several tasks at once (every reader of a
+    session that closes gets its one SessionClosed) is one failure, and surfaces as itself.
     """
     try:
         async with trio.open_nursery() as nursery:
