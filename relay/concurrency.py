@@ -26,7 +26,8 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
     Protocol handlers catch specific errors (a reset stream, a closed session); trio's strict
     exception groups would hide them behind a group. Several different failures still raise
     the group. The same exception object raised in several tasks at once (every reader of a
-    session that closes gets its one SessionClosed) is one failure, and surfaces as itself.
+    session that closes gets its one SessionClosed) is one failure, and surfaces as itself; so
+    does one failure beside the Cancelled of an enclosing scope being cancelled at that moment.
     """
     try:
         async with trio.open_nursery() as nursery:
@@ -35,4 +36,11 @@ async def open_nursery() -> AsyncIterator[trio.Nursery]:
         leaves = _leaves(group)
         if len(leaves) == 1:
             raise leaves[0] from None
+        failures = [x for x in leaves if not isinstance(x, trio.Cancelled)]
+        if len(failures) == 1:
+            # One failure while an enclosing scope is being cancelled (a session closing: the
+            # reader sees SessionClosed as the session's nursery cancels its siblings). The
+            # failure surfaces alone, so handlers can catch it; the cancellation is not lost:
+            # it is level-triggered, and the next checkpoint in that scope raises it again.
+            raise failures[0] from None
         raise

@@ -43,3 +43,24 @@ async def test_two_different_failures_stay_a_group() -> None:
             nursery.start_soon(fail, ValueError("a"))
             nursery.start_soon(fail, KeyError("b"))
     assert len(caught.value.exceptions) == 2
+
+
+async def test_one_failure_beside_an_outer_cancellation_surfaces_alone() -> None:
+    # The session's nursery cancels its tasks as its connection closes: an upstream pull's reader
+    # raises SessionClosed while its sibling gets that outer Cancelled. The pull must still see
+    # SessionClosed (it closes its track with a code); the cancellation comes back at the next
+    # checkpoint.
+    closed = SessionClosed()
+    seen: list[BaseException] = []
+    with trio.CancelScope() as outer:
+        try:
+            async with open_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                await trio.sleep(0)
+                outer.cancel()
+                raise closed
+        except SessionClosed as exc:
+            seen.append(exc)
+        await trio.sleep(0)  # the cancellation is still there
+        seen.append(AssertionError("not cancelled again"))
+    assert seen == [closed] and outer.cancelled_caught
