@@ -324,3 +324,16 @@ async def test_node_loss_and_healing(tmp_path) -> None:
             node.kill()
     print("cluster timings (s):", {k: round(v, 2) for k, v in timings.items()})
     assert timings["publisher relay lost -> viewer ended"] < 3 + 5  # idle timeout 3 s here
+
+
+async def test_unreachable_peer_is_redialed_and_the_relay_keeps_running(tmp_path) -> None:
+    """A peer that never answers: each dial ends when the handshake gives up (here the 1 s idle
+    timeout, before the 10 s dial timeout) and is retried. The failed dial used to escape as an
+    ExceptionGroup that the link's `except ConnectionError` missed, and it stopped the relay."""
+    dead, port = free_port(), free_port()
+    async with running_relay(tmp_path, port=port, http=False, idle="1s",
+                             extra=cluster_extra(port, connect=[dead])) as relay:
+        await trio.sleep(4)
+        assert relay.handle.cluster.links_established == 0
+        assert f"https://127.0.0.1:{dead}/" in relay.handle.cluster.links  # still being redialed
+        assert relay.handle.endpoint.serving  # and still serving clients

@@ -165,6 +165,9 @@ class Cluster:
                     log.warning("cluster link to %s ended; redialing", peer.url)
                 except (OSError, ConnectionError, trio.TooSlowError) as exc:
                     log.warning("cluster link to %s failed: %s", peer.url, exc)
+                except Exception:
+                    # Whatever one link does, the relay carries on and redials it.
+                    log.exception("cluster link to %s failed unexpectedly; redialing", peer.url)
                 if trio.current_time() - started >= STABLE_AFTER:
                     delay = BACKOFF_MIN
                 await trio.sleep(delay * random.uniform(0.5, 1.0))

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from relay.concurrency import open_nursery
 from relay.tls import Identity
 from relay.transport.engines import Engine, get_engine
 from relay.transport.quic.connection import AppRegistry, Connection, ConnectionSettings, Handler
@@ -143,7 +144,9 @@ class QuicEndpoint:
         self.add_cid(quic.host_cid, conn)
         quic.connect(addr, trio.current_time())
         try:
-            async with trio.open_nursery() as nursery:
+            # A failed dial (the handshake timing out or the connection closing first) surfaces
+            # as itself, not wrapped in the nursery's ExceptionGroup, so callers can catch it.
+            async with open_nursery() as nursery:
                 nursery.start_soon(conn.run)
                 conn.transmit()
                 with trio.fail_after(timeout):
