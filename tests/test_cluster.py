@@ -59,6 +59,9 @@ async def test_leaf_to_leaf_and_root_one_upstream_per_link_no_loops(tmp_path) ->
         # Gossip turns the star into a triangle: every node ends up linked to the two others.
         await wait_until(lambda: len(root.handle.origin.active_under(".internal/origins")) == 3, 15)
         await wait_until(lambda: len(a.handle.cluster.link_sessions) + len(b.handle.cluster.link_sessions) == 3, 15)
+        # One link per pair: the root does not dial back the leaves that dialed it, whichever
+        # way the URLs sort (their advertisements reach it over those links, one hop away).
+        assert not root.handle.cluster.links
 
         async with trio.open_nursery() as n:
             n.start_soon(in_thread, lambda: publish_until(a.url("moql", "anon"), "cam", stop))
