@@ -67,7 +67,8 @@ async def subscribe(url: str, name: str) -> None:
             async with client(url) as c:
                 while True:
                     consumer = await c.announced_broadcast(name)
-                    track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+                    wish = moq.Subscription(priority=1, max_age_us=30_000_000)
+                    track = await consumer.subscribe_track("v", wish)
                     emit("sub")
                     why = "none"
                     try:

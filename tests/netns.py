@@ -153,7 +153,8 @@ class Network:
         ip("netns", "add", host.ns)
         ip("-n", host.ns, "link", "set", "lo", "up")
         # Both ends are created inside namespaces: nothing appears in ours, even for a moment.
-        ip("-n", self.switch, "link", "add", host.port, "type", "veth", "peer", "name", "eth0", "netns", host.ns)
+        ip("-n", self.switch, "link", "add", host.port, "type", "veth",
+           "peer", "name", "eth0", "netns", host.ns)
         ip("-n", self.switch, "link", "set", host.port, "master", "br0", "up")
         ip("-n", host.ns, "addr", "add", f"{host.addr}/24", "dev", "eth0")
         ip("-n", host.ns, "link", "set", "eth0", "up")
