@@ -377,10 +377,17 @@ async def test_publisher_moves_to_another_host(net, tmp_path, how) -> None:
 # ------------------------------------------------------------------ 5. a Rust root
 
 
-async def test_rust_root_with_our_leaves(net, tmp_path) -> None:
+@pytest.mark.parametrize("style", ["connect", "gossip"])
+async def test_rust_root_with_our_leaves(net, tmp_path, style) -> None:
     """The root is the Rust stack's own server (benchmarks/baseline_relay.py: moq-rs `Server`
-    with one shared origin); our relays are leaves dialing it statically (`connect`: it has no
-    gossip). A broadcast published on leaf A reaches a subscriber on leaf B through it."""
+    with one shared origin); our relays are leaves dialing it. `connect`: static links only, a
+    broadcast published on leaf A reaches a subscriber on leaf B through the Rust root.
+    `gossip`: the leaves' `root` is the Rust server. It takes the node advertisements
+    (`.internal/origins/<url>`) but does not announce them to the other leaf: moq-rs hides paths
+    with a segment starting with `.` from an announce request for a prefix above them, and our
+    links ask for "" only. So the leaves never learn of each other and do not link directly; the
+    broadcast still crosses the Rust root, as with `connect`. (By hand: a link that also asks for
+    `.internal/origins` gets them from the Rust root, and A and B then link directly.)"""
     hosts = net.add("root", ROOT), net.add("a", A), net.add("b", B)
     root_log = tmp_path / "rust-root.log"
     with open(root_log, "w") as log:
@@ -388,7 +395,7 @@ async def test_rust_root_with_our_leaves(net, tmp_path) -> None:
                               stdout=log, stderr=subprocess.STDOUT)
     await until(lambda: "baseline listening" in root_log.read_text(), 30, "the Rust root listening")
     connect = [f'connect = ["https://{hosts[0].addr}:{PORT}/"]']
-    a, b = Relay(hosts[1], tmp_path, connect), Relay(hosts[2], tmp_path, connect)
+    a, b = (Relay(h, tmp_path, connect if style == "connect" else gossip()(h)) for h in hosts[1:])
     await start_relays(a, b)
     root_url = f"https://{hosts[0].addr}:{PORT}/"
     await until(lambda: root_url in a.links_up() and root_url in b.links_up(), 30, "both leaves linked", a, b)
@@ -399,9 +406,15 @@ async def test_rust_root_with_our_leaves(net, tmp_path) -> None:
     got = sub.groups()
     gap, missed = largest_gap(got, got[0][0])
     active = [r for r in await trio.to_thread.run_sync(b.routes, "/anon/cam") if r["active"]]
-    report("5 Rust root, our leaves", first_group_after_publish_s=got[0][0] - first_pub, steady_gap_s=gap,
+    report(f"5 Rust root, our leaves ({style})", first_group_after_publish_s=got[0][0] - first_pub, steady_gap_s=gap,
            missed=missed, hops_at_b=active[0]["hops"] if active else None)
+    # B pulls through the Rust root: publisher's origin, A, the Rust root (it adds its own hop).
     assert active and active[0]["publisher_peer"].startswith(hosts[0].addr + ":"), active
+    assert active[0]["hops"] == 3, active
+    # Star only, in both styles: no advertisement of the other leaf ever arrived.
+    assert a.links_up() == [root_url] and b.links_up() == [root_url]
+    if style == "gossip":
+        assert len(a.announced(".internal/origins")) == 1, a.announced(".internal/origins")  # its own
     assert rust.poll() is None and all(r.proc.poll() is None for r in (a, b))
     pub.stop()
     sub.stop()
