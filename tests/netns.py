@@ -38,12 +38,11 @@ def unavailable() -> str | None:
     """Why namespaces cannot be made here, or None. Tries one for real."""
     if not os.path.exists(IP):
         return "iproute2's `ip` is not installed"
-    if os.geteuid() != 0:
-        return "network namespaces need root (CAP_NET_ADMIN)"
     name = f"{PREFIX}{os.getpid()}-probe"
     made = ip("netns", "add", name, check=False)
     if made.returncode != 0:
-        return f"`ip netns add` failed: {made.stderr.strip()}"
+        who = "" if os.geteuid() == 0 else " (not root: namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+        return f"`ip netns add` failed{who}: {made.stderr.strip()}"
     ip("netns", "del", name, check=False)
     return None
 
