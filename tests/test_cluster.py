@@ -60,6 +60,9 @@ async def test_leaf_to_leaf_and_root_one_upstream_per_link_no_loops(tmp_path) ->
         # Gossip turns the star into a triangle: every node ends up linked to the two others.
         await wait_until(lambda: len(root.handle.origin.active_under(".internal/origins")) == 3, 15)
         await wait_until(lambda: len(a.handle.cluster.link_sessions) + len(b.handle.cluster.link_sessions) == 3, 15)
+        # One link per pair: the root does not dial back the leaves that dialed it, whichever
+        # way the URLs sort (their advertisements reach it over those links, one hop away).
+        assert not root.handle.cluster.links
 
         async with trio.open_nursery() as n:
             n.start_soon(in_thread, lambda: publish_until(a.url("moql", "anon"), "cam", stop))
@@ -342,3 +345,16 @@ async def test_a_link_refused_in_the_handshake_is_redialed_not_fatal(tmp_path, c
             with trio.fail_after(20):
                 assert len(await in_thread(lambda: read_groups(leaf.url("moql", "anon"), "still", 1))) == 1
             stop.set()
+
+
+async def test_unreachable_peer_is_redialed_and_the_relay_keeps_running(tmp_path) -> None:
+    """A peer that never answers: each dial ends when the handshake gives up (here the 1 s idle
+    timeout, before the 10 s dial timeout) and is retried. The failed dial used to escape as an
+    ExceptionGroup that the link's `except ConnectionError` missed, and it stopped the relay."""
+    dead, port = free_port(), free_port()
+    async with running_relay(tmp_path, port=port, http=False, idle="1s",
+                             extra=cluster_extra(port, connect=[dead])) as relay:
+        await trio.sleep(4)
+        assert relay.handle.cluster.links_established == 0
+        assert f"https://127.0.0.1:{dead}/" in relay.handle.cluster.links  # still being redialed
+        assert relay.handle.endpoint.serving  # and still serving clients

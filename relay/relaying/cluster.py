@@ -7,7 +7,8 @@ session's nursery owns its upstream pulls and fan-out, and its broadcasts leave 
 
 Discovery (mesh): every node publishes an empty broadcast `<prefix>/<node URL>`; the origin
 carries it to every peer, and each node dials the advertised nodes whose canonical URL sorts
-after its own, so every pair ends up with exactly one link.
+after its own, so every pair ends up with exactly one link. A node whose advertisement arrives
+over a direct link (one hop: it dialed us, e.g. a leaf's static `root`) is not dialed back.
 """
 
 from __future__ import annotations
@@ -169,6 +170,9 @@ class Cluster:
                     log.warning("cluster link to %s ended; redialing", peer.url)
                 except (OSError, ConnectionError, trio.TooSlowError) as exc:
                     log.warning("cluster link to %s failed: %s", peer.url, exc)
+                except Exception:
+                    # Whatever one link does, the relay carries on and redials it.
+                    log.exception("cluster link to %s failed unexpectedly; redialing", peer.url)
                 if trio.current_time() - started >= STABLE_AFTER:
                     delay = BACKOFF_MIN
                 await trio.sleep(delay * random.uniform(0.5, 1.0))
@@ -229,7 +233,10 @@ class Cluster:
                             withdrawn.setdefault(peer.url, trio.current_time())
                             continue
                         withdrawn.pop(peer.url, None)
-                        if peer.url > self.node.url and peer.url not in self.links:
+                        # An advertisement one hop away came straight from that node over a link
+                        # it dialed (a leaf's static `root`, say): the pair is linked already.
+                        direct = len(broadcast.hops) == 1
+                        if peer.url > self.node.url and peer.url not in self.links and not direct:
                             log.info("cluster: discovered %s; dialing", peer.url)
                             self._start_link(peer)
                     now = trio.current_time()
