@@ -234,15 +234,21 @@ class Reloader:
                 log.info("SIGHUP: reloading the configuration")
                 self.reload(load)
 
-    async def watch_certificates(self, *, settle: float = 0.5, poll: float = 2.0) -> None:
-        """Reload the certificate files when they change; re-watch when a reload moves them."""
+    async def watch_certificates(self, *, settle: float = 0.5, poll: float = 2.0,
+                                 task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reload the certificate files when they change; re-watch when a reload moves them.
+        Started (`nursery.start`) once the files as they are now are the baseline."""
         while True:
             paths = self.watched_paths()
             self._paths_changed = trio.Event()
             if not paths:
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
                 await self._paths_changed.wait()
                 continue
             with FileWatcher(paths, settle=settle, poll=poll) as watcher:
+                task_status.started()
+                task_status = trio.TASK_STATUS_IGNORED
                 async with trio.open_nursery() as nursery:
                     async def files() -> None:
                         while True:

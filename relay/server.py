@@ -191,7 +191,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                 log.info("internal listening url=%s (/ dashboard, /health /metrics /nodes; unauthenticated)", url)
         handle_.reloader = reloader = Reloader(config, handle_)
         nursery.start_soon(reloader.renew_generated)
-        nursery.start_soon(reloader.watch_certificates)
+        await nursery.start(reloader.watch_certificates)
         task_status.started(handle_)
         notify("READY=1")
         if handle_signals:

@@ -57,10 +57,13 @@ ENGINE = os.environ.get("RELAY_TEST_ENGINE", "aioquic")
 
 
 def relay_toml(port: int, version: str | None = None, *, idle: str = "5s", http: bool = True,
-               extra: str = "", auth: str = 'public = ""', engine: str | None = None, quic: str = "") -> str:
+               extra: str = "", auth: str = 'public = ""', engine: str | None = None, quic: str = "",
+               workers: int = 1) -> str:
+    # workers = 1: a test relay is one process unless it tests workers (a config file's default,
+    # "auto", would start one per core, each a relay of its own behind a supervisor).
     lines = [
         "[log]", 'level = "debug"',
-        "[server]", f'bind = ["127.0.0.1:{port}"]',
+        "[server]", f'bind = ["127.0.0.1:{port}"]', f"workers = {workers}",
     ]
     if version:
         lines.append(f'version = ["{version}"]')

@@ -51,7 +51,7 @@ def net(request) -> netns.Network:
 def relay_toml(addr: str, cluster: list[str]) -> str:
     return "\n".join([
         "[log]", 'level = "info"',
-        "[server]", f'bind = ["{addr}:{PORT}"]',
+        "[server]", f'bind = ["{addr}:{PORT}"]', "workers = 1",  # one process per host: hosts are the point
         "[server.tls]", f'generate = ["localhost", "{addr}"]',
         "[server.quic]", f'idle_timeout = "{IDLE:g}s"', 'keep_alive = "1s"',
         "[web.http]", f'listen = "{addr}:{PORT}"',

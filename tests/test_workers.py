@@ -41,8 +41,8 @@ class Workers:
     def __init__(self, tmp_path: Path, count: int = 2) -> None:
         self.port, self.ops, self.count = free_port(), free_port(), count
         self.path = tmp_path / "relay.toml"
-        self.path.write_text(relay_toml(self.port, extra=f'[internal]\nlisten = "127.0.0.1:{self.ops}"\n')
-                             .replace('bind = ["127.0.0.1', f'workers = {count}\nbind = ["127.0.0.1', 1))
+        self.path.write_text(relay_toml(self.port, extra=f'[internal]\nlisten = "127.0.0.1:{self.ops}"\n',
+                                        workers=count))
         self.log = tmp_path / "relay.log"
         self.proc: subprocess.Popen | None = None
 
