@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from quart import Response
 from quart_trio import QuartTrio
 
+from relay.auth.authorizer import LOCAL_LINK_PATH
 from relay.config import Config
 from relay.errors import LocalError
 from relay.listen_check import check_free
@@ -318,6 +319,26 @@ class Supervisor:
             answers = await trio.to_thread.run_sync(self._scrape, "/metrics")
             collector.texts = {i: body for i, (status, body) in answers.items() if status == 200}
             return Response(generate_latest(registry), status=200, content_type=CONTENT_TYPE)
+
+        @app.get("/nodes")
+        async def nodes() -> Response:
+            # The peers every worker dials, once each, with all their connections; the workers'
+            # links to each other are the relay's own business.
+            answers = await trio.to_thread.run_sync(self._scrape, "/nodes")
+            merged: dict[str, dict] = {}
+            for index, (status, body) in sorted(answers.items()):
+                if status != 200:
+                    continue
+                for node in json.loads(body)["nodes"]:
+                    if node["node"].endswith(f"/{LOCAL_LINK_PATH}"):
+                        continue
+                    into = merged.setdefault(node["node"], {**node, "connections": [], "workers": []})
+                    into["connections"] += [{**c, "worker": index} for c in node["connections"]]
+                    into["workers"].append(index)
+                    if node.get("state") == "up":
+                        into["state"] = "up"
+            return Response(json.dumps({"nodes": list(merged.values())}), status=200,
+                            content_type="application/json")
 
         @app.get("/workers")
         async def workers() -> Response:
