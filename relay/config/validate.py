@@ -12,18 +12,23 @@ from relay.protocol.negotiate import LEGACY, parse_version
 log = logging.getLogger("relay.config")
 
 
-def validate(cfg: Config) -> None:
-    tls = cfg.server.tls
-    if len(tls.cert) != len(tls.key):
-        raise ConfigError(f"server.tls: {len(tls.cert)} cert files but {len(tls.key)} key files")
-    if cfg.server.bind and not tls.cert and not tls.generate:
-        raise ConfigError("server.tls: must provide at least one cert/key pair or generate entry")
-    for path in [*tls.cert, *tls.key]:
+def _check_pairs(section: str, certs: list[str], keys: list[str]) -> None:
+    """Certificate and key files pair up by index, and each can be read."""
+    if len(certs) != len(keys):
+        raise ConfigError(f"{section}: {len(certs)} cert files but {len(keys)} key files")
+    for path in [*certs, *keys]:
         try:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise ConfigError(f"server.tls: cannot read {path}: {exc.strerror or exc}") from exc
+            raise ConfigError(f"{section}: cannot read {path}: {exc.strerror or exc}") from exc
+
+
+def validate(cfg: Config) -> None:
+    tls = cfg.server.tls
+    _check_pairs("server.tls", tls.cert, tls.key)
+    if cfg.server.bind and not tls.cert and not tls.generate:
+        raise ConfigError("server.tls: must provide at least one cert/key pair or generate entry")
     # mTLS is refused rather than accepted and ignored: a peer that relies on its client
     # certificate would silently get only public access.
     for key, roots in (("server.tls.root", tls.root), ("web.https.root", cfg.web.https.root)):
@@ -33,14 +38,7 @@ def validate(cfg: Config) -> None:
     https = cfg.web.https
     if https.listen and not https.cert:
         raise ConfigError("web.https.cert must include at least one certificate")
-    if len(https.cert) != len(https.key):
-        raise ConfigError(f"web.https: {len(https.cert)} cert files but {len(https.key)} key files")
-    for path in [*https.cert, *https.key]:
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ConfigError(f"web.https: cannot read {path}: {exc.strerror or exc}") from exc
+    _check_pairs("web.https", https.cert, https.key)
     auth = cfg.auth
     if auth.key:
         from relay.auth.keys import KeyError_, load_key
