@@ -41,19 +41,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a relay with workers is a supervisor and its workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
 def proc_cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
+    """CPU seconds (user + system) of `pid` and its descendants."""
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    total = 0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
 
 
 def proc_peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+    """Peak RSS of `pid` and its descendants, summed."""
+    total = 0.0
+    for p in process_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) / 1024
+        except OSError:
+            continue
+    return total
 
 
 @dataclass
@@ -68,25 +100,28 @@ class Relay:
 
 
 def start_ours(variant: str, tmp: Path) -> Relay:
-    """`aioquic` or `qh3`, optionally suffixed `-nogso` (one sendto per datagram) and/or `-NNNN`
-    (`max_datagram_size`, e.g. `qh3-1452`)."""
+    """`aioquic` or `qh3`, optionally suffixed `-nogso` (one sendto per datagram), `-NNNN`
+    (`max_datagram_size`, e.g. `qh3-1452`) and/or `-wN` (N worker processes, e.g. `aioquic-w2`)."""
     port = free_port()
     engine, *flags = variant.split("-")
     quic = f'engine = "{engine}"\n'
+    workers = 1
     for flag in flags:
-        if flag == "nogso":
+        if flag.startswith("w") and flag[1:].isdigit():
+            workers = int(flag[1:])
+        elif flag == "nogso":
             quic += "gso = false\n"
         elif flag.isdigit():
             quic += f"max_datagram_size = {flag}\n"
         else:
             raise SystemExit(f"unknown relay variant {variant!r}")
     cfg = tmp / f"bench-{variant}.toml"
-    cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\n[server.tls]\n'
+    cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\nworkers = {workers}\n[server.tls]\n'
                    f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\n{quic}'
                    f'[web.http]\nlisten = "127.0.0.1:{port}"\n[auth]\npublic = ""\n')
     proc = subprocess.Popen([sys.executable, "-m", "relay", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    wait_listening(proc, "listening addr=")
+    wait_listening(proc, "workers ready" if workers > 1 else "listening addr=")
     return Relay(f"ours ({variant})", proc, port)
 
 

@@ -627,7 +627,7 @@ class Relay:
 def start_ours(engine: str, tmp: Path) -> Relay:
     port = free_port()
     cfg = tmp / f"stress-{port}.toml"
-    cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\n[server.tls]\n'
+    cfg.write_text(f'[log]\nlevel = "info"\n[server]\nbind = "127.0.0.1:{port}"\nworkers = 1\n[server.tls]\n'
                    f'generate = ["localhost", "127.0.0.1"]\n[server.quic]\nengine = "{engine}"\n'
                    f'[web.http]\nlisten = "127.0.0.1:{port}"\n[auth]\npublic = ""\n')
     proc = spawn([sys.executable, "-m", "relay", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
