@@ -61,11 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     from relay.errors import LocalError
     from relay.listen_check import first_failure
     from relay.server import run
-    from relay.workers import ENV, Supervisor, WorkerSpec, die_with_parent, worker_config, worker_count
+    from relay.workers import ENV, Supervisor, WorkerSpec, worker_config, worker_count
 
     try:
         if ENV in os.environ:  # one of a supervisor's workers
-            die_with_parent()
             spec = WorkerSpec.from_env(os.environ[ENV])
             trio.run(partial(run, worker_config(config, spec), handle_signals=True, worker=spec,
                              reload_config=lambda: worker_config(build_config(inv, os.environ), spec)))

@@ -35,7 +35,7 @@ from relay.transport.quic import QuicEndpoint, moq_apps
 from relay.web.app import create_app
 from relay.web.internal import create_internal_app
 from relay.web.serve import HttpServer, https_context
-from relay.workers import WorkerSpec
+from relay.workers import WorkerSpec, exit_with_supervisor
 
 log = logging.getLogger("relay.server")
 
@@ -189,6 +189,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
             handle_.internal = await nursery.start(handle_.internal_server.serve)
             for url in handle_.internal:
                 log.info("internal listening url=%s (/ dashboard, /health /metrics /nodes; unauthenticated)", url)
+        if worker is not None and worker.parent_fd is not None:
+            nursery.start_soon(exit_with_supervisor, worker.parent_fd, nursery.cancel_scope)
         handle_.reloader = reloader = Reloader(config, handle_)
         nursery.start_soon(reloader.renew_generated)
         await nursery.start(reloader.watch_certificates)

@@ -84,6 +84,7 @@ class WorkerSpec:
     internal_ports: tuple[int, ...]  # each worker's loopback internal listener (TCP)
     cert: str | None = None  # the supervisor's certificate and key files (a generated one)
     key: str | None = None
+    parent_fd: int | None = None  # the read end of the supervisor's lifeline (exit_with_supervisor)
 
     def to_env(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -93,7 +94,7 @@ class WorkerSpec:
         raw = json.loads(text)
         return cls(index=int(raw["index"]), count=int(raw["count"]), credential=str(raw["credential"]),
                    link_ports=tuple(raw["link_ports"]), internal_ports=tuple(raw["internal_ports"]),
-                   cert=raw.get("cert"), key=raw.get("key"))
+                   cert=raw.get("cert"), key=raw.get("key"), parent_fd=raw.get("parent_fd"))
 
     @property
     def private_binds(self) -> list[tuple[str, int]]:
@@ -120,15 +121,21 @@ def worker_config(config: Config, spec: WorkerSpec) -> Config:
     return dataclasses.replace(config, server=server, internal=internal)
 
 
-def die_with_parent() -> None:
-    """Linux: a worker whose supervisor dies (even by SIGKILL) is killed too, not orphaned."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+async def exit_with_supervisor(fd: int, stop: trio.CancelScope) -> None:
+    """A worker stops when its supervisor is gone, even by SIGKILL: `fd` is the read end of a
+    pipe whose only write end the supervisor holds, so it reads EOF then. (PR_SET_PDEATHSIG
+    would not do: it fires when the parent *thread* exits, and trio starts processes from a
+    worker thread that its thread cache retires after 10 s idle.)"""
+    os.set_blocking(fd, False)
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        try:
+            if os.read(fd, 1) == b"":
+                break
+        except BlockingIOError:
+            continue
+    log.warning("the supervisor is gone: this worker stops")
+    stop.cancel()
 
 
 def _free_ports(n: int, kind: int) -> list[int]:
@@ -185,6 +192,8 @@ class Supervisor:
         self.stopping = False
         self._dir = Path(tempfile.mkdtemp(prefix="moq-relay-workers-"))
         self._settled = trio.Event()  # every worker ready, or a stop asked for first
+        # The lifeline: workers inherit the read end; the write end dies with this process.
+        self._lifeline_read, self._lifeline_write = os.pipe()
         self._first_renewal = float("inf")
         self.internal_urls: list[str] = []
 
@@ -227,13 +236,14 @@ class Supervisor:
                     os.unlink(notify_path)
                 ready_sock.bind(notify_path)
                 ready_sock.setblocking(False)
-                env = {**self.env, ENV: dataclasses.replace(spec, index=worker.index).to_env(),
-                       "NOTIFY_SOCKET": notify_path}
+                env = {**self.env, "NOTIFY_SOCKET": notify_path,
+                       ENV: dataclasses.replace(spec, index=worker.index, parent_fd=self._lifeline_read).to_env()}
                 started = trio.current_time()
                 # A session of its own: a terminal's Ctrl-C (or `timeout`) signals the process
                 # group, and a worker must hear each signal once, forwarded by us.
                 worker.process = await trio.lowlevel.open_process([sys.executable, "-m", "relay", *self.argv],
-                                                                  env=env, start_new_session=True)
+                                                                  env=env, start_new_session=True,
+                                                                  pass_fds=(self._lifeline_read,))
                 log.info("worker %d started (pid %d)", worker.index, worker.process.pid)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._await_ready, worker, trio.socket.from_stdlib_socket(ready_sock))

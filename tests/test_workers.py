@@ -238,3 +238,25 @@ def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(tmp_path) -> Non
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_workers_outlive_the_spawning_thread_and_die_with_the_supervisor(tmp_path) -> None:
+    """trio starts processes from a worker thread that it retires after 10 s idle: workers must
+    not be tied to that thread (PR_SET_PDEATHSIG was, and killed every worker 10 s in), but they
+    must go when the supervisor is SIGKILLed (their lifeline pipe reads EOF)."""
+    relay = Workers(tmp_path)
+    relay.start()
+    assert relay.proc is not None
+    pids = [w["pid"] for w in relay.workers()]
+    time.sleep(12)  # past trio's idle-thread timeout (10 s)
+    assert [w["pid"] for w in relay.workers()] == pids and all(w["restarts"] == 0 for w in relay.workers())
+    relay.proc.kill()
+    relay.proc.wait(10)
+    deadline = time.monotonic() + 10
+    alive = list(pids)
+    while alive and time.monotonic() < deadline:
+        alive = [pid for pid in alive if os.path.exists(f"/proc/{pid}") and
+                 open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"]
+        time.sleep(0.1)
+    assert not alive, f"workers {alive} outlived their supervisor"
+    assert "the supervisor is gone: this worker stops" in relay.log.read_text()
