@@ -12,11 +12,9 @@
 // The page must never navigate again (the updates come by server-sent events, not reloads).
 // On failure: a screenshot at --screenshot, `{"error": ..., "screenshot": ...}`, exit 1.
 // The page's console goes to stderr as `[console.<type>] ...`.
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { rm } from "node:fs/promises";
 import { parseArgs } from "node:util";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const { values: args } = parseArgs({
 	options: {
@@ -34,16 +32,6 @@ const started = Date.now();
 const log = (msg) => console.error(`dashboard.mjs +${Date.now() - started}ms ${msg}`);
 const emit = (line) => console.log(JSON.stringify(line));
 
-// Headless, no sandbox (containers), and nothing that talks to the network on its own.
-const CHROMIUM_ARGS = [
-	"--headless",
-	"--no-sandbox",
-	"--disable-gpu",
-	"--no-first-run",
-	"--disable-background-networking",
-	"--disable-component-update",
-	"--disable-sync",
-];
 
 let context;
 let tab;
@@ -93,13 +81,7 @@ function readRow(path) {
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 try {
-	profile = await mkdtemp(join(tmpdir(), "moq-dashboard-chromium-"));
-	context = await chromium.launchPersistentContext(profile, {
-		executablePath: args.chromium,
-		headless: true,
-		args: CHROMIUM_ARGS,
-		timeout: 30_000,
-	});
+	({ context, profile } = await launchChromium(args.chromium, "moq-dashboard-chromium-"));
 	log(`chromium ${context.browser()?.version() ?? "(persistent context)"} started, profile ${profile}`);
 	tab = context.pages()[0] ?? (await context.newPage());
 	tab.on("console", (m) => console.error(`[console.${m.type()}] ${m.text()}`));

@@ -12,14 +12,13 @@
 // The page's console goes to stderr as `[console.<type>] ...`; the role's result is printed to
 // stdout as one JSON line `{"library": ..., "result": ...}`. Exit 0 on success, 1 on failure
 // (with `{"error": ...}` on stdout).
-import { mkdtemp, rm } from "node:fs/promises";
+import { rm } from "node:fs/promises";
 import { createServer } from "node:http";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import * as esbuild from "esbuild";
-import { chromium } from "playwright-core";
+import { launchChromium } from "./chromium.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({
@@ -37,10 +36,6 @@ const params = JSON.parse(args.params);
 const started = Date.now();
 const log = (msg) => console.error(`run.mjs +${Date.now() - started}ms ${msg}`);
 
-// Flags for Chromium here (Playwright adds --headless, --no-sandbox, --no-first-run,
-// --disable-background-networking and --disable-component-update itself; QUIC stays enabled:
-// WebTransport runs over it).
-const CHROMIUM_ARGS = ["--disable-gpu", "--disable-sync"];
 
 let server;
 let context;
@@ -91,13 +86,7 @@ window.moqTest = lib;
 	await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
 	const origin = `http://127.0.0.1:${server.address().port}`;
 
-	profile = await mkdtemp(join(tmpdir(), "moq-chromium-"));
-	context = await chromium.launchPersistentContext(profile, {
-		executablePath: args.chromium,
-		headless: true,
-		args: CHROMIUM_ARGS,
-		timeout: 30_000,
-	});
+	({ context, profile } = await launchChromium(args.chromium, "moq-chromium-"));
 	log(`chromium ${context.browser()?.version() ?? "(persistent context)"} started, profile ${profile}`);
 	const tab = context.pages()[0] ?? (await context.newPage());
 	tab.on("console", (m) => console.error(`[console.${m.type()}] ${m.text()}`));
