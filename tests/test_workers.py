@@ -50,7 +50,8 @@ class Workers:
         with open(self.log, "w") as log_file:
             self.proc = subprocess.Popen([sys.executable, "-m", "relay", str(self.path)], stdout=subprocess.DEVNULL,
                                          stderr=log_file, env=clean_env())
-        deadline = time.monotonic() + 30
+        # Generous: on a loaded CI machine one start once took 29 s, all of it inside Popen.
+        deadline = time.monotonic() + 90
         while time.monotonic() < deadline and self.proc.poll() is None:
             try:
                 # Healthy, and the sibling links are up (each is a session of the worker it
