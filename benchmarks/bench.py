@@ -164,7 +164,7 @@ class Result:
 
 
 async def run_load(relay: Relay, subscribers: int, seconds: float, mbps: float, frame_size: int,
-                   fps: int) -> Result:
+                   fps: int, max_latency_ms: int = 10_000) -> Result:
     url = f"moql://127.0.0.1:{relay.port}/bench"
     frames_per_second = max(1, int(mbps * 1e6 / 8 / frame_size))
     interval = 1.0 / frames_per_second
@@ -208,7 +208,7 @@ async def run_load(relay: Relay, subscribers: int, seconds: float, mbps: float, 
         nonlocal subscribed
         async with make_client() as c:
             consumer = await asyncio.wait_for(c.announced_broadcast("b"), 30)
-            track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=10_000_000))
+            track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=max_latency_ms * 1000))
             subscribed += 1
             if subscribed == subscribers:
                 ready.set()
@@ -261,6 +261,8 @@ def main() -> None:
     ap.add_argument("--frame-size", type=int, default=1200)
     ap.add_argument("--engines", nargs="+", default=["aioquic", "qh3"],
                     help="our relay variants: aioquic, qh3, with -nogso and/or -NNNN (max_datagram_size)")
+    ap.add_argument("--max-latency-ms", type=int, default=10_000,
+                    help="every subscriber's max latency (moq-lite): older groups may be dropped")
     ap.add_argument("--live", action="store_true", help="run the live-delivery cases (benchmarks/live.py)")
     ap.add_argument("--repeat", type=int, default=5, help="--live: repetitions of each case")
     ap.add_argument("--transports", nargs="+", default=["moql", "https", "ws"], help="--live: transports")
@@ -275,7 +277,8 @@ def main() -> None:
         for make in [*(lambda e=e: start_ours(e, tmp) for e in args.engines), start_baseline]:
             relay = make()
             try:
-                res = asyncio.run(run_load(relay, n, args.seconds, args.mbps, args.frame_size, 30))
+                res = asyncio.run(run_load(relay, n, args.seconds, args.mbps, args.frame_size, 30,
+                                           args.max_latency_ms))
             finally:
                 relay.stop()
             results.append(res)
