@@ -34,18 +34,6 @@ INTERNAL = 4444
 IDLE = 3.0  # server.quic.idle_timeout of every relay here
 PERIOD = 0.1  # one group per PERIOD
 ROOT, A, B = 10, 11, 12  # last octets: the root's URL sorts first, then A's, then B's
-_labels = itertools.count(1)
-
-
-@pytest.fixture
-def net(request) -> netns.Network:
-    why = netns.unavailable()
-    if why:
-        pytest.skip(f"no network namespaces on this machine: {why}")
-    netns.sweep()
-    network = netns.Network(f"t{next(_labels)}")
-    request.addfinalizer(network.close)
-    return network
 
 
 def relay_toml(addr: str, cluster: list[str]) -> str:

@@ -40,7 +40,9 @@ class GroupStream(Protocol):
         """The next frame (its timestamp relative to the previous one's, for delta encodings)."""
 
     async def finish(self) -> None:
-        """Every frame was written: end the stream cleanly."""
+        """Every frame was written: end the stream cleanly, once the transport has sent all but
+        its last few bytes (SendStream.drain). Until then the group is still in flight: a slow
+        subscriber's group that goes stale meanwhile is aborted rather than left queued."""
 
     def abort(self, code: int) -> None:
         """End the stream with a moq error code (Old, Cancel, or why the group was aborted)."""
@@ -222,6 +224,7 @@ class Fanout:
         for seq, scope in list(self.inflight.items()):
             group = track.groups.get(seq)
             if seq < latest.sequence and (group is None or track.stale(group, self.wish.max_latency_ms)):
+                del self.inflight[seq]  # counted once, though its sender ends at its next checkpoint
                 scope.cancel()
                 track.traffic.drop("stale")
 

@@ -16,6 +16,10 @@ from relay.errors import RemoteError
 
 _conn_ids = itertools.count(1)
 
+# What SendStream.drain leaves unsent by default: about a frame. The FIN queued after it still
+# goes out with those last bytes, and a stream whose data leaves promptly never waits at all.
+DRAIN_TAIL = 16 * 1024
+
 
 def next_conn_id() -> int:
     """A relay-wide connection number for SessionInfo.conn_id (shared by all transports)."""
@@ -71,6 +75,15 @@ class SendStream(ABC):
 
         Raises StreamReset if the peer sent STOP_SENDING, SessionClosed if the session ended.
         """
+
+    async def drain(self, tail: int = DRAIN_TAIL) -> None:
+        """Until at most `tail` of the bytes written are still waiting in the transport's send
+        buffer (not on the wire yet). Returns at once where the transport cannot tell. Raises
+        like write().
+
+        A sender that may still abort the stream (reset()) waits here before finish(): what is
+        not sent yet can then be dropped instead of delivered late."""
+        return
 
     @abstractmethod
     async def finish(self) -> None:

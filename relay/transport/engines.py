@@ -195,11 +195,22 @@ class Engine:
         """Order aioquic's round-robin send queue by priority, highest first.
 
         aioquic serves `_streams_queue` in order and moves served streams to the end, so
-        a stable sort keeps round-robin inside one priority level.
+        a stable sort keeps round-robin inside one priority level. Its walk of the queue ends
+        at the first stream whose frame does not fit in the packet, so streams with only a
+        RESET_STREAM to send (or done, to be discarded) go first: behind a busy stream they
+        would wait until the connection idles, their buffers held and the peer not told.
+
+        A stream keeps its priority until the engine discards it (a finished stream may still
+        have data to send); the entries of discarded streams are dropped here. qh3 takes no
+        send order from us, so nothing is kept for it.
         """
-        if self.name != "aioquic" or not priorities:
+        if self.name != "aioquic":
+            priorities.clear()
             return
-        quic._streams_queue.sort(key=lambda s: -priorities.get(s.stream_id, 0))
+        for stream_id in [sid for sid in priorities if quic._stream_is_discarded(sid)]:
+            del priorities[stream_id]
+        quic._streams_queue.sort(key=lambda s: (not (s.sender.reset_pending or s.is_finished),
+                                                -priorities.get(s.stream_id, 0)))
 
     def remote_max_datagram_frame_size(self, quic: Any) -> int:
         if self.name == "aioquic":

@@ -431,6 +431,7 @@ class IetfGroupStream:
             await self.stream.write(frame.payload)
 
     async def finish(self) -> None:
+        await self.stream.drain()  # until then the fan-out may still abort the group
         await self.stream.finish()
 
     def abort(self, code: int) -> None:

@@ -278,9 +278,6 @@ class Connection:
     def set_priority(self, stream_id: int, priority: int) -> None:
         self.priorities[stream_id] = priority
 
-    def forget_stream(self, stream_id: int) -> None:
-        self.priorities.pop(stream_id, None)
-
     def count_unread(self, delta: int) -> None:
         self.unread_total += delta
 

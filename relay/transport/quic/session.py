@@ -56,7 +56,6 @@ class BaseQuicSession(TransportSession):
 
     def stream_finished(self, stream: QuicStream) -> None:
         self._streams.pop(stream.stream_id, None)
-        self._conn.forget_stream(stream.stream_id)
 
     # -- stream table
     def _is_new_peer_stream(self, sid: int) -> bool:

@@ -12,6 +12,7 @@ from typing import Protocol
 import trio
 
 from relay.transport.base import (
+    DRAIN_TAIL,
     RecvStream,
     SendStream,
     SessionClosed,
@@ -198,6 +199,12 @@ class QuicStream(SendStream, RecvStream):
         self._wire.send_stream_data(self.stream_id, bytes(data))
         self._info.bytes_out += len(data)
         while self._wire.unsent_bytes(self.stream_id) > SEND_HIGH_WATER:
+            await self._wire.wait_flushed()
+            self._check_send()
+
+    async def drain(self, tail: int = DRAIN_TAIL) -> None:
+        self._check_send()
+        while self._wire.unsent_bytes(self.stream_id) > tail:
             await self._wire.wait_flushed()
             self._check_send()
 
