@@ -90,6 +90,7 @@ class Fanout:
         self.unsubscribed = False
         self.abort_code = ErrorCode.OLD  # why an in-flight group stream is aborted
         self._cancel: trio.CancelScope | None = None
+        self._turn: trio.Event | None = None  # set once the newest sender wrote its first frame
 
     @property
     def wish(self) -> Wish:
@@ -252,19 +253,30 @@ class Fanout:
         self.track.traffic.groups_out += 1
         if self.last_sequence is None or group.sequence > self.last_sequence:
             self.last_sequence = group.sequence
-        nursery.start_soon(self._send, group, scope, stream)
+        # Each sender writes its first frame only after the group started before it has written
+        # its own (or ended): groups started together (a burst) then reach the transport in
+        # order, first frames included. Without it trio may run the newer sender first, and over
+        # WebSocket (one ordered pipe, no priorities) a client that creates groups as their
+        # first object arrives, and skips older ones (moq-rs next_group), loses the older group.
+        after, self._turn = self._turn, trio.Event()
+        nursery.start_soon(self._send, group, scope, stream, after, self._turn)
         return True
 
-    async def _send(self, group: Group, scope: trio.CancelScope, stream: GroupStream) -> None:
+    async def _send(self, group: Group, scope: trio.CancelScope, stream: GroupStream,
+                    after: trio.Event | None, turn: trio.Event) -> None:
         traffic = self.track.traffic
         try:
             with scope:
+                if after is not None:
+                    await after.wait()
                 previous = 0
                 async for frame in group.frames_from(0):
                     await stream.write(frame, previous)
+                    turn.set()
                     traffic.frames_out += 1
                     traffic.bytes_out += len(frame.payload)
                     previous = frame.timestamp
+                turn.set()
                 await stream.finish()
             if scope.cancelled_caught:
                 stream.abort(self.abort_code)
@@ -273,6 +285,7 @@ class Fanout:
         except TransportError:
             pass
         finally:
+            turn.set()
             if self.inflight.get(group.sequence) is scope:
                 del self.inflight[group.sequence]
 
