@@ -234,6 +234,8 @@ async def run_load(relay: Relay, subscribers: int, seconds: float, mbps: float, 
     res = Result(relay.name, subscribers)
     res.mbps_delivered = delivered_bits / seconds / 1e6
     res.delivered_pct = 100.0 * sum(received) / (total_frames * subscribers)
+    if os.environ.get("BENCH_PER_SUBSCRIBER"):
+        print("per subscriber:", sorted(received), file=sys.stderr)
     if latencies:
         lat = sorted(latencies)
         res.p50_ms = statistics.median(lat)

@@ -18,6 +18,9 @@ from relay.tls import Identity
 ENGINES = ("aioquic", "qh3")
 
 
+PRIORITY_SWEEP_SLACK = 32  # priority entries of discarded streams kept before a sweep
+
+
 class Engine:
     """The classes and the few internals of one QUIC implementation."""
 
@@ -207,10 +210,14 @@ class Engine:
         if self.name != "aioquic":
             priorities.clear()
             return
-        for stream_id in [sid for sid in priorities if quic._stream_is_discarded(sid)]:
-            del priorities[stream_id]
-        quic._streams_queue.sort(key=lambda s: (not (s.sender.reset_pending or s.is_finished),
-                                                -priorities.get(s.stream_id, 0)))
+        if len(priorities) > len(quic._streams) + PRIORITY_SWEEP_SLACK:
+            # Entries outlive their streams by a little: swept now and then, not per transmit.
+            for stream_id in [sid for sid in priorities if quic._stream_is_discarded(sid)]:
+                del priorities[stream_id]
+        queue = quic._streams_queue
+        if len(queue) > 1:
+            queue.sort(key=lambda s: (not (s.sender.reset_pending or s.is_finished),
+                                      -priorities.get(s.stream_id, 0)))
 
     def remote_max_datagram_frame_size(self, quic: Any) -> int:
         if self.name == "aioquic":

@@ -42,7 +42,7 @@ from relay.protocol.ietf.errors import (
 )
 from relay.protocol.ietf.params import put_largest
 from relay.relaying.fanout import Fanout
-from relay.transport.base import RecvStream, SendStream, TransportError
+from relay.transport.base import JOIN_BELOW, RecvStream, SendStream, TransportError
 
 if TYPE_CHECKING:
     from relay.protocol.ietf.session import IetfSession
@@ -426,9 +426,12 @@ class IetfGroupStream:
         self.stream = stream
 
     async def write(self, frame: Frame, previous_timestamp: int) -> None:
-        await self.stream.write(contiguous_object_prefix(len(frame.payload)))
-        if frame.payload:
-            await self.stream.write(frame.payload)
+        payload = frame.payload
+        if len(payload) <= JOIN_BELOW:
+            await self.stream.write(contiguous_object_prefix(len(payload)) + payload)
+        else:
+            await self.stream.write(contiguous_object_prefix(len(payload)))
+            await self.stream.write(payload)
 
     async def finish(self) -> None:
         await self.stream.drain()  # until then the fan-out may still abort the group

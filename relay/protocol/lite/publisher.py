@@ -26,7 +26,7 @@ from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.streams import MessageReader, StreamEnded
 from relay.protocol.lite.version import Version
 from relay.relaying.fanout import Fanout, ended_at
-from relay.transport.base import SendStream, SessionClosed, StreamReset, TransportError
+from relay.transport.base import JOIN_BELOW, SendStream, SessionClosed, StreamReset, TransportError
 
 if TYPE_CHECKING:
     from relay.protocol.lite.session import LiteSession
@@ -295,9 +295,12 @@ class LiteGroupStream:
                 frame.header_ts = header
             else:
                 frame.header_plain = header
-        await self.stream.write(header)
-        if frame.payload:
-            await self.stream.write(frame.payload)
+        payload = frame.payload
+        if len(payload) <= JOIN_BELOW:
+            await self.stream.write(header + payload)
+        else:
+            await self.stream.write(header)
+            await self.stream.write(payload)
 
     async def finish(self) -> None:
         await self.stream.drain()  # until then the fan-out may still abort the group
