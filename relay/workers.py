@@ -49,7 +49,8 @@ from relay.listen_check import check_free
 from relay.notify_systemd import notify
 from relay.reload import renewal_delay
 from relay.tls import generate_self_signed, write_pem
-from relay.web.internal import CONTENT_TYPE
+from relay.web.dashboard import merge_worker_snapshots
+from relay.web.internal import CONTENT_TYPE, add_dashboard
 from relay.web.serve import HttpServer
 
 log = logging.getLogger("relay.workers")
@@ -349,6 +350,13 @@ class Supervisor:
                         into["state"] = "up"
             return Response(json.dumps({"nodes": list(merged.values())}), status=200,
                             content_type="application/json")
+
+        async def snapshot() -> dict:
+            answers = await trio.to_thread.run_sync(self._scrape, "/dashboard.json")
+            return merge_worker_snapshots({i: json.loads(body) for i, (status, body) in answers.items()
+                                           if status == 200})
+
+        add_dashboard(app, snapshot)
 
         @app.get("/workers")
         async def workers() -> Response:

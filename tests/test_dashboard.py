@@ -406,3 +406,43 @@ async def test_browser_shows_a_moq_rs_broadcast_live_and_its_end(tmp_path: Path)
         assert gone["navigations"] == 1 and gone["events"] >= 2  # updated in place, never reloaded
         assert gone["foreign"] == []  # the page loaded nothing from anywhere else
         assert "/anon/cam" not in gone["broadcasts_text"]
+
+
+def _worker_snapshot(sessions: list[dict], broadcasts: list[dict], links: list[dict] | None = None) -> dict:
+    return {"time": 1.0, "relay": {"hop_id": 7, "draining": False, "sessions": len(sessions), "broadcasts": len(broadcasts),
+                                   "cache_bytes": 100, "quic": ["127.0.0.1:1"]},
+            "sessions": sessions, "broadcasts": broadcasts, "links": links or []}
+
+
+def _session(sid: int, sibling: bool = False, link: str | None = None) -> dict:
+    return {"id": sid, "peer": "127.0.0.1:9", "path": "", "link": link, "sibling": sibling}
+
+
+def _row(path: str, publisher: int, subscribers: int) -> dict:
+    return {"path": path, "publisher": publisher, "active": True, "hops": 1,
+            "tracks": [{"name": "v", "subscribers": subscribers, "cached_groups": 1, "latest": 3}],
+            "subscribers": subscribers}
+
+
+def test_merging_worker_snapshots() -> None:
+    from relay.web.dashboard import merge_worker_snapshots
+
+    link = "https://127.0.0.1:5/.cluster"
+    # Worker 0: the publisher (session 1), 2 subscribers, and worker 1's link to it (session 4),
+    # which holds one subscription to the track on behalf of worker 1's 3 subscribers.
+    w0 = _worker_snapshot([_session(1), _session(2), _session(3), _session(4, sibling=True)],
+                          [_row("/anon/x", 1, 3)])
+    w1 = _worker_snapshot([_session(1, True, link), _session(2), _session(3), _session(5)],
+                          [_row("/anon/x", 1, 3)],
+                          links=[{"peer": link, "cost": None, "state": "up", "session": 1, "sibling": True},
+                                 {"peer": "https://other:4443/", "cost": 1, "state": "up", "session": 5,
+                                  "sibling": False}])
+    merged = merge_worker_snapshots({0: w0, 1: w1})
+    assert ".cluster" not in json.dumps(merged)
+    assert sorted(s["id"] for s in merged["sessions"]) == ["0.1", "0.2", "0.3", "1.2", "1.3", "1.5"]
+    [row] = merged["broadcasts"]
+    assert row["publisher"] == "0.1" and row["worker"] == 0
+    assert row["subscribers"] == 2 + 3 and row["tracks"][0]["subscribers"] == 5
+    assert [link["peer"] for link in merged["links"]] == ["https://other:4443/"] and merged["links"][0]["session"] == "1.5"
+    assert merged["relay"] == {"hop_id": 7, "draining": False, "sessions": 6, "broadcasts": 1, "cache_bytes": 200,
+                               "quic": ["127.0.0.1:1"], "workers": 2}

@@ -261,3 +261,54 @@ def test_workers_outlive_the_spawning_thread_and_die_with_the_supervisor(tmp_pat
         time.sleep(0.1)
     assert not alive, f"workers {alive} outlived their supervisor"
     assert "the supervisor is gone: this worker stops" in relay.log.read_text()
+
+
+async def test_the_supervisor_dashboard_shows_the_whole_relay(tmp_path) -> None:
+    """`/dashboard.json` on the supervisor merges every worker's: the clients of both workers, one
+    row for the broadcast with the subscribers of both, and nothing of the workers' own links
+    (whose URLs carry their credential)."""
+    relay = Workers(tmp_path)
+    await trio.to_thread.run_sync(relay.start)
+    subscribers = 8
+    stop_flag = Flag()
+
+    async def hold() -> None:
+        async with client(relay.url()) as c:
+            consumer = await asyncio.wait_for(c.announced_broadcast("d"), 30)
+            track = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+            await asyncio.wait_for(track.next_group(), 30)
+            await stop_flag.wait(60)
+
+    def snapshot() -> tuple[str, dict]:
+        body = get(f"http://127.0.0.1:{relay.ops}/dashboard.json")[1]
+        return body, json.loads(body)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(in_thread, lambda: publish_until(relay.url(), "d", stop_flag))
+            for _ in range(subscribers):
+                nursery.start_soon(in_thread, hold)
+            body, snap, rows = "", {}, []
+            try:
+                with trio.fail_after(40):
+                    while True:
+                        body, snap = await trio.to_thread.run_sync(snapshot)
+                        rows = [b for b in snap["broadcasts"] if b["path"] == "/anon/d"]
+                        if len(snap["sessions"]) == subscribers + 1 and rows and rows[0]["subscribers"] == subscribers:
+                            break
+                        await trio.sleep(0.2)
+            except trio.TooSlowError:
+                stop_flag.set()
+                raise AssertionError(f"the merged dashboard never showed every client: {body}") from None
+            assert len(rows) == 1 and snap["relay"]["workers"] == 2 and snap["relay"]["broadcasts"] == 1
+            assert "credential" not in body and "/.cluster" not in body and snap["links"] == []
+            ids = [s["id"] for s in snap["sessions"]]
+            assert len(set(ids)) == len(ids)  # "worker.session", unique across workers
+            publisher = rows[0]["publisher"]
+            assert publisher in ids and rows[0]["worker"] == int(publisher.split(".")[0])
+            page = await trio.to_thread.run_sync(get, f"http://127.0.0.1:{relay.ops}/")
+            assert page[0] == 200 and "dashboard.js" in page[1]
+            stop_flag.set()
+    finally:
+        stop_flag.set()
+        assert relay.proc is not None and stop(relay.proc) == 0, relay.log.read_text()

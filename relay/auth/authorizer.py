@@ -60,7 +60,7 @@ class Authorizer:
         if norm(path) == LOCAL_LINK_PATH:
             given = (query.get("credential") or [""])[-1]
             if self.local_credential and hmac.compare_digest(given.encode(), self.local_credential.encode()):
-                return full_scope()
+                return full_scope(sibling=True)
             raise AuthError("lan: no such local link credential")
         if token is None:
             token = token_from_query(query)

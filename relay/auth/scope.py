@@ -32,6 +32,9 @@ class Scope:
     # that names `.internal` and a root grant inherited by a session connected at `/.internal`.
     reserved_publish: tuple[str, ...] = ()
     reserved_subscribe: tuple[str, ...] = ()
+    # A link between two worker processes of one relay (relay/workers.py), not a client or a
+    # cluster peer: the whole relay's dashboard leaves those out.
+    sibling: bool = False
 
     def absolute(self, rel: str) -> str:
         return join(self.root, norm(rel))
@@ -73,11 +76,11 @@ class Scope:
         return out
 
 
-def full_scope(_: str = "") -> Scope:
+def full_scope(_: str = "", *, sibling: bool = False) -> Scope:
     """Everything both ways, the reserved prefixes included (node advertisements): what a
     cluster link carries. Also an `Authorize` that grants it for any target."""
     return Scope(root="", publish=("",), subscribe=("",), reserved_publish=RESERVED,
-                 reserved_subscribe=RESERVED)
+                 reserved_subscribe=RESERVED, sibling=sibling)
 
 
 def split_target(target: str) -> tuple[str, dict[str, list[str]]]:

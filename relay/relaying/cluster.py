@@ -190,7 +190,8 @@ class Cluster:
                 return
             version = choice.version
             session = LiteSession(transport, version, self.origin, authorize=full_scope, hop_id=self.hop_id,
-                                  scope=full_scope(), dial_path=peer.target, link_cost=peer.cost)
+                                  scope=full_scope(sibling=peer in self.siblings), dial_path=peer.target,
+                                  link_cost=peer.cost)
             self.link_sessions[peer.url] = session
             self.links_established += 1
             log.info("cluster link to %s up (%s)", peer.url, version.name_str)

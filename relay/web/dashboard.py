@@ -114,7 +114,8 @@ class Dashboard:
             "version": version,
             "root": "/" + scope.root if scope is not None else None,
             "path": _request_path(info.path),
-            "link": link,  # the cluster peer's URL when we dialed it
+            "link": _request_path(link) or None,  # the cluster peer's URL when we dialed it
+            "sibling": scope is not None and scope.sibling,  # another worker of this relay
             "bytes_in": info.bytes_in,
             "bytes_out": info.bytes_out,
             "rate_in": self.rates.rate(("session-in", session.id), info.bytes_in, now),
@@ -156,8 +157,9 @@ class Dashboard:
         out = []
         for url in sorted(cluster.links):
             session = cluster.link_sessions.get(url)
-            entry: dict[str, Any] = {"peer": url, "cost": costs.get(url), "state": "up" if session else "connecting",
-                                     "session": None, "rate_in": None, "rate_out": None}
+            entry: dict[str, Any] = {"peer": _request_path(url), "cost": costs.get(url), "state": "up" if session else "connecting",
+                                     "session": None, "rate_in": None, "rate_out": None,
+                                     "sibling": any(url == p.url for p in cluster.siblings)}
             if session is not None:
                 info = session.transport.info
                 entry["session"] = session.id
@@ -166,3 +168,63 @@ class Dashboard:
                 entry["rate_out"] = self.rates.rate(("session-out", session.id), info.bytes_out, now)
             out.append(entry)
         return out
+
+
+def merge_worker_snapshots(snapshots: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One snapshot for a relay of several workers, from each worker's (keyed by its index).
+
+    The workers' links to each other are left out (sessions, cluster links); every session and
+    publisher id becomes "worker.id", ids being per process, and each row says its `worker`. A
+    broadcast is the row of the worker its publisher is connected to, with the subscribers of
+    every worker."""
+    sessions: list[dict[str, Any]] = []
+    links: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []  # broadcasts as their publisher's worker has them
+    relayed: list[dict[str, Any]] = []  # the copies other workers pull over their sibling links
+    relays = []
+    for index, snap in sorted(snapshots.items()):
+        relays.append(snap["relay"])
+        siblings = {s["id"] for s in snap["sessions"] if s["sibling"]}
+        for s in snap["sessions"]:
+            if s["id"] not in siblings:
+                sessions.append({**s, "id": f"{index}.{s['id']}", "worker": index})
+        for link in snap["links"]:
+            if not link["sibling"]:
+                links.append({**link, "session": None if link["session"] is None else f"{index}.{link['session']}",
+                              "worker": index})
+        for b in snap["broadcasts"]:
+            own = {**b, "worker": index,
+                   "publisher": None if b["publisher"] is None else f"{index}.{b['publisher']}"}
+            (relayed if b["publisher"] in siblings else rows).append(own)
+    # A broadcast arrives at every other worker over its link to the publisher's worker: one row,
+    # the publisher's worker's, counting every worker's subscribers; the one subscription per
+    # track each other worker holds there on their behalf is not a subscriber.
+    by_path: dict[str, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: not r["active"]):
+        by_path.setdefault(row["path"], row)
+    for copy in relayed:
+        row = by_path.get(copy["path"])
+        if row is None:
+            rows.append(copy)
+            by_path[copy["path"]] = copy
+            continue
+        counts = {t["name"]: t["subscribers"] for t in copy["tracks"]}
+        row["tracks"] = [{**t, "subscribers": max(0, t["subscribers"] - (1 if counts.get(t["name"]) else 0)
+                                                    + counts.get(t["name"], 0))} for t in row["tracks"]]
+        row["subscribers"] = sum(t["subscribers"] for t in row["tracks"])
+    broadcasts = sorted(rows, key=lambda r: (r["path"], not r["active"]))
+    return {
+        "time": max((s["time"] for s in snapshots.values()), default=time.time()),
+        "relay": {
+            "hop_id": relays[0]["hop_id"] if relays else None,
+            "draining": any(r["draining"] for r in relays),
+            "sessions": len(sessions),
+            "broadcasts": len({b["path"] for b in broadcasts}),
+            "cache_bytes": sum(r["cache_bytes"] for r in relays),
+            "quic": relays[0]["quic"] if relays else [],
+            "workers": len(snapshots),
+        },
+        "sessions": sessions,
+        "broadcasts": broadcasts,
+        "links": links,
+    }

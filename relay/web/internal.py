@@ -227,6 +227,18 @@ def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
         return Response(json.dumps(nodes(relay)), status=200, content_type="application/json")
 
     dashboard = Dashboard(relay)
+
+    async def snapshot() -> dict:
+        return dashboard.snapshot()
+
+    add_dashboard(app, snapshot)
+
+    return app, collector
+
+
+def add_dashboard(app: QuartTrio, snapshot: Callable[[], Awaitable[dict]]) -> None:
+    """The page (`/` and its script and style), `/dashboard.json` and `/dashboard/events`, over
+    `snapshot` (one relay process's, or the merge of every worker's: relay/workers.py)."""
     static = resources.files("relay.web") / "static"
     pages = {route: (static.joinpath(name).read_bytes(), kind) for route, (name, kind) in STATIC.items()}
 
@@ -242,18 +254,18 @@ def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
 
     @app.get("/dashboard.json")
     async def dashboard_json() -> Response:
-        return Response(json.dumps(dashboard.snapshot()), status=200, content_type="application/json",
+        return Response(json.dumps(await snapshot()), status=200, content_type="application/json",
                         headers={"Cache-Control": "no-cache"})
 
     @app.get("/dashboard/events")
     async def dashboard_events() -> Response:
         async def stream() -> AsyncIterator[bytes]:
             yield f"retry: {SSE_RETRY_MS}\n\n".encode()
-            yield f"data: {json.dumps(dashboard.snapshot())}\n\n".encode()
+            yield f"data: {json.dumps(await snapshot())}\n\n".encode()
             await trio.sleep(DASHBOARD_FOLLOW_UP)
             tick = trio.current_time()
             while True:  # until the viewer leaves (quart cancels the body) or the relay stops
-                yield f"data: {json.dumps(dashboard.snapshot())}\n\n".encode()
+                yield f"data: {json.dumps(await snapshot())}\n\n".encode()
                 # A steady second however long a snapshot took; after a stall, no burst to catch up.
                 tick = max(tick + DASHBOARD_PERIOD, trio.current_time())
                 await trio.sleep_until(tick)
@@ -262,5 +274,3 @@ def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         response.timeout = None  # quart's RESPONSE_TIMEOUT (60 s) would end the stream
         return response
-
-    return app, collector
