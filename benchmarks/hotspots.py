@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/hotspots.py --engine qh3 --subscribers 100 --top 30 --out /tmp/qh3.txt
 
 Runs one load of benchmarks/bench.py against a fresh relay process and samples it with py-spy
-(`pip install py-spy`; it needs ptrace, e.g. root) for the load's duration, GIL or not. Prints
+(`pip install -e '.[bench]'`; py-spy needs ptrace, e.g. root) for the load's duration, GIL or not. Prints
 the functions with the most samples on top of the stack (self), then the most samples anywhere
 in the stack (total), as percentages of all samples, each with its file relative to the package
 (`relay/...`) or the library's site-packages path. `--out` keeps the collapsed stacks
