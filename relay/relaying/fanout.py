@@ -255,9 +255,10 @@ class Fanout:
             self.last_sequence = group.sequence
         # Each sender writes its first frame only after the group started before it has written
         # its own (or ended): groups started together (a burst) then reach the transport in
-        # order, first frames included. Without it trio may run the newer sender first, and over
-        # WebSocket (one ordered pipe, no priorities) a client that creates groups as their
-        # first object arrives, and skips older ones (moq-rs next_group), loses the older group.
+        # order, first frames included. Without it trio may run the newer sender first: over
+        # WebSocket (one ordered pipe, no priorities) the newer group then arrives whole before
+        # the older one's frames, and a client whose stream readers race (moq-rs: the first to
+        # run creates its group; next_group skips anything older) loses the older group.
         after, self._turn = self._turn, trio.Event()
         nursery.start_soon(self._send, group, scope, stream, after, self._turn)
         return True
