@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from harness import Flag, in_thread, publish_until, read_group_frames, running_relay
-from test_browser import BROWSER_DIR, page_params, run_page
+from test_browser import BROWSER_DIR, page_params, run_page, run_page_raw
 from test_browser import _missing as browser_missing
 
 NODE_DIR = Path(__file__).parent / "node"
@@ -64,25 +65,32 @@ CASES = [pytest.param(runtime, case, id=f"{runtime}-{case}",
          for runtime, (_, _, missing) in RUNTIMES.items() for case in VERSIONS]
 
 
-async def run_node(role: str, params: dict[str, Any], timeout: float = 45) -> dict[str, Any]:
+async def run_node_raw(role: str, params: dict[str, Any], timeout: float = 45) -> tuple[int, dict[str, Any], str]:
+    """tests/node/moq_net.mjs's exit status, its JSON line and its stderr."""
     assert NODE is not None
     with trio.fail_after(timeout):
         done = await trio.run_process([NODE, str(NODE_DIR / "moq_net.mjs"), "--role", role,
                                        "--params", json.dumps(params)],
                                       capture_stdout=True, capture_stderr=True, check=False)
     lines = done.stdout.decode(errors="replace").strip().splitlines()
-    out = json.loads(lines[-1]) if lines else {}
-    if done.returncode != 0 or "result" not in out:
-        pytest.fail(f"node {role} failed (exit {done.returncode}): {out.get('error')}\n"
-                    f"{done.stderr.decode(errors='replace')[-4000:]}")
+    return done.returncode, json.loads(lines[-1]) if lines else {}, done.stderr.decode(errors="replace")
+
+
+def node_params(relay: Any, broadcast: str, **kw: Any) -> dict[str, Any]:
+    return {"url": relay.url("ws", "anon"), "broadcast": broadcast, "track": "v", "timeout": 20, **kw}
+
+
+async def run_node(role: str, params: dict[str, Any], timeout: float = 45) -> dict[str, Any]:
+    code, out, err = await run_node_raw(role, params, timeout)
+    if code != 0 or "result" not in out:
+        pytest.fail(f"node {role} failed (exit {code}): {out.get('error')}\n{err[-4000:]}")
     return out["result"]
 
 
 async def run_role(runtime: str, relay: Any, role: str, broadcast: str, **kw: Any) -> dict[str, Any]:
     if runtime == "chromium":
         return await run_page("moq-net", role, page_params(relay, broadcast, **kw))
-    params = {"url": relay.url("ws", "anon"), "broadcast": broadcast, "track": "v", "timeout": 20, **kw}
-    return await run_node(role, params)
+    return await run_node(role, node_params(relay, broadcast, **kw))
 
 
 async def sample_sessions(relay: Any, seen: set[tuple[str, str]]) -> None:
@@ -168,3 +176,29 @@ async def test_moq_net_subscribes_to_a_rust_publisher(tmp_path, runtime, case) -
         assert [bytes.fromhex(f) for f in g["frames"]] == frames(g["sequence"])
     assert sequences[1:] == list(range(sequences[1], sequences[1] + want - 1)), (sequences, result["dropped"])
     assert (RUNTIMES[runtime][0], relay_side) in seen, seen
+
+
+RUNTIME_CASES = [pytest.param(runtime, id=runtime, marks=pytest.mark.skipif(missing is not None, reason=missing or ""))
+                 for runtime, (_, _, missing) in RUNTIMES.items()]
+
+
+@pytest.mark.parametrize("runtime", RUNTIME_CASES)
+async def test_moq_net_refused_on_the_versions_it_lacks(tmp_path, runtime) -> None:
+    """The two versions the relay has that @moq/net 0.3.4 cannot reach: moq-lite-06 (it knows
+    lite-06 only as `moq-lite-06-wip`, and offers even that only when asked to) and IETF draft-14
+    (no `moq-00` in its offer; its legacy SETUP lists draft-14, but the relay's legacy SETUP is
+    moq-lite only). A relay allowing just those refuses the connect at once, and no session
+    starts."""
+    transport, _, _ = RUNTIMES[runtime]
+    async with running_relay(tmp_path, transport_versions={transport: ["moq-lite-06", "moq-transport-14"]}) as relay:
+        started = time.monotonic()
+        if runtime == "chromium":
+            code, out, err = await run_page_raw("moq-net", "subscribe", page_params(relay, "cam", groups=1, timeout=15))
+        else:
+            code, out, err = await run_node_raw("subscribe", node_params(relay, "cam", groups=1, timeout=15))
+        elapsed = time.monotonic() - started
+        assert relay.handle.sessions.opened_total == 0  # no session ever started
+    assert code == 1 and "result" not in out, (out, err[-2000:])
+    # Promise.any over its transports (only one enabled) rejects with an AggregateError.
+    assert "AggregateError" in out["error"], (out, err[-2000:])
+    assert elapsed < 15, elapsed  # refused, not left to time out
