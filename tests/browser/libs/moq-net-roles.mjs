@@ -32,14 +32,17 @@ export function roles(Moq, connectOptions) {
 				`announcement of ${name}`,
 			);
 			const track = conn.consume(name).subscribe(p.track, { priority: 1 });
-			// Whole groups, and those reset by the relay (a newer group superseding one in flight,
-			// e.g. in the burst of cached groups that starts a subscription) as dropped.
+			// nextGroup(): each group newer than the last one returned (an older one arriving
+			// late is skipped; on moqt-15/16 the relay forwards the burst of cached groups a
+			// subscription starts with newest first, and recvGroup() would hand those out too).
+			// Whole groups, and those reset by the relay (a newer group superseding one in
+			// flight) as dropped.
 			const groups = [];
 			const dropped = [];
 			await withTimeout(
 				(async () => {
 					while (groups.length < p.groups) {
-						const group = await track.recvGroup();
+						const group = await track.nextGroup();
 						if (!group) throw new Error("track ended");
 						const frames = [];
 						try {
