@@ -9,13 +9,14 @@ import { chromium } from "playwright-core";
 // --disable-component-update itself; QUIC stays enabled: WebTransport runs over it.
 export const CHROMIUM_ARGS = ["--disable-gpu", "--disable-sync"];
 
-/** Launch `executablePath` headless on a new profile under `prefix`; { context, profile }. */
-export async function launchChromium(executablePath, prefix) {
+/** Launch `executablePath` headless on a new profile under `prefix`, with CHROMIUM_ARGS and
+ * `extraArgs`; { context, profile }. */
+export async function launchChromium(executablePath, prefix, extraArgs = []) {
 	const profile = await mkdtemp(join(tmpdir(), prefix));
 	const context = await chromium.launchPersistentContext(profile, {
 		executablePath,
 		headless: true,
-		args: CHROMIUM_ARGS,
+		args: [...CHROMIUM_ARGS, ...extraArgs],
 		timeout: 30_000,
 	});
 	return { context, profile };
