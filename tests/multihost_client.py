@@ -12,8 +12,17 @@ clock is shared by all network namespaces, so the test can line events up with i
   SIGTERM ends the track, closes the session and prints `closed`.
 - sub: `sub` when subscribed, `group <n>` per group (in order, skipping forward if behind),
   `end <why>` when the track ends or fails; then it waits for the broadcast to be announced
-  again and resubscribes, as a player would. A track silent for STALL seconds counts as
-  ended (`end stall`). A session that fails is redialed after a short pause (`session <why>`).
+  again and resubscribes, as a player would. A track silent for STALL seconds, or a group
+  whose frames stop for that long, counts as ended (`end stall`). A session that fails is
+  redialed after a short pause (`session <why>`).
+
+The subscriber asks for a max latency of LATENCY_US, not the publisher's 30 s: a fresh
+subscription is sent every cached group within its latency, and after a partition heals that
+was some 170 groups at once. moq-rs 0.5.1 then drops groups from its own cache while the
+application holds one of them (it sends STOP_SENDING for the stream) and that group's frame
+read waits forever, with no error; moq-net's model since aborts an evicted group with Old for
+that reason. A 5 s window keeps the burst to some 50 groups, and the stall watchdog covers
+the group read too, so a stuck group ends the subscription the way a player's watchdog would.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import time
 import moq
 
 STALL = 8.0
+LATENCY_US = 5_000_000
 
 
 def emit(*parts: object) -> None:
@@ -61,13 +71,17 @@ async def publish(url: str, name: str, period: float) -> None:
     emit("closed")
 
 
+async def read_all(group) -> bytes:
+    return b"".join([f.payload async for f in group])
+
+
 async def subscribe(url: str, name: str) -> None:
     while True:
         try:
             async with client(url) as c:
                 while True:
                     consumer = await c.announced_broadcast(name)
-                    wish = moq.Subscription(priority=1, max_age_us=30_000_000)
+                    wish = moq.Subscription(priority=1, max_age_us=LATENCY_US)
                     track = await consumer.subscribe_track("v", wish)
                     emit("sub")
                     why = "none"
@@ -76,7 +90,7 @@ async def subscribe(url: str, name: str) -> None:
                             group = await asyncio.wait_for(track.next_group(), STALL)
                             if group is None:
                                 break
-                            payload = b"".join([f.payload async for f in group])
+                            payload = await asyncio.wait_for(read_all(group), STALL)
                             emit("group", payload.rsplit(b"-", 1)[1].decode())
                     except TimeoutError:
                         why = "stall"
