@@ -97,6 +97,44 @@ async def test_leaf_to_leaf_and_root_one_upstream_per_link_no_loops(tmp_path) ->
         await stack.aclose()
 
 
+async def test_a_gossip_link_is_dropped_when_the_peer_dials_us_too(tmp_path) -> None:
+    """After a partition a node's advertisement can reach a lower-URL node through a third one
+    before the node's own redial lands: the lower one dials it through gossip, then the node
+    dials in as well. The pair then holds one link: the one the gossip dial made is dropped (the
+    other side's dial may be a static one, which only its operator can change), and a broadcast
+    still crosses between the two."""
+    pr, p1, p2 = free_port(), free_port(), free_port()
+    stop = Flag()
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_relay(tmp_path, port=pr, auth=GOSSIP_AUTH, extra=cluster_extra(pr)))
+        leaves = [await stack.enter_async_context(running_relay(tmp_path, port=p, auth=GOSSIP_AUTH,
+                                                                extra=cluster_extra(p, pr))) for p in (p1, p2)]
+        lower, higher = sorted(leaves, key=lambda r: r.handle.cluster.node.url)
+        low_url, high_url = lower.handle.cluster.node.url, higher.handle.cluster.node.url
+        # The lower URL dials the higher one through gossip (the triangle of the test above).
+        await wait_until(lambda: high_url in lower.handle.cluster.link_sessions, 15)
+        # Now the higher node dials the lower one as well (as a leaf's static redial would).
+        cluster = higher.handle.cluster
+        cluster.set_static(cluster.parse_connect([f"https://127.0.0.1:{pr}/", low_url]))
+        await wait_until(lambda: low_url in higher.handle.cluster.link_sessions, 15)
+        await wait_until(lambda: high_url not in lower.handle.cluster.links, 15)
+        await trio.sleep(1.5)  # past a gossip round: the dropped link is not dialed again
+        assert high_url not in lower.handle.cluster.links and high_url not in lower.handle.cluster.link_sessions
+        assert low_url in higher.handle.cluster.link_sessions
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(lower.url("moql", "anon"), "pair", stop))
+            try:
+                with trio.fail_after(60):
+                    await wait_until(lambda: len(getattr(higher.handle.origin.best("anon/pair"), "hops", ())) == 2, 15)
+                    got = await in_thread(lambda: read_groups(higher.url("moql", "anon"), "pair", 2))
+            finally:
+                stop.set()
+        assert len(got) == 2 and got[0].startswith(b"pair-")
+        # Over the one direct link: the route's last hop is the lower node.
+        assert higher.handle.origin.best("anon/pair").hops[-1] == lower.handle.hop_id
+        await stack.aclose()
+
+
 async def test_static_connect_star_of_five(tmp_path) -> None:
     """HEAD-style static `connect`: four leaves dial one hub; a broadcast crosses hub-leaf links."""
     hub_port = free_port()

@@ -97,6 +97,10 @@ class Origin:
         ok = [b for b in routes if not b.closed and (not exclude_hop or exclude_hop not in b.hops)]
         return min(ok, key=_rank) if ok else None
 
+    def routes(self, path: str) -> list[Broadcast]:
+        """Every live route of `path`, best or not."""
+        return [b for b in self._routes.get(path, ()) if not b.closed]
+
     def active_under(self, prefix: str, exclude_hop: int | None = None) -> list[tuple[str, Broadcast]]:
         out = []
         for path in self._routes:

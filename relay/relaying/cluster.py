@@ -8,7 +8,9 @@ session's nursery owns its upstream pulls and fan-out, and its broadcasts leave 
 Discovery (mesh): every node publishes an empty broadcast `<prefix>/<node URL>`; the origin
 carries it to every peer, and each node dials the advertised nodes whose canonical URL sorts
 after its own, so every pair ends up with exactly one link. A node whose advertisement arrives
-over a direct link (one hop: it dialed us, e.g. a leaf's static `root`) is not dialed back.
+over a direct link (one hop: it dialed us, e.g. a leaf's static `root`) is not dialed back, and
+a link we dialed through gossip is dropped once that node dials us as well: after a partition
+its advertisement may reach us through a third node before its own redial does.
 """
 
 from __future__ import annotations
@@ -209,6 +211,15 @@ class Cluster:
                                       cafile=self.cafile):
             await done.wait()
 
+    def _dialed_us_too(self, peer: PeerUrl, advert_path: str) -> bool:
+        """Whether we hold a gossip link to `peer` and it linked to us itself: its advertisement
+        has a one-hop route that did not come over our link."""
+        if peer.url not in self.links or peer.url in {p.url for p in [*self.static, *self.siblings]}:
+            return False
+        ours = self.link_sessions.get(peer.url)
+        return any(len(route.hops) == 1 and (ours is None or route.source is not ours.subscriber)
+                   for route in self.origin.routes(advert_path))
+
     async def _advertise_and_discover(self) -> None:
         assert self.node is not None
         own_path = paths.join(self.prefix, paths.norm(self.node.url))
@@ -240,6 +251,9 @@ class Cluster:
                         if peer.url > self.node.url and peer.url not in self.links and not direct:
                             log.info("cluster: discovered %s; dialing", peer.url)
                             self._start_link(peer)
+                        elif self._dialed_us_too(peer, abs_path):
+                            log.info("cluster: %s dialed us as well; dropping the link we dialed", peer.url)
+                            self.links.pop(peer.url).cancel()
                     now = trio.current_time()
                     static = {p.url for p in self.static}
                     for url, since in list(withdrawn.items()):
