@@ -8,6 +8,7 @@ to its wire form (the WebTransport range on QUIC and WebTransport, raw on QMux).
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -118,6 +119,12 @@ class SessionInfo:
     bytes_in: int = 0
     bytes_out: int = 0
     opened_at: float = field(default_factory=time.monotonic)  # when the transport set the session up
+    started_at: float = field(default_factory=time.time)  # the same, as a unix time (GET /sessions)
+    # The session's id for operators (GET /sessions, ?id= filters): 128 random bits, hex.
+    session_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    # The request target the session was authorised for (query included), once it is known:
+    # the transport's own path, or the one a SETUP carried on raw QUIC.
+    target: str | None = None
 
 
 class TransportSession(ABC):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import resources
@@ -21,10 +22,11 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from quart import Response
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from relay.web.dashboard import MIN_RATE_INTERVAL, Dashboard, session_labels
+from relay.web.sessions import FilterError, SessionFilter, SessionView, view_of
 
 if TYPE_CHECKING:
     from relay.server import RelayHandle
@@ -206,6 +208,14 @@ class RelayCollector(Collector):
         yield active
 
 
+def node_name(relay: RelayHandle) -> str:
+    """This relay as /sessions names it: its cluster node URL, else the host's name."""
+    cluster = relay.cluster
+    if cluster is not None and cluster.node is not None:
+        return cluster.node.url
+    return socket.gethostname()
+
+
 def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
     """The ops app for `relay`, and its collector (give it the internal HttpServer once built)."""
     app = QuartTrio("relay-internal")
@@ -225,6 +235,34 @@ def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
     @app.get("/nodes")
     async def nodes_() -> Response:
         return Response(json.dumps(nodes(relay)), status=200, content_type="application/json")
+
+    def matching_sessions() -> list[SessionView] | Response:
+        try:
+            wanted = SessionFilter.from_query(request.query_string.decode("latin-1"))
+        except FilterError as exc:
+            return Response(f"{exc}\n", status=400, content_type="text/plain")
+        node = node_name(relay)
+        views = (view_of(s.transport.info, node) for s in relay.admission.sessions)
+        return [v for v in views if wanted.matches(v)]
+
+    @app.get("/sessions")
+    async def sessions_() -> Response:
+        found = matching_sessions()
+        if isinstance(found, Response):
+            return found
+        body = {"sessions": [v.to_json() for v in sorted(found, key=lambda v: v.started)]}
+        return Response(json.dumps(body), status=200, content_type="application/json")
+
+    @app.post("/sessions/revalidate")
+    async def sessions_revalidate() -> Response:
+        # Every grant this relay holds today is fixed (JWT or public rules, checked once at
+        # connect; an auth server's re-checks are not built), so the nudge changes nothing: as
+        # on a fixed lease upstream, the matching ids are still returned.
+        found = matching_sessions()
+        if isinstance(found, Response):
+            return found
+        ids = [v.id for v in found]
+        return Response(json.dumps({"ids": ids}), status=202 if ids else 200, content_type="application/json")
 
     dashboard = Dashboard(relay)
 

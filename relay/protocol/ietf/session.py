@@ -164,6 +164,7 @@ class IetfSession(SessionTasks):
             log.info("%s CLIENT_SETUP parameters were not draft-14 pairs; read leniently", self.name)
         if self.scope is None:
             target = self.transport.info.path or setup.params.path or "/"
+            self.transport.info.target = target
             try:
                 self.scope = self.authorize(target)
             except AuthError as exc:

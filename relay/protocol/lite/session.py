@@ -178,6 +178,7 @@ class LiteSession(SessionTasks):
             if not self._peer_setup.is_set():
                 raise ProtocolError(ErrorCode.TIMEOUT, "no SETUP from the client")
             target = self._setup_path or ""
+        self.transport.info.target = target or "/"
         self.scope = self.authorize(target or "/")
 
     async def _watch_legacy_stream(self, legacy: LegacySetup) -> None:
