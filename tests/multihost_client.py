@@ -16,13 +16,15 @@ clock is shared by all network namespaces, so the test can line events up with i
   whose frames stop for that long, counts as ended (`end stall`). A session that fails is
   redialed after a short pause (`session <why>`).
 
-The subscriber asks for a max latency of LATENCY_US, not the publisher's 30 s: a fresh
-subscription is sent every cached group within its latency, and after a partition heals that
-was some 170 groups at once. moq-rs 0.5.1 then drops groups from its own cache while the
-application holds one of them (it sends STOP_SENDING for the stream) and that group's frame
-read waits forever, with no error; moq-net's model since aborts an evicted group with Old for
-that reason. A 5 s window keeps the burst to some 50 groups, and the stall watchdog covers
-the group read too, so a stuck group ends the subscription the way a player's watchdog would.
+Frames carry timestamps, as media does, and the subscriber asks for a max latency of
+LATENCY_US, not the publisher's 30 s. After a partition heals, the relay next to the publisher
+subscribes afresh and moq-rs answers with its whole 30 s cache at once: arriving together, the
+groups' age shows only in their timestamps (without them, some 170 groups went on to B's
+subscriber). moq-rs 0.5.1 then drops groups from its own cache while the application holds one
+of them (it sends STOP_SENDING for the stream) and that group's frame read waits forever, with
+no error; moq-net's model since aborts an evicted group with Old for that reason. So a burst
+stays within 5 s (some 50 groups), and the stall watchdog covers the group read too: a stuck
+group ends the subscription, as a player's watchdog would.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ async def publish(url: str, name: str, period: float) -> None:
         while not stop.is_set():
             n = int(time.monotonic() / period)
             group = track.append_group()
-            group.write_frame(b"%s-%d" % (name.encode(), n))
+            # Stamped as media is (microseconds): relays judge a burst's staleness by it.
+            group.write_frame(b"%s-%d" % (name.encode(), n), int(time.monotonic() * 1e6))
             group.finish()
             if first:
                 emit("first", n)
