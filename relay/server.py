@@ -133,10 +133,14 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         engine=quic.engine,
         gso=quic.gso,
         max_datagram_size=quic.max_datagram_size,
+        max_data=quic.receive_window,
+        max_stream_data=quic.stream_receive_window,
         reuse_port=worker is not None,
         private_binds=worker.private_binds if worker else None,
         siblings=worker.sibling_addresses() if worker else None,
     )
+    for setting, why in endpoint.engine.cannot_apply(send_window=quic.send_window):
+        log.warning("[quic] %s is not applied by the %s engine: %s", setting, quic.engine, why)
     if worker is None:  # a worker's siblings hold its ports: the supervisor checked them
         check_free(config.server.bind, "udp", "server.bind")  # a port in use: one line naming it
         check_free(config.web.http.listen, "tcp", "web.http.listen")
