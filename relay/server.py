@@ -241,7 +241,9 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
     await nursery.start(cluster.run)
-    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d%s", node, connect, mesh, hop_id,
+    # Peers by canonical URL and cost: a URL's ?jwt= (a peer table's token) stays out of the log.
+    peers = [f"{p.url} cost={p.cost}" for p in cluster.static]
+    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d%s", node, peers, mesh, hop_id,
              f" sibling workers={len(siblings)}" if siblings else "")
     return cluster
 

@@ -42,7 +42,7 @@ GROUPS = {
     "cluster": "[cluster]", "cache": "[cache]: group cache", "client": "[client] (0.17: [connect]): outbound dials (cluster)",
     "internal": "[internal]: ops HTTP listener (/health, /metrics, /nodes; unauthenticated)",
 }
-REFUSED_GROUP = "refused at startup (removed by the Rust relay, or not supported yet): each error says what to use"
+REFUSED_GROUP = "refused at startup (removed by the Rust relay, or not supported yet; the error says what to use)"
 IGNORED_GROUP = "keys of the Rust relay accepted and ignored (each warns once)"
 BOOL_WORDS = ("true", "false")
 

@@ -65,6 +65,7 @@ class Key:
     attr: str | None = ""  # Config attribute path; "" = same as name; None = not stored
     aliases: tuple[str, ...] = ()  # older dotted names (seed, 0.14), each with its own TOML, env, flag
     renamed: tuple[str, ...] = ()  # the moq-relay 0.15+ (0.17) dotted names of this key, likewise
+    new017: bool = False  # a key only moq-relay 0.15+ has (listed in the README's table of 0.17 spellings)
     flags: tuple[str, ...] = ()  # extra flag spellings
     env: tuple[str, ...] = ()  # extra variable names
     cli: bool = True  # has a flag and a variable (not: `file`, whole sections)
@@ -116,9 +117,8 @@ def _stem(name: str) -> str:
 
 
 Y, S, N, X = Support.YES, Support.STORED, Support.NO, Support.REFUSED
-# What a 0.15+ auth server would replace: named by the refusals of the keys it replaced.
-NO_AUTH_URL = ("[auth] url (an external auth server, moq-relay 0.15+) is not supported yet; authenticate "
-               "with auth.key or auth.key_dir (JWTs) or auth.public")
+# What to write instead of 0.15+'s [auth] url, and so of 0.14's auth_api, which it replaced.
+AUTH_INSTEAD = "authenticate with auth.key or auth.key_dir (JWTs) or auth.public"
 DEV_BIND = ["127.0.0.1:4443", "[::1]:4443"]  # TOML-shaped, like every dev value
 
 KEYS: tuple[Key, ...] = (
@@ -159,12 +159,12 @@ KEYS: tuple[Key, ...] = (
     Key("server.quic.keep_alive", v.KEEP_ALIVE, "PING interval; 0s = off", default=5.0, example="0s",
         renamed=("quic.keep_alive",)),
     Key("quic.receive_window", v.WINDOW, "connection flow-control credit given to each peer (bytes)",
-        default=16 << 20, example="32MiB", attr="server.quic.receive_window"),
+        default=16 << 20, example="32MiB", attr="server.quic.receive_window", new017=True),
     Key("quic.stream_receive_window", v.WINDOW, "per-stream flow-control credit given to each peer (bytes)",
-        default=4 << 20, example="1MiB", attr="server.quic.stream_receive_window"),
+        default=4 << 20, example="1MiB", attr="server.quic.stream_receive_window", new017=True),
     Key("quic.send_window", v.WINDOW, "bytes in flight before an acknowledgement: neither aioquic nor qh3 "
         "lets it be set (congestion control decides), so a value only warns at startup", example="8MiB",
-        attr="server.quic.send_window"),
+        attr="server.quic.send_window", new017=True),
     Key("server.quic.engine", v.ENGINE, "QUIC implementation (qh3: pip install 'moq-relay[qh3]')",
         default="aioquic", example="qh3", rust=False, renamed=("quic.engine",)),
     Key("server.quic.gso", v.BOOL, "send with UDP segmentation offload where the kernel has it",
@@ -173,7 +173,7 @@ KEYS: tuple[Key, ...] = (
         "engine's (no path MTU discovery: only for networks known to carry it)", example="1452", rust=False,
         renamed=("quic.max_datagram_size",)),
     Key("server.quic.mtu_discovery", v.ANY_BOOL, "path MTU discovery", support=N, renamed=("quic.mtu_discovery",)),
-    Key("server.quic.congestion_control", v.ANY, "loss | delay (the engines' own controller runs)", support=N,
+    Key("server.quic.congestion_control", v.ANY, "loss | delay (each engine runs its built-in controller)", support=N,
         renamed=("quic.congestion_control",)),
     Key("server.quic.qlog", v.ANY, "qlog trace directory", support=N, renamed=("quic.qlog",)),
     Key("server.quic.preferred_v4", v.ANY, "preferred IPv4 address (QUIC migration)", support=N,
@@ -182,15 +182,16 @@ KEYS: tuple[Key, ...] = (
         renamed=("listen.preferred_v6",)),
     Key("server.quic.quic_lb_id", v.ANY, "QUIC-LB server id", support=N, renamed=("listen.lb_id",)),
     Key("server.quic.quic_lb_nonce", v.ANY, "QUIC-LB nonce length", support=N, renamed=("listen.lb_nonce",)),
-    Key("listen.load_balancer", v.ANY, "QUIC-LB configuration", support=N),
-    Key("listen.timeout", v.ANY, "deadline for a handshake up to MoQ SETUP", support=N),
+    Key("listen.load_balancer", v.ANY, "QUIC-LB configuration", support=N, new017=True),
+    Key("listen.timeout", v.ANY, "deadline for a handshake up to MoQ SETUP", support=N, new017=True),
     Key("server.backend", v.ANY, "the Rust QUIC backend", support=N),
     Key("server.tcp", v.ANY, "[server.tcp]: plaintext QMux over TCP", support=N, section=True, cli=False,
         renamed=("listen.tcp",)),
     Key("server.unix", v.ANY, "[server.unix]: QMux over a Unix socket", support=N, section=True, cli=False,
         renamed=("listen.unix",)),
-    Key("runtime.pin", v.ANY_BOOL, "pin worker threads to cores", support=N),
-    Key("runtime.io_uring", v.ANY_BOOL, "io_uring sockets (this relay uses ordinary UDP sockets)", support=N),
+    Key("runtime.pin", v.ANY_BOOL, "pin worker threads to cores", support=N, new017=True),
+    Key("runtime.io_uring", v.ANY_BOOL, "io_uring sockets (this relay uses ordinary UDP sockets)", support=N,
+        new017=True),
     # ------------------------------------------------------------------ outbound client (cluster dials)
     Key("client.tls.root", v.PATHS, "CA PEM files trusted for peers' certificates; empty = system roots",
         default=[], example="/etc/moq/ca.pem", attr="client.root", flags=("--tls-root",),
@@ -212,10 +213,10 @@ KEYS: tuple[Key, ...] = (
     Key("client.tls.host_name", v.ANY, "SNI and verification name", support=N),
     Key("client.quic", v.ANY, "[client.quic]: outbound QUIC knobs (dials use [server.quic])", support=N,
         section=True, cli=False),
-    Key("connect.once", v.ANY_BOOL, "do not redial a lost peer (this relay always redials)", support=N),
+    Key("connect.once", v.ANY_BOOL, "do not redial a lost peer (this relay always redials)", support=N, new017=True),
     Key("connect.goaway.redirect", v.ANY, "follow a peer's GOAWAY redirect: same-host | follow | ignore",
-        support=N),
-    Key("connect.goaway.handover", v.ANY, "how long a drained upstream keeps serving", support=N),
+        support=N, new017=True),
+    Key("connect.goaway.handover", v.ANY, "how long a drained upstream keeps serving", support=N, new017=True),
     # ------------------------------------------------------------------ TCP web server
     Key("web.ws", v.BOOL, "serve the WebSocket (QMux) fallback on the HTTP listener; false = upgrades "
         "are refused (400)", default=True, example="false"),
@@ -245,9 +246,11 @@ KEYS: tuple[Key, ...] = (
     Key("auth.public.publish", v.STRS, "path prefixes anyone may publish under", example="anon",
         attr="auth.public_publish", group="access", renamed=("auth.public_publish",)),
     Key("auth.public.api", v.ANY, "public-path API", support=N),
-    Key("auth.url", v.ANY, NO_AUTH_URL, support=X),
-    Key("auth.auth_api", v.ANY, "0.14's unified auth API, which moq-relay 0.15 removed: its replacement "
-        "is " + NO_AUTH_URL, support=X, flags=("--auth-api",), env=("MOQ_AUTH_API",)),
+    Key("auth.url", v.ANY, "an external auth server (moq-relay 0.15+) is not supported yet; " + AUTH_INSTEAD,
+        support=X, new017=True),
+    Key("auth.auth_api", v.ANY, "0.14's unified auth API, which moq-relay 0.15 removed; its replacement, "
+        "[auth] url (an external auth server), is not supported yet; " + AUTH_INSTEAD, support=X,
+        flags=("--auth-api",), env=("MOQ_AUTH_API",)),
     Key("auth.mtls_tier", v.ANY, "stats label", support=N),
     Key("auth.domains", v.ANY_LIST, "host suffixes routed to paths", support=N, aliases=("auth.domain",)),
     # ------------------------------------------------------------------ clustering
@@ -268,7 +271,7 @@ KEYS: tuple[Key, ...] = (
     Key("cluster.linger", v.ANY, "removed in moq-relay 0.15 and never acted on here: a broadcast ends "
         "when its last publisher is lost; remove the key", support=X),
     Key("cluster.lan", v.ANY, "[cluster.lan]: mDNS peer discovery (list peers in cluster.connect)", support=N,
-        section=True, cli=False),
+        section=True, cli=False, new017=True),
     Key("cluster.connect_api", v.ANY, "peer list API", support=N),
     Key("cluster.tier", v.ANY, "stats label", support=N),
     # ------------------------------------------------------------------ group cache

@@ -129,6 +129,7 @@ def _walk(table: Mapping[str, Any], prefix: str, layer: Layer, ignore: Ignored) 
         elif key is not None and not is_table:
             if key.support is Support.NO:
                 ignore(key.name)
+                _add(layer, key, value, name)  # unread (no Config path), but two spellings still clash
                 continue
             if key.string_alias and isinstance(value, str) and value and "," not in value:
                 key = BY_NAME[key.string_alias]  # the seed's `connect = "host:port"` is its root

@@ -241,6 +241,13 @@ def _window(value: Any, key: str) -> int:
 PEER_FIELDS = ("url", "cost", "egress", "token")
 
 
+def _table_int(value: Any, key: str) -> int:
+    # A TOML table's number is a TOML integer: "3" is a mistake, not a spelling.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
 def _peer_table(entry: Mapping[str, Any], key: str) -> str:
     """A 0.17 peer table `{url, cost?, egress?, token?}` as the URL string the cluster reads
     (`?cost=` and `?jwt=`), so both spellings of a peer are one value."""
@@ -255,10 +262,10 @@ def _peer_table(entry: Mapping[str, Any], key: str) -> str:
     if "cost" in entry or "egress" in entry:
         if "cost" in query:
             raise ConfigError(f"{key}: {url!r} has ?cost= beside cost/egress fields: give one")
-        cost = parse_int(entry.get("cost", 1), f"{key}.cost")
+        cost = _table_int(entry.get("cost", 1), f"{key}.cost")
         # egress is what we declare in SETUP; this relay declares the cost it charges, so
         # another egress cannot be honoured (moq-relay 0.17 refuses it too).
-        egress = parse_int(entry.get("egress", cost), f"{key}.egress")
+        egress = _table_int(entry.get("egress", cost), f"{key}.egress")
         if not 0 <= cost < 2**62:
             raise ConfigError(f"{key}.cost: must be in 0..2^62, got {cost}")
         if egress != cost:
