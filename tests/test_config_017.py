@@ -179,6 +179,37 @@ def test_017_sections_in_toml(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
         load_config([write(tmp_path, "[quic]\nbogus = 1\n" + TLS_AUTH)], {})
 
 
+def test_017_public_patterns_that_are_prefixes_read_as_them(tmp_path: Path) -> None:
+    base = '[listen]\nbind = "127.0.0.1:4443"\n[listen.tls]\ngenerate = ["localhost"]\n'
+    cfg = load_config([write(tmp_path, base + '[auth]\npublic = ["anon/**", "demo"]\n')], {})
+    assert cfg.auth.public_subscribe == cfg.auth.public_publish == ["anon", "demo"]
+    cfg = load_config([write(tmp_path, base + '[auth]\npublic_subscribe = "**"\npublic_publish = "a/b/**"\n')], {})
+    assert (cfg.auth.public_subscribe, cfg.auth.public_publish) == ([""], ["a/b"])
+    assert load_config([], {"MOQ_AUTH_PUBLIC_PUBLISH": "live/**"}).auth.public_publish == ["live"]
+    # A pattern no prefix can say is refused, never read as a literal path.
+    for pattern in ("*/chat", "room/*", "a/**/b", "x*"):
+        with pytest.raises(ConfigError, match=rf"auth.public_subscribe: the pattern '{re.escape(pattern)}' is not "
+                                              "supported yet; this relay grants path prefixes"):
+            load_config([write(tmp_path, base + f'[auth]\npublic_subscribe = ["{pattern}"]\n')], {})
+
+
+def test_shipped_017_example_is_the_production_relay(tmp_path: Path) -> None:
+    """configs/relay-0.17.toml is configs/production.toml in 0.17 spelling (placeholder paths
+    replaced by real temporary files, as tests/test_config.py does for production.toml)."""
+    from relay.tls import generate_self_signed, write_pem
+
+    write_pem(generate_self_signed(["relay.example"]), str(tmp_path / "fullchain.pem"), str(tmp_path / "privkey.pem"))
+    (tmp_path / "root.jwk").write_text(json.dumps(generate_key("HS256").jwk))
+    loaded = []
+    for name in ("relay-0.17.toml", "production.toml"):
+        text = (ROOT / "configs" / name).read_text().replace("/etc/moq/", f"{tmp_path}/")
+        path = write(tmp_path, text, name)
+        assert main([path, "--check"]) == 0
+        loaded.append(load_config([path], {}))
+    assert plain(loaded[0]) == plain(loaded[1])
+    assert loaded[0].ignored == []
+
+
 # ------------------------------------------------------------------------------ two spellings
 def _toml(values: dict[str, Any]) -> str:
     doc: dict[str, Any] = {}
