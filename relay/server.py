@@ -255,11 +255,16 @@ async def _drain_on_signal(handle: RelayHandle, cancel: trio.CancelScope) -> Non
         signum = await signals.__anext__()
         assert handle.reloader is not None  # set before the signal tasks start
         timeout = handle.reloader.config.drain_timeout  # as last reloaded
-        log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
         handle.admission.draining = True
         notify("STOPPING=1")
-        for session in list(handle.sessions):
-            session.send_goaway()
+        if timeout > 0:
+            log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
+            for session in list(handle.sessions):
+                session.send_goaway()
+        else:
+            # 0.17's meaning of 0: a GOAWAY asks the peer to leave in its own time, and there is none.
+            log.info("signal %s: drain_timeout = 0: closing %d sessions now, without GOAWAY", signum,
+                     len(handle.sessions))
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
 

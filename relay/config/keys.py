@@ -126,7 +126,8 @@ KEYS: tuple[Key, ...] = (
     Key("file", v.PATH, "accepted and ignored: the config file is the one on the command line",
         cli=False, attr=None),
     Key("drain_timeout", v.DURATION, "on the first SIGINT/SIGTERM, wait this long for sessions to leave "
-        "after GOAWAY; a second signal stops at once", default=10.0, example="3s"),
+        "after GOAWAY; a second signal stops at once; 0s = close them at once, without GOAWAY", default=10.0,
+        example="3s"),
     Key("log.level", v.LEVEL, "log level (RUST_LOG, when set, wins)", default="info", example="debug"),
     Key("log.format", v.LOG_FORMAT, "stderr line format: text, or json (one object per line: time, "
         "level, target, message and the record's fields)", default="text", example="json", rust=False),
