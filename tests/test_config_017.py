@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import tomlkit
 import trio
-from harness import ENGINE, Flag, free_port, in_thread, publish_until, read_groups, running_relay
+from harness import ENGINE, Flag, free_port, in_thread, publish_until, read_groups, running_relay, wait_until
 
 from relay.auth.keys import generate_key
 from relay.auth.tokens import sign_token
@@ -347,11 +347,18 @@ def test_what_each_engine_cannot_apply() -> None:
 async def test_quic_windows_reach_the_engine_and_the_rest_is_said(tmp_path: Path, engine: str,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="relay.server")
-    extra = '[quic]\nreceive_window = "8MiB"\nstream_receive_window = "512KiB"\nsend_window = "1MiB"\n'
-    async with running_relay(tmp_path, engine=engine, extra=extra) as relay:
-        endpoint = relay.handle.endpoint
-        assert endpoint is not None
-        assert (endpoint.configuration.max_data, endpoint.configuration.max_stream_data) == (8 << 20, 512 << 10)
+    async with running_relay(tmp_path) as peer:
+        # Accepted connections and the one this relay dials to its peer grant the same windows.
+        extra = ('[quic]\nreceive_window = "8MiB"\nstream_receive_window = "512KiB"\nsend_window = "1MiB"\n'
+                 f'[connect.tls]\ninsecure = true\n[cluster]\nconnect = ["https://127.0.0.1:{peer.port}/"]\n')
+        async with running_relay(tmp_path, engine=engine, extra=extra) as relay:
+            endpoint, cluster = relay.handle.endpoint, relay.handle.cluster
+            assert endpoint is not None and cluster is not None
+            assert (endpoint.configuration.max_data, endpoint.configuration.max_stream_data) == (8 << 20, 512 << 10)
+            await wait_until(lambda: len(cluster.link_sessions) == 1, 15)
+            [link] = cluster.link_sessions.values()
+            dialed = link.transport._conn.quic._configuration  # type: ignore[attr-defined]
+            assert (dialed.is_client, dialed.max_data, dialed.max_stream_data) == (True, 8 << 20, 512 << 10)
     said = [r.getMessage() for r in caplog.records if r.name == "relay.server"]
     assert f"[quic] send_window is not applied by the {engine} engine" in "\n".join(said)
     assert ("[quic] max_streams is not applied by the qh3 engine" in "\n".join(said)) == (engine == "qh3")
