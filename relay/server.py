@@ -133,10 +133,14 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         engine=quic.engine,
         gso=quic.gso,
         max_datagram_size=quic.max_datagram_size,
+        max_data=quic.receive_window,
+        max_stream_data=quic.stream_receive_window,
         reuse_port=worker is not None,
         private_binds=worker.private_binds if worker else None,
         siblings=worker.sibling_addresses() if worker else None,
     )
+    for setting, why in endpoint.engine.cannot_apply(send_window=quic.send_window):
+        log.warning("[quic] %s is not applied by the %s engine: %s", setting, quic.engine, why)
     if worker is None:  # a worker's siblings hold its ports: the supervisor checked them
         check_free(config.server.bind, "udp", "server.bind")  # a port in use: one line naming it
         check_free(config.web.http.listen, "tcp", "web.http.listen")
@@ -237,7 +241,9 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
     await nursery.start(cluster.run)
-    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d%s", node, connect, mesh, hop_id,
+    # Peers by canonical URL and cost: a URL's ?jwt= (a peer table's token) stays out of the log.
+    peers = [f"{p.url} cost={p.cost}" for p in cluster.static]
+    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d%s", node, peers, mesh, hop_id,
              f" sibling workers={len(siblings)}" if siblings else "")
     return cluster
 
@@ -249,11 +255,16 @@ async def _drain_on_signal(handle: RelayHandle, cancel: trio.CancelScope) -> Non
         signum = await signals.__anext__()
         assert handle.reloader is not None  # set before the signal tasks start
         timeout = handle.reloader.config.drain_timeout  # as last reloaded
-        log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
         handle.admission.draining = True
         notify("STOPPING=1")
-        for session in list(handle.sessions):
-            session.send_goaway()
+        if timeout > 0:
+            log.info("signal %s: draining %d sessions (up to %.0fs)", signum, len(handle.sessions), timeout)
+            for session in list(handle.sessions):
+                session.send_goaway()
+        else:
+            # 0.17's meaning of 0: a GOAWAY asks the peer to leave in its own time, and there is none.
+            log.info("signal %s: drain_timeout = 0: closing %d sessions now, without GOAWAY", signum,
+                     len(handle.sessions))
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as nursery:
 

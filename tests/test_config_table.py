@@ -211,15 +211,6 @@ def test_one_source_giving_a_key_twice_is_an_error(tmp_path: Path) -> None:
         load_config([], {"MOQ_SERVER_BIND": "127.0.0.1:1", "MOQ_SERVER_LISTEN": "127.0.0.1:2"})
 
 
-@pytest.mark.parametrize(("section", "ours"), [("listen", "[server]"), ("quic", "[server.quic]"),
-                                               ("connect", "[client]")])
-def test_rust_015_sections_name_ours(tmp_path: Path, section: str, ours: str) -> None:
-    path = tmp_path / "relay.toml"
-    path.write_text(toml_text(BASE) + f"[{section}]\nx = 1\n")
-    with pytest.raises(ConfigError, match=rf"\[{section}\] is the Rust 0.15\+ name of {ours.replace('[', '.')}"):
-        load_config([str(path)], {})
-
-
 # ------------------------------------------------------------------------------ real processes
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("MOQ_") and k != "RUST_LOG"}

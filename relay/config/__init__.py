@@ -10,7 +10,9 @@
 Precedence, strongest first: flag, environment variable, TOML (or, with no file, the
 development profile), built-in default. Unknown keys are errors naming the key (except inside
 [auth], where Rust ignores them); keys the Rust relay knows but we do not implement load with
-one warning each, so a HEAD config still starts.
+one warning each, so a HEAD config still starts. The moq-relay 0.15+ (0.17) spellings are read
+beside the seed's and 0.14's; the keys 0.15 removed that we never acted on, and `[auth] url`,
+are refused with what to write instead.
 """
 
 from relay.config.flags import Invocation, build_config, build_parser, help_text, load_config, parse_args

@@ -35,11 +35,14 @@ drops the development defaults altogether.
 
 # Help groups, in this order: a key's first name segment picks its group.
 GROUPS = {
-    "top": "top level", "log": "[log]", "server": "[server]: QUIC listener (raw QUIC, WebTransport)",
+    "top": "top level", "log": "[log]",
+    "server": "[server] (0.17: [listen], [quic], [runtime]): QUIC listener (raw QUIC, WebTransport)",
+    "quic": "[quic]: QUIC flow control of accepted and dialed connections",
     "web": "[web]: TCP listener (HTTP, WebSocket fallback)", "auth": "[auth]: who may publish and subscribe",
-    "cluster": "[cluster]", "cache": "[cache]: group cache", "client": "[client]: outbound dials (cluster)",
+    "cluster": "[cluster]", "cache": "[cache]: group cache", "client": "[client] (0.17: [connect]): outbound dials (cluster)",
     "internal": "[internal]: ops HTTP listener (/health, /metrics, /nodes; unauthenticated)",
 }
+REFUSED_GROUP = "refused at startup (removed by the Rust relay, or not supported yet; the error says what to use)"
 IGNORED_GROUP = "keys of the Rust relay accepted and ignored (each warns once)"
 BOOL_WORDS = ("true", "false")
 
@@ -95,12 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="store_true", dest="show_version", help="print the version")
     parser.add_argument("-h", "--help", action="store_true", dest="show_help", help="print this help")
     groups = {name: parser.add_argument_group(title) for name, title in GROUPS.items()}
+    refused = parser.add_argument_group(REFUSED_GROUP)
     ignored = parser.add_argument_group(IGNORED_GROUP)
     for key in KEYS:
         if not key.flag_names:
             continue
         head = key.name.split(".")[0] if "." in key.name else "top"
-        group = groups[head] if key.implemented else ignored
+        group = groups[head] if key.implemented else refused if key.support is Support.REFUSED else ignored
         extra: dict[str, Any] = {"nargs": "?", "const": "true"} if key.type.bare else {}
         group.add_argument(*key.flag_names, action=_Record, key=key, dest=argparse.SUPPRESS,
                            metavar=key.type.metavar, help=_help(key), **extra)

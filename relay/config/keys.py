@@ -2,14 +2,17 @@
 
 Everything else is derived from `KEYS`: the defaults of the dataclasses in `model.py`, the
 `MOQ_*` variable and `--flag` names, the argparse parser and its `--help` (`flags.py`), which
-TOML keys are known, implemented, or accepted with a warning (`load.py`), and the development
-profile used when no config file is given.
+TOML keys are known, implemented, accepted with a warning or refused (`load.py`), the README's
+table of 0.17 spellings (checked by tests/test_config_017.py), and the development profile used
+when no config file is given.
 
 Naming: a key's dotted name is its TOML path (`server.quic.max_streams` is `max_streams` in
 `[server.quic]`). Its variable is `MOQ_` + the name upper-cased with `.` as `_`
 (`MOQ_SERVER_QUIC_MAX_STREAMS`), its flag `--` + the name with `.` and `_` as `-`
-(`--server-quic-max-streams`). Aliases get all three spellings as well; `flags` and `env` add
-spellings beyond those (the seed's `--listen`, `--tls-cert`, ...).
+(`--server-quic-max-streams`). Aliases (older spellings) and `renamed` (the moq-relay 0.15+
+spellings, `quic.max_streams`) get all three spellings as well, except that 0.15+ spells
+`listen.bind` as `--listen` / `MOQ_LISTEN` (`CLI_STEMS`); `flags` and `env` add spellings beyond
+those (0.14's `--tls-cert`, ...). One source giving a key in two spellings is an error naming both.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ class Support(enum.Enum):
     # warns like an unimplemented key. Move a key to YES when its feature lands.
     STORED = "stored, not acted on yet"
     NO = "accepted and ignored"  # a Rust relay key we do not implement: one warning, value unread
-    # A Rust relay 0.15+ spelling of something this relay reads under its 0.14 name: a startup
-    # error naming our spelling, since ignoring it would silently drop a listener or trust setting.
-    RENAMED = "renamed in Rust 0.15+"
+    # Refused at load from any source, `help` saying why and what to write instead: keys Rust
+    # removed that we never acted on, and ones whose feature is missing here and whose absence
+    # would silently change who is admitted.
+    REFUSED = "refused at load"
 
 
 class _Unset:
@@ -59,7 +63,9 @@ class Key:
     rust: bool = True  # the Rust relay (seed 0.9.6 or 0.14) knows this key
     support: Support = Support.YES
     attr: str | None = ""  # Config attribute path; "" = same as name; None = not stored
-    aliases: tuple[str, ...] = ()  # other dotted names (each with its own TOML, env, flag)
+    aliases: tuple[str, ...] = ()  # older dotted names (seed, 0.14), each with its own TOML, env, flag
+    renamed: tuple[str, ...] = ()  # the moq-relay 0.15+ (0.17) dotted names of this key, likewise
+    new017: bool = False  # a key only moq-relay 0.15+ has (listed in the README's table of 0.17 spellings)
     flags: tuple[str, ...] = ()  # extra flag spellings
     env: tuple[str, ...] = ()  # extra variable names
     cli: bool = True  # has a flag and a variable (not: `file`, whole sections)
@@ -78,26 +84,41 @@ class Key:
 
     @property
     def names(self) -> tuple[str, ...]:
-        return (self.name, *self.aliases)
+        return (self.name, *self.aliases, *self.renamed)
 
     @property
     def env_names(self) -> tuple[str, ...]:
         if not self.cli:
             return ()
-        return (*("MOQ_" + n.upper().replace(".", "_") for n in self.names), *self.env)
+        # dict.fromkeys: two names may share a variable (`auth.public.subscribe` and 0.17's
+        # `auth.public_subscribe` are both MOQ_AUTH_PUBLIC_SUBSCRIBE).
+        derived = ("MOQ_" + _stem(n).upper().replace(".", "_") for n in self.names)
+        return tuple(dict.fromkeys((*derived, *self.env)))
 
     @property
     def flag_names(self) -> tuple[str, ...]:
         if not self.cli:
             return ()
-        return (*("--" + n.replace(".", "-").replace("_", "-") for n in self.names), *self.flags)
+        derived = ("--" + _stem(n).replace(".", "-").replace("_", "-") for n in self.names)
+        return tuple(dict.fromkeys((*derived, *self.flags)))
 
     @property
     def implemented(self) -> bool:
         return self.support in (Support.YES, Support.STORED)
 
 
-Y, S, N, R = Support.YES, Support.STORED, Support.NO, Support.RENAMED
+# moq-relay 0.15+ names flags and variables `--<section>-<key>` / `MOQ_<SECTION>_<KEY>`, except
+# these (the dotted name -> the stem that flag and variable are derived from).
+CLI_STEMS = {"listen.bind": "listen"}
+
+
+def _stem(name: str) -> str:
+    return CLI_STEMS.get(name, name)
+
+
+Y, S, N, X = Support.YES, Support.STORED, Support.NO, Support.REFUSED
+# What to write instead of 0.15+'s [auth] url, and so of 0.14's auth_api, which it replaced.
+AUTH_INSTEAD = "authenticate with auth.key or auth.key_dir (JWTs) or auth.public"
 DEV_BIND = ["127.0.0.1:4443", "[::1]:4443"]  # TOML-shaped, like every dev value
 
 KEYS: tuple[Key, ...] = (
@@ -105,68 +126,98 @@ KEYS: tuple[Key, ...] = (
     Key("file", v.PATH, "accepted and ignored: the config file is the one on the command line",
         cli=False, attr=None),
     Key("drain_timeout", v.DURATION, "on the first SIGINT/SIGTERM, wait this long for sessions to leave "
-        "after GOAWAY; a second signal stops at once", default=10.0, example="3s"),
+        "after GOAWAY; a second signal stops at once; 0s = close them at once, without GOAWAY", default=10.0,
+        example="3s"),
     Key("log.level", v.LEVEL, "log level (RUST_LOG, when set, wins)", default="info", example="debug"),
     Key("log.format", v.LOG_FORMAT, "stderr line format: text, or json (one object per line: time, "
         "level, target, message and the record's fields)", default="text", example="json", rust=False),
     # ------------------------------------------------------------------ QUIC listener
     Key("server.bind", v.ADDRS, "UDP addresses for raw QUIC (moql://) and WebTransport (https://)",
         default=[("::", 443)], dev=DEV_BIND, example="127.0.0.1:4443,[::1]:4444",
-        aliases=("server.listen",), flags=("--listen",)),
+        aliases=("server.listen",), renamed=("listen.bind",)),
     Key("server.workers", v.WORKERS, "relay processes sharing the ports (SO_REUSEPORT), linked as a local "
-        "cluster; auto = one per core", default=0, dev=1, example="2", rust=False),
+        "cluster; auto = one per core", default=0, dev=1, example="2", rust=False, renamed=("runtime.workers",)),
     Key("server.version", v.VERSIONS, "versions to offer: moq-lite ALPNs (moq-lite-06 ... moq-lite-03, moql) "
         "and IETF moq-transport-14 (ALPN / wt-protocol moq-00), moqt-15 and moqt-16 (ALPNs moqt-15, moqt-16); "
         "unset = all, moq-lite preferred, then the newest draft",
-        example="moq-lite-05,moql,moq-transport-14"),
+        example="moq-lite-05,moql,moq-transport-14", renamed=("listen.version",)),
     Key("server.tls.cert", v.PATHS, "PEM certificate chain files, paired with server.tls.key by index",
-        default=[], example="/etc/moq/fullchain.pem", flags=("--tls-cert",), group="identity"),
+        default=[], example="/etc/moq/fullchain.pem", flags=("--tls-cert",), group="identity",
+        renamed=("listen.tls.cert",)),
     Key("server.tls.key", v.PATHS, "PEM private key files", default=[], example="/etc/moq/privkey.pem",
-        flags=("--tls-key",), group="identity"),
+        flags=("--tls-key",), group="identity", renamed=("listen.tls.key",)),
     Key("server.tls.generate", v.STRS, "host names and IPs for a generated self-signed certificate "
         "(14 days, renewed a day before it expires)", default=[], dev=["localhost", "127.0.0.1", "::1"],
-        example="localhost,::1", flags=("--tls-generate",), group="identity"),
+        example="localhost,::1", flags=("--tls-generate",), group="identity", renamed=("listen.tls.generate",)),
     Key("server.tls.root", v.PATHS, "client-certificate CAs (mTLS): not implemented, refused at load; "
-        "give cluster peers a token instead", default=[], example="/etc/moq/ca.pem", group="access"),
-    Key("server.quic.max_streams", v.INT, "streams each peer may open each way", default=10000,
-        example="500"),
+        "give cluster peers a token instead", default=[], example="/etc/moq/ca.pem", group="access",
+        renamed=("listen.tls.root",)),
+    # These apply to accepted and dialed connections alike, as 0.15+'s one [quic] section does.
+    Key("server.quic.max_streams", v.INT, "streams each peer may open each way (aioquic; qh3 fixes its own "
+        "limits and says so at startup)", default=10000, example="500", renamed=("quic.max_streams",)),
     Key("server.quic.idle_timeout", v.DURATION, "close a connection silent this long", default=30.0,
-        example="1m"),
-    Key("server.quic.keep_alive", v.KEEP_ALIVE, "PING interval; 0s = off", default=5.0, example="0s"),
+        example="1m", renamed=("quic.idle_timeout",)),
+    Key("server.quic.keep_alive", v.KEEP_ALIVE, "PING interval; 0s = off", default=5.0, example="0s",
+        renamed=("quic.keep_alive",)),
+    Key("quic.receive_window", v.WINDOW, "connection flow-control credit given to each peer (bytes)",
+        default=16 << 20, example="32MiB", attr="server.quic.receive_window", new017=True),
+    Key("quic.stream_receive_window", v.WINDOW, "per-stream flow-control credit given to each peer (bytes)",
+        default=4 << 20, example="1MiB", attr="server.quic.stream_receive_window", new017=True),
+    Key("quic.send_window", v.WINDOW, "bytes in flight before an acknowledgement: neither aioquic nor qh3 "
+        "lets it be set (congestion control decides), so a value only warns at startup", example="8MiB",
+        attr="server.quic.send_window", new017=True),
     Key("server.quic.engine", v.ENGINE, "QUIC implementation (qh3: pip install 'moq-relay[qh3]')",
-        default="aioquic", example="qh3", rust=False),
+        default="aioquic", example="qh3", rust=False, renamed=("quic.engine",)),
     Key("server.quic.gso", v.BOOL, "send with UDP segmentation offload where the kernel has it",
-        default=True, example="false"),
+        default=True, example="false", renamed=("quic.gso",)),
     Key("server.quic.max_datagram_size", v.INT, "largest UDP payload sent, 1200-1452; unset = the "
-        "engine's (no path MTU discovery: only for networks known to carry it)", example="1452", rust=False),
-    Key("server.quic.mtu_discovery", v.ANY_BOOL, "path MTU discovery", support=N),
-    Key("server.quic.congestion_control", v.ANY, "loss | delay", support=N),
-    Key("server.quic.qlog", v.ANY, "qlog trace directory", support=N),
-    Key("server.quic.preferred_v4", v.ANY, "preferred IPv4 address (QUIC migration)", support=N),
-    Key("server.quic.preferred_v6", v.ANY, "preferred IPv6 address (QUIC migration)", support=N),
-    Key("server.quic.quic_lb_id", v.ANY, "QUIC-LB server id", support=N),
-    Key("server.quic.quic_lb_nonce", v.ANY, "QUIC-LB nonce length", support=N),
+        "engine's (no path MTU discovery: only for networks known to carry it)", example="1452", rust=False,
+        renamed=("quic.max_datagram_size",)),
+    Key("server.quic.mtu_discovery", v.ANY_BOOL, "path MTU discovery", support=N, renamed=("quic.mtu_discovery",)),
+    Key("server.quic.congestion_control", v.ANY, "loss | delay (each engine runs its built-in controller)", support=N,
+        renamed=("quic.congestion_control",)),
+    Key("server.quic.qlog", v.ANY, "qlog trace directory", support=N, renamed=("quic.qlog",)),
+    Key("server.quic.preferred_v4", v.ANY, "preferred IPv4 address (QUIC migration)", support=N,
+        renamed=("listen.preferred_v4",)),
+    Key("server.quic.preferred_v6", v.ANY, "preferred IPv6 address (QUIC migration)", support=N,
+        renamed=("listen.preferred_v6",)),
+    Key("server.quic.quic_lb_id", v.ANY, "QUIC-LB server id", support=N, renamed=("listen.lb_id",)),
+    Key("server.quic.quic_lb_nonce", v.ANY, "QUIC-LB nonce length", support=N, renamed=("listen.lb_nonce",)),
+    Key("listen.load_balancer", v.ANY, "QUIC-LB configuration", support=N, new017=True),
+    Key("listen.timeout", v.ANY, "deadline for a handshake up to MoQ SETUP", support=N, new017=True),
     Key("server.backend", v.ANY, "the Rust QUIC backend", support=N),
-    Key("server.tcp", v.ANY, "[server.tcp]: plaintext QMux over TCP", support=N, section=True, cli=False),
-    Key("server.unix", v.ANY, "[server.unix]: QMux over a Unix socket", support=N, section=True, cli=False),
+    Key("server.tcp", v.ANY, "[server.tcp]: plaintext QMux over TCP", support=N, section=True, cli=False,
+        renamed=("listen.tcp",)),
+    Key("server.unix", v.ANY, "[server.unix]: QMux over a Unix socket", support=N, section=True, cli=False,
+        renamed=("listen.unix",)),
+    Key("runtime.pin", v.ANY_BOOL, "pin worker threads to cores", support=N, new017=True),
+    Key("runtime.io_uring", v.ANY_BOOL, "io_uring sockets (this relay uses ordinary UDP sockets)", support=N,
+        new017=True),
     # ------------------------------------------------------------------ outbound client (cluster dials)
     Key("client.tls.root", v.PATHS, "CA PEM files trusted for peers' certificates; empty = system roots",
-        default=[], example="/etc/moq/ca.pem", attr="client.root", flags=("--tls-root",)),
+        default=[], example="/etc/moq/ca.pem", attr="client.root", flags=("--tls-root",),
+        renamed=("connect.tls.root",)),
     Key("client.tls.disable_verify", v.BOOL, "DANGER: do not check peers' certificates (development "
         "clusters with self-signed certificates)", default=False, example="true", attr="client.disable_verify",
-        flags=("--tls-disable-verify",)),
-    Key("client.bind", v.ANY, "local address for outbound QUIC", support=N),
+        flags=("--tls-disable-verify",), renamed=("connect.tls.insecure",)),
+    Key("client.bind", v.ANY, "local address for outbound QUIC", support=N, renamed=("connect.bind",)),
     Key("client.timeout", v.ANY, "dial and handshake timeout", support=N, flags=("--client-connect-timeout",),
-        env=("MOQ_CLIENT_CONNECT_TIMEOUT",)),
-    Key("client.failover_delay", v.ANY, "Happy Eyeballs stagger", support=N),
+        env=("MOQ_CLIENT_CONNECT_TIMEOUT",), renamed=("connect.timeout",)),
+    Key("client.failover_delay", v.ANY, "Happy Eyeballs stagger", support=N, renamed=("connect.race",)),
     Key("client.resolution_delay", v.ANY, "Happy Eyeballs resolution delay", support=N),
     Key("client.version", v.ANY_LIST, "versions offered when dialing", support=N),
-    Key("client.tls.system_roots", v.ANY_BOOL, "trust system roots besides client.tls.root", support=N),
+    Key("client.tls.system_roots", v.ANY_BOOL, "trust system roots besides client.tls.root", support=N,
+        renamed=("connect.tls.system_roots",)),
     Key("client.tls.fingerprint", v.ANY_LIST, "SHA-256 certificate pins", support=N),
-    Key("client.tls.cert", v.ANY, "client certificate (mTLS to peers)", support=N),
-    Key("client.tls.key", v.ANY, "client private key", support=N),
+    Key("client.tls.cert", v.ANY, "client certificate (mTLS to peers)", support=N, renamed=("connect.tls.cert",)),
+    Key("client.tls.key", v.ANY, "client private key", support=N, renamed=("connect.tls.key",)),
     Key("client.tls.host_name", v.ANY, "SNI and verification name", support=N),
-    Key("client.quic", v.ANY, "[client.quic]: outbound QUIC knobs", support=N, section=True, cli=False),
+    Key("client.quic", v.ANY, "[client.quic]: outbound QUIC knobs (dials use [server.quic])", support=N,
+        section=True, cli=False),
+    Key("connect.once", v.ANY_BOOL, "do not redial a lost peer (this relay always redials)", support=N, new017=True),
+    Key("connect.goaway.redirect", v.ANY, "follow a peer's GOAWAY redirect: same-host | follow | ignore",
+        support=N, new017=True),
+    Key("connect.goaway.handover", v.ANY, "how long a drained upstream keeps serving", support=N, new017=True),
     # ------------------------------------------------------------------ TCP web server
     Key("web.ws", v.BOOL, "serve the WebSocket (QMux) fallback on the HTTP listener; false = upgrades "
         "are refused (400)", default=True, example="false"),
@@ -189,18 +240,23 @@ KEYS: tuple[Key, ...] = (
     # `public` is the shorthand: it sets both lists below, and a publish or subscribe list from
     # the same source adds to it.
     Key("auth.public", v.PREFIXES, "path prefixes anyone may publish and subscribe under without a "
-        "token; \"\" = everything (development only)", dev="", example="anon,demo", attr=None,
-        feeds=("auth.public.subscribe", "auth.public.publish"), group="access"),
-    Key("auth.public.subscribe", v.STRS, "path prefixes anyone may subscribe under", example="anon,demo",
-        attr="auth.public_subscribe", group="access"),
-    Key("auth.public.publish", v.STRS, "path prefixes anyone may publish under", example="anon",
-        attr="auth.public_publish", group="access"),
+        "token (0.17's `p/**` reads as p); \"\" = everything (development only)", dev="", example="anon,demo",
+        attr=None, feeds=("auth.public.subscribe", "auth.public.publish"), group="access"),
+    Key("auth.public.subscribe", v.PUBLIC_PATHS, "path prefixes anyone may subscribe under", example="anon,demo",
+        attr="auth.public_subscribe", group="access", renamed=("auth.public_subscribe",)),
+    Key("auth.public.publish", v.PUBLIC_PATHS, "path prefixes anyone may publish under", example="anon",
+        attr="auth.public_publish", group="access", renamed=("auth.public_publish",)),
     Key("auth.public.api", v.ANY, "public-path API", support=N),
-    Key("auth.auth_api", v.ANY, "unified auth API", support=N, flags=("--auth-api",), env=("MOQ_AUTH_API",)),
+    Key("auth.url", v.ANY, "an external auth server (moq-relay 0.15+) is not supported yet; " + AUTH_INSTEAD,
+        support=X, new017=True),
+    Key("auth.auth_api", v.ANY, "0.14's unified auth API, which moq-relay 0.15 removed; its replacement, "
+        "[auth] url (an external auth server), is not supported yet; " + AUTH_INSTEAD, support=X,
+        flags=("--auth-api",), env=("MOQ_AUTH_API",)),
     Key("auth.mtls_tier", v.ANY, "stats label", support=N),
     Key("auth.domains", v.ANY_LIST, "host suffixes routed to paths", support=N, aliases=("auth.domain",)),
     # ------------------------------------------------------------------ clustering
-    Key("cluster.connect", v.URLS, "peer URLs to dial (https://host:port/?jwt=..&cost=N)", default=[],
+    Key("cluster.connect", v.PEERS, "peer URLs to dial (https://host:port/?jwt=..&cost=N; in TOML also "
+        "{url, cost, egress, token} tables)", default=[],
         example="https://a.example:4443/,https://b.example/?cost=3", string_alias="cluster.root"),
     Key("cluster.root", v.URL, "seed style: the rendezvous relay to dial and gossip through (a single "
         "TOML string in connect means this)", example="https://root.example:4443/", excludes="cluster.connect"),
@@ -213,8 +269,10 @@ KEYS: tuple[Key, ...] = (
     Key("cluster.id", v.CLUSTER_ID, "origin (hop) id, 1..2^62; unset = random per start", example="12345"),
     Key("cluster.prefix", v.STR, "seed style: the gossip prefix", default=".internal/origins",
         example="internal/origins"),
-    Key("cluster.linger", v.DURATION, "keep a broadcast announced this long after its publisher "
-        "vanishes (not acted on yet)", default=5.0, example="2s", support=S),
+    Key("cluster.linger", v.ANY, "removed in moq-relay 0.15 and never acted on here: a broadcast ends "
+        "when its last publisher is lost; remove the key", support=X),
+    Key("cluster.lan", v.ANY, "[cluster.lan]: mDNS peer discovery (list peers in cluster.connect)", support=N,
+        section=True, cli=False, new017=True),
     Key("cluster.connect_api", v.ANY, "peer list API", support=N),
     Key("cluster.tier", v.ANY, "stats label", support=N),
     # ------------------------------------------------------------------ group cache
@@ -229,14 +287,6 @@ KEYS: tuple[Key, ...] = (
     # ------------------------------------------------------------------ other Rust relay sections
     Key("stats", v.ANY, "[stats]: stats broadcasts", support=N, section=True, cli=False),
     Key("iroh", v.ANY, "[iroh]: iroh transport", support=N, section=True, cli=False),
-    # Rust 0.15 renamed whole sections; a 0.15+ config would otherwise fail on "unknown field"
-    # without saying what to write instead.
-    Key("listen", v.ANY, "the Rust 0.15+ name of [server] (bind, tls); this relay reads [server]",
-        support=R, section=True, cli=False),
-    Key("quic", v.ANY, "the Rust 0.15+ name of [server.quic]; this relay reads [server.quic]",
-        support=R, section=True, cli=False),
-    Key("connect", v.ANY, "the Rust 0.15+ name of [client] (with insecure for disable_verify); this "
-        "relay reads [client]", support=R, section=True, cli=False),
 )
 
 

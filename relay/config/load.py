@@ -32,7 +32,7 @@ import tomlkit
 from relay.config.keys import BY_NAME, KEYS, SECTIONS, UNSET, Key, Same, Support
 from relay.config.model import Config, get, put
 from relay.config.validate import validate
-from relay.config.values import ConfigError, is_loopback
+from relay.config.values import ConfigError, UsageError, is_loopback
 from relay.protocol.negotiate import parse_version
 
 log = logging.getLogger("relay.config")
@@ -51,15 +51,28 @@ Layer = dict[str, Given]
 
 
 class Ignored:
-    """One warning per ignored key per load, whichever sources (TOML, env, flag) gave it."""
+    """One warning per ignored key per load, whichever sources (TOML, env, flag) gave it; and
+    the refused keys, every one of them named in the one error that stops the load."""
 
     def __init__(self) -> None:
         self.keys: list[str] = []
+        self.refused: dict[str, str] = {}  # spelling as given -> why, and what to write instead
 
     def __call__(self, what: str) -> None:
         if what not in self.keys:
             self.keys.append(what)
             log.warning("%s is not supported, ignored", what)
+
+    def refuse(self, key: Key, label: str) -> None:
+        self.refused.setdefault(label, key.help)
+
+    def raise_refused(self) -> None:
+        if len(self.refused) == 1:
+            [(label, why)] = self.refused.items()
+            raise ConfigError(f"{label}: {why}")
+        if self.refused:
+            lines = "".join(f"\n  {label}: {why}" for label, why in self.refused.items())
+            raise ConfigError(f"{len(self.refused)} settings are refused:{lines}")
 
 
 def _parse(key: Key, raw: Any, label: str) -> Any:
@@ -111,11 +124,12 @@ def _walk(table: Mapping[str, Any], prefix: str, layer: Layer, ignore: Ignored) 
         key = BY_NAME.get(name)
         # `auth.public` is both a key (a string or list) and a table (subscribe, publish).
         is_table = isinstance(value, Mapping) and name in SECTIONS and not (key and key.section)
-        if key is not None and key.support is Support.RENAMED:
-            raise ConfigError(f"[{name}] is {key.help}")
-        if key is not None and not is_table:
+        if key is not None and key.support is Support.REFUSED:
+            ignore.refuse(key, f"[{prefix}] {raw_key}" if prefix else str(raw_key))
+        elif key is not None and not is_table:
             if key.support is Support.NO:
                 ignore(key.name)
+                _add(layer, key, value, name)  # unread (no Config path), but two spellings still clash
                 continue
             if key.string_alias and isinstance(value, str) and value and "," not in value:
                 key = BY_NAME[key.string_alias]  # the seed's `connect = "host:port"` is its root
@@ -140,6 +154,9 @@ def env_layer(env: Mapping[str, str], ignore: Ignored) -> Layer:
             continue
         if len(given) > 1:
             raise ConfigError(f"{' and '.join(given)} are the same setting ({key.name}): set one")
+        if key.support is Support.REFUSED:
+            ignore.refuse(key, given[0])
+            continue
         if key.support is Support.NO:
             ignore(key.name)
             continue
@@ -149,10 +166,17 @@ def env_layer(env: Mapping[str, str], ignore: Ignored) -> Layer:
 
 def flag_layer(flags: Iterable[tuple[str, str, str]], ignore: Ignored) -> Layer:
     """(key, raw value, flag as given) in command-line order. A list flag may repeat and its
-    values add up (`--server-bind a --listen b`); any other flag given twice: the last wins."""
+    values add up (`--server-bind a --server-bind b`); any other flag given twice: the last
+    wins. Two spellings of one key (`--server-bind a --listen b`) are a usage error."""
     layer: Layer = {}
+    spelled: dict[str, str] = {}
     for name, raw, flag in flags:
         key = BY_NAME[name]
+        if spelled.setdefault(name, flag) != flag:
+            raise UsageError(f"{spelled[name]} and {flag} are the same setting ({name}): give one")
+        if key.support is Support.REFUSED:
+            ignore.refuse(key, flag)
+            continue
         if key.support is Support.NO:
             ignore(key.name)
             continue
@@ -240,6 +264,7 @@ def build(config_path: str | None, flags: Iterable[tuple[str, str, str]], env: M
     base = toml_layer(doc, ignore) if doc is not None else None
     envs = env_layer(env, ignore)
     flagged = flag_layer(flags, ignore)
+    ignore.raise_refused()  # before anything else is judged: these need editing first
     hint = ""
     if base is not None:
         cfg, merged = assemble([base, envs, flagged], dev=False)

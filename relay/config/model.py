@@ -31,6 +31,9 @@ class QuicConfig:
     max_streams: int = _d("server.quic.max_streams")
     idle_timeout: float = _d("server.quic.idle_timeout")
     keep_alive: float | None = _d("server.quic.keep_alive")  # None = off
+    receive_window: int = _d("quic.receive_window")  # bytes: QUIC max_data
+    stream_receive_window: int = _d("quic.stream_receive_window")  # bytes: QUIC max_stream_data
+    send_window: int | None = _d("quic.send_window")  # no engine applies it: warned at startup
     engine: str = _d("server.quic.engine")  # ours: "aioquic" | "qh3"
     gso: bool = _d("server.quic.gso")
     # None = the engine's default (aioquic 1200, qh3 1280).
@@ -96,7 +99,6 @@ class ClusterConfig:
     token: str | None = _d("cluster.token")
     id: int | None = _d("cluster.id")
     prefix: str = _d("cluster.prefix")
-    linger: float = _d("cluster.linger")
 
 
 @dataclass

@@ -7,7 +7,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,9 +206,23 @@ def _keep_alive(value: Any, key: str) -> float | None:
     return None if d == 0 else d  # "0s" switches keep-alives off
 
 
+def _public_paths(value: Any, key: str) -> list[str]:
+    """Path prefixes. moq-relay 0.15+ writes public access as patterns: `p/**` (p and everything
+    below it) and `**` are exactly the prefixes `p` and `""` and read as them; any other
+    wildcard is refused, since a prefix cannot say it."""
+    out = []
+    for entry in parse_list(value, key):
+        prefix = "" if entry == "**" else entry.removesuffix("/**")
+        if "*" in prefix:
+            raise ConfigError(f"{key}: the pattern {entry!r} is not supported yet; this relay grants path "
+                              "prefixes (write `room` or `room/**` for room and everything below it)")
+        out.append(prefix)
+    return out
+
+
 def _prefixes(value: Any, key: str) -> list[str]:
     # `public = ""` is the root prefix, i.e. everything (spec §2.2), not an empty list.
-    return [""] if value == "" else parse_list(value, key)
+    return [""] if value == "" else _public_paths(value, key)
 
 
 def _versions(value: Any, key: str) -> list[str]:
@@ -229,6 +244,63 @@ def _cluster_id(value: Any, key: str) -> int:
     return n
 
 
+def _window(value: Any, key: str) -> int:
+    """A flow-control window: a size, not zero, and small enough for a QUIC varint."""
+    n = parse_size(value, key)
+    if not 0 < n < 2**62:
+        raise ConfigError(f"{key}: must be between 1 byte and 2^62, got {value!r}")
+    return n
+
+
+PEER_FIELDS = ("url", "cost", "egress", "token")
+
+
+def _table_int(value: Any, key: str) -> int:
+    # A TOML table's number is a TOML integer: "3" is a mistake, not a spelling.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    return value
+
+
+def _peer_table(entry: Mapping[str, Any], key: str) -> str:
+    """A 0.17 peer table `{url, cost?, egress?, token?}` as the URL string the cluster reads
+    (`?cost=` and `?jwt=`), so both spellings of a peer are one value."""
+    unknown = [f for f in entry if f not in PEER_FIELDS]
+    if unknown:
+        raise ConfigError(f"{key}: unknown field `{unknown[0]}` in a peer table (fields: {', '.join(PEER_FIELDS)})")
+    if "url" not in entry:
+        raise ConfigError(f"{key}: a peer table needs url")
+    url = parse_str(entry["url"], f"{key}.url")
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query, keep_blank_values=True))
+    added: list[tuple[str, str]] = []
+    if "cost" in entry or "egress" in entry:
+        if "cost" in query:
+            raise ConfigError(f"{key}: {url!r} has ?cost= beside cost/egress fields: give one")
+        cost = _table_int(entry.get("cost", 1), f"{key}.cost")
+        # egress is what we declare in SETUP; this relay declares the cost it charges, so
+        # another egress cannot be honoured (moq-relay 0.17 refuses it too).
+        egress = _table_int(entry.get("egress", cost), f"{key}.egress")
+        if not 0 <= cost < 2**62:
+            raise ConfigError(f"{key}.cost: must be in 0..2^62, got {cost}")
+        if egress != cost:
+            raise ConfigError(f"{key}.egress: an egress other than cost ({cost}) is not supported, got {egress}")
+        added.append(("cost", str(cost)))
+    if "token" in entry:
+        if "jwt" in query:
+            raise ConfigError(f"{key}: {url!r} has ?jwt= beside a token field: give one")
+        added.append(("jwt", parse_str(entry["token"], f"{key}.token")))
+    if not added:
+        return url
+    return url + ("&" if "?" in url else "?") + urllib.parse.urlencode(added)
+
+
+def _peers(value: Any, key: str) -> list[str]:
+    """Peer URLs; in TOML a list may also hold 0.17 peer tables."""
+    if isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+        return [_peer_table(item, key) if isinstance(item, Mapping) else parse_str(item, key) for item in value]
+    return parse_list(value, key)
+
+
 def _join(values: list[Any], item: Callable[[Any], str] = str) -> str:
     return ",".join(item(v) for v in values)
 
@@ -245,8 +317,10 @@ ADDRS = Type("ADDR", lambda v, k: [parse_addr(a, k) for a in parse_list(v, k)], 
              many=True)
 STRS = Type("STR", parse_list, _join, many=True)
 PATHS = Type("PATH", parse_list, _join, many=True)
-URLS = Type("URL", parse_list, _join, many=True)
+PEERS = Type("URL", _peers, _join, many=True)
+WINDOW = Type("SIZE", _window)
 PREFIXES = Type("PREFIX", _prefixes, _join, many=True)
+PUBLIC_PATHS = Type("PREFIX", _public_paths, _join, many=True)
 VERSIONS = Type("ALPN", _versions, _join, many=True)
 LEVEL = Type("{trace,debug,info,warn,error}", _choice("trace", "debug", "info", "warn", "warning", "error",
                                                        fold=True))

@@ -144,6 +144,16 @@ class Engine:
     def new_server_connection(self, cfg: Any, original_dcid: bytes) -> Any:
         return self.QuicConnection(configuration=cfg, original_destination_connection_id=original_dcid)
 
+    def cannot_apply(self, *, send_window: int | None) -> list[tuple[str, str]]:
+        """The [quic] settings this engine cannot honour, as (setting, why), for the startup log."""
+        out = []
+        if self.name == "qh3":
+            out.append(("max_streams", "its native core fixes 100 bidirectional and 103 unidirectional streams "
+                        "per peer and raises them itself"))
+        if send_window is not None:
+            out.append(("send_window", "it has no send window to set; congestion control decides what is in flight"))
+        return out
+
     # ------------------------------------------------------------------ internals
 
     def set_local_max_streams(self, quic: Any, n: int) -> None:

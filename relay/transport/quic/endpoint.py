@@ -148,6 +148,10 @@ class QuicEndpoint:
         cfg.server_name = server_name or host
         cfg.idle_timeout = self.configuration.idle_timeout
         cfg.max_datagram_size = self.configuration.max_datagram_size
+        # Dialed connections grant the same flow-control windows as accepted ones ([quic] is
+        # one section for both directions).
+        cfg.max_data = self.configuration.max_data
+        cfg.max_stream_data = self.configuration.max_stream_data
         if verify:
             cfg.verify_mode = ssl.CERT_REQUIRED
             if cafile:
