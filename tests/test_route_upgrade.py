@@ -2,9 +2,10 @@
 
 P serves the publisher, M links to P, S links to M: S's viewer pulls over S-M-P (three hops).
 Then S links to P as well: the direct route (two hops, cheaper) becomes S's best, and S tells
-the viewer with a lite-06 ANNOUNCE_UPDATE (same publisher: the announcement stays). The viewer's
-subscription carries on with no error, gap or repeat. (The pull itself stays on the route it
-started on until that one goes away; moving it to the better route is not built yet.)"""
+the lite-06 viewer with ANNOUNCE_UPDATE (same publisher: the announcement stays; a moqt-16
+viewer sees no change). The viewer's subscription carries on with no error, gap or repeat, and
+S moves its pull to the direct route (after the groups under way on the old one) and lets the
+one through M go."""
 
 from __future__ import annotations
 
@@ -12,19 +13,21 @@ import asyncio
 import contextlib
 
 import moq
+import pytest
 import trio
 from harness import Flag, client, free_port, in_thread, publish_until, running_relay, wait_until
 from test_cluster import cluster_extra
 
 
-async def test_a_better_route_appearing_keeps_the_subscription(tmp_path) -> None:
+@pytest.mark.parametrize("viewer_version", [None, "moq-transport-16"], ids=["lite-06", "moqt-16"])
+async def test_a_better_route_appearing_keeps_the_subscription(tmp_path, viewer_version) -> None:
     pp, pm, ps = free_port(), free_port(), free_port()
     stop, five, upgraded = Flag(), Flag(), Flag()
     async with contextlib.AsyncExitStack() as stack:
         p = await stack.enter_async_context(running_relay(tmp_path, port=pp, http=False))
         m = await stack.enter_async_context(running_relay(tmp_path, port=pm, http=False,
                                                           extra=cluster_extra(pm, connect=[pp])))
-        s = await stack.enter_async_context(running_relay(tmp_path, port=ps, http=False,
+        s = await stack.enter_async_context(running_relay(tmp_path, viewer_version, port=ps, http=False,
                                                           extra=cluster_extra(ps, connect=[pm])))
         await wait_until(lambda: len(m.handle.cluster.link_sessions) == 1 and len(s.handle.cluster.link_sessions) == 1, 15)
         events: list[str] = []
@@ -60,9 +63,16 @@ async def test_a_better_route_appearing_keeps_the_subscription(tmp_path) -> None
                         vn.start_soon(run_viewer)
                         await trio.to_thread.run_sync(five.event.wait, 20)
                         assert len(s.handle.origin.best("anon/up").hops) == 3  # client, P, M
+                        via_m = s.handle.origin.best("anon/up")
                         cluster = s.handle.cluster
                         cluster.set_static(cluster.parse_connect([f"https://127.0.0.1:{pm}/", f"https://127.0.0.1:{pp}/"]))
                         await wait_until(lambda: len(s.handle.origin.best("anon/up").hops) == 2, 15)
+                        direct = s.handle.origin.best("anon/up")
+                        # The pull moves: one upstream subscription on the direct route, none left
+                        # through M (whose own pull from P ends with it).
+                        await wait_until(lambda: direct.upstream_count() == 1 and via_m.upstream_count() == 0, 10)
+                        at_m = m.handle.origin.best("anon/up")
+                        await wait_until(lambda: at_m.upstream_count() == 0, 10)
                         upgraded.set()
             finally:
                 stop.set()

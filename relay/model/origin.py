@@ -59,6 +59,9 @@ class Origin:
         self.traffic = Traffic()
         self._routes: dict[str, list[Broadcast]] = {}
         self._watchers: set[AnnounceWatcher] = set()
+        # Readers waiting for a path's routes to change (Origin.route_changed): an entry lives
+        # only while someone waits on that path.
+        self._path_waits: dict[str, tuple[Notifier, int]] = {}
         self._published = Notifier()
 
     # -- publishing ------------------------------------------------------------------------
@@ -84,9 +87,24 @@ class Origin:
         self._changed(broadcast.path)
 
     def _changed(self, path: str) -> None:
+        if (wait := self._path_waits.get(path)) is not None:
+            wait[0].notify()
         for watcher in self._watchers:
             if paths.has_prefix(path, watcher.prefix):
                 watcher._mark(path)
+
+    async def route_changed(self, path: str) -> None:
+        """Wait until a route of `path` is published or unpublished."""
+        notifier, count = self._path_waits.get(path) or (Notifier(), 0)
+        self._path_waits[path] = (notifier, count + 1)
+        try:
+            await notifier.wait()
+        finally:
+            notifier, count = self._path_waits[path]
+            if count == 1:
+                del self._path_waits[path]
+            else:
+                self._path_waits[path] = (notifier, count - 1)
 
     # -- lookup ----------------------------------------------------------------------------
     def best(self, path: str, exclude_hop: int | None = None) -> Broadcast | None:

@@ -381,6 +381,11 @@ class Track:
     async def wait_changed(self) -> None:
         await self._changed.wait()
 
+    def wake(self) -> None:
+        """Wake the readers waiting on this track: something outside it (a better route) changed
+        what one of them should do."""
+        self._changed.notify()
+
     # -- datagrams ----------------------------------------------------------------------------
     def push_datagram(self, sequence: int, timestamp: int, payload: bytes) -> None:
         """A one-frame group that arrived as a datagram: forward to every listener, keep nothing."""

@@ -9,14 +9,17 @@ protocol's `GroupSink` on a stream of its own, and is finished only after all of
 
 When the route the track is pulled over goes away while another route to the same publisher is
 live (relay spec §10.3), the fan-out moves there and carries on after the last group it started.
-Every task lives in the nursery of `run()`, so the subscription's end cancels its group sends.
+It moves the same way when a strictly better route to that publisher appears (cheaper, or as
+cheap with fewer hops: relay-0.17 §5.5), once the groups under way on the old one are sent, and
+then lets the old route's pull go. Every task lives in the nursery of `run()`, so the
+subscription's end cancels its group sends.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import trio
@@ -67,14 +70,22 @@ class Fanout:
                  routes: contextlib.ExitStack, lookup: Callable[[], Broadcast | None],
                  max_inflight: int, name: str, start_is_lower_bound: bool = False,
                  datagrams: DatagramListener | None = None,
-                 on_failover: Callable[[], None] | None = None) -> None:
+                 on_failover: Callable[[], None] | None = None,
+                 hold: contextlib.ExitStack | None = None,
+                 route_changes: Callable[[], Awaitable[None]] | None = None) -> None:
         self.subscription = subscription
         self.track = subscription.track
         self.broadcast = broadcast
         self.sink = sink
         # Failover enters the next route's subscription on the caller's exit stack, so it is
-        # released with the subscription's own.
+        # released with the subscription's own. `hold` is the stack (entered on `routes`) that
+        # holds the current route's subscription alone: closing it lets that route's pull go,
+        # which moving to a better route does. Without one (or without `route_changes`, a wait
+        # for the path's routes to change), the fan-out stays on a route while it lives.
         self.routes = routes
+        self.hold = hold
+        self.route_changes = route_changes
+        self._better: Broadcast | None = None  # a better route found while following
         self.lookup = lookup
         self.max_inflight = max_inflight
         self.name = name
@@ -115,7 +126,9 @@ class Fanout:
                 await self._follow()
                 while not self.unsubscribed:
                     old = self.track
-                    if not self._fail_over():
+                    if self._better is not None:
+                        self._upgrade()  # or, no longer better, carry on over the same route
+                    elif not self._fail_over():
                         break
                     if self.datagrams is not None:
                         old.remove_datagram_listener(self.datagrams)
@@ -125,29 +138,73 @@ class Fanout:
             if self.datagrams is not None:
                 self.track.remove_datagram_listener(self.datagrams)
 
+    def _same_publisher(self, nxt: Broadcast | None) -> bool:
+        """Whether `nxt` is another route to our publisher: only that continues our group
+        numbering (the first hop is the publisher's origin id); another publisher of the path
+        starts its own."""
+        if nxt is None or nxt is self.broadcast or nxt.closed:
+            return False
+        first = self.broadcast.hops[0] if self.broadcast.hops else 0
+        return bool(first) and bool(nxt.hops) and nxt.hops[0] == first
+
+    def _better_route(self) -> Broadcast | None:
+        """The path's best route, if it reaches our publisher strictly better than ours does (an
+        equal one that is merely newer is not worth a move)."""
+        nxt = self.lookup()
+        if not self._same_publisher(nxt):
+            return None
+        assert nxt is not None
+        ours = self.broadcast
+        return nxt if (nxt.cost, len(nxt.hops)) < (ours.cost, len(ours.hops)) else None
+
+    def _move_to(self, nxt: Broadcast, why: str) -> bool:
+        """Follow `nxt` from here on (after the last group started); False if it cannot serve."""
+        hold = contextlib.ExitStack()
+        try:
+            subscription = hold.enter_context(nxt.subscribe(self.track.name, self.wish))
+        except (TrackClosed, LimitExceeded):
+            return False
+        self.routes.enter_context(hold)
+        if self.hold is not None:
+            self.hold.close()  # the old route's pull goes, unless other readers share it
+        self.hold = hold
+        self.failovers += 1
+        log.info("%s %s/%s %s to hops=%s after group %s", self.name, nxt.path, self.track.name, why,
+                 list(nxt.hops), self.last_sequence)
+        self.broadcast, self.subscription, self.track = nxt, subscription, subscription.track
+        return True
+
+    def _upgrade(self) -> bool:
+        """Following stopped for a better route: move to the best one, if one is still better."""
+        self._better = None
+        nxt = self._better_route()
+        if nxt is None or self.failovers >= MAX_FAILOVERS:
+            return False
+        return self._move_to(nxt, "moves to a better route")
+
     def _fail_over(self) -> bool:
         """The track ended: if its route went away and another is live, continue over that one."""
         if not self.broadcast.closed or self.failovers >= MAX_FAILOVERS:
             return False  # the publisher ended the track itself (or we have moved too often)
         nxt = self.lookup()
-        if nxt is None or nxt is self.broadcast:
+        if not self._same_publisher(nxt):
             return False
-        # Only another path to the same publisher (the first hop is the publisher's origin id)
-        # continues our group numbering; another publisher of the path starts its own.
-        first = self.broadcast.hops[0] if self.broadcast.hops else 0
-        if not first or not nxt.hops or nxt.hops[0] != first:
+        assert nxt is not None
+        if not self._move_to(nxt, "fails over"):
             return False
-        try:
-            subscription = self.routes.enter_context(nxt.subscribe(self.track.name, self.wish))
-        except (TrackClosed, LimitExceeded):
-            return False
-        self.failovers += 1
         if self.on_failover is not None:
             self.on_failover()
-        log.info("%s %s/%s fails over to hops=%s after group %s", self.name, nxt.path, self.track.name,
-                 list(nxt.hops), self.last_sequence)
-        self.broadcast, self.subscription, self.track = nxt, subscription, subscription.track
         return True
+
+    async def _watch_routes(self) -> None:
+        """Until a better route to our publisher appears: then stop following this one."""
+        assert self.route_changes is not None
+        while True:
+            await self.route_changes()
+            if (better := self._better_route()) is not None:
+                self._better = better
+                self.track.wake()
+                return
 
     # -- choosing groups ---------------------------------------------------------------------------
     def _first_candidates(self) -> tuple[int, int | None, list[Group]]:
@@ -182,8 +239,13 @@ class Fanout:
     async def _follow(self) -> None:
         track = self.track
         cursor, floor, pending = self._first_candidates()
+        watch = trio.CancelScope()
         async with open_nursery() as nursery:
+            if self.hold is not None and self.route_changes is not None and self.failovers < MAX_FAILOVERS:
+                nursery.start_soon(self._watch_routes_in, watch)
             while True:
+                if self._better is not None:
+                    break  # the groups under way finish (the nursery waits for them); then we move
                 cursor, new = track.arrivals_since(cursor)
                 if new and floor is None:
                     floor = new[0].sequence  # "latest" with nothing cached: the first produced
@@ -215,6 +277,11 @@ class Fanout:
                         and not self.inflight:
                     break
                 await track.wait_changed()
+            watch.cancel()
+
+    async def _watch_routes_in(self, scope: trio.CancelScope) -> None:
+        with scope:
+            await self._watch_routes()
 
     def _expire(self) -> None:
         """In-flight groups that went stale are not worth finishing: abort them (code Old)."""

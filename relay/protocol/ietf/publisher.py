@@ -333,15 +333,17 @@ class IetfPublisher:
                 await s.send(msg.SubscribeError(rid, RequestErrorCode.NOT_SUPPORTED, "FORWARD=0 not supported"))
                 return
             with contextlib.ExitStack() as routes:
+                hold = routes.enter_context(contextlib.ExitStack())  # this route's share (Fanout.hold)
                 try:
-                    subscription = routes.enter_context(broadcast.subscribe(request.track_name, _wish(request)))
+                    subscription = hold.enter_context(broadcast.subscribe(request.track_name, _wish(request)))
                 except (TrackClosed, LimitExceeded) as exc:
                     await s.send(msg.SubscribeError(rid, RequestErrorCode.TRACK_DOES_NOT_EXIST, str(exc)[:80]))
                     return
                 served.broadcast, served.rel, served.track_name = broadcast, rel, request.track_name
                 sink = IetfGroupSink(s, rid, served.on_first_group)
                 fanout = Fanout(subscription, broadcast, sink, routes=routes, lookup=lambda: self.lookup(rel),
-                                max_inflight=s.limits.max_inflight_groups, name=f"{s.name} subscription {rid}")
+                                max_inflight=s.limits.max_inflight_groups, name=f"{s.name} subscription {rid}",
+                                hold=hold, route_changes=lambda: s.origin.route_changed(broadcast.path))
                 served.fanout = fanout
                 # Content Exists 0: a 0.4.18 subscriber would otherwise send a joining FETCH (§5.3).
                 await s.send(msg.SubscribeOk(rid, track_alias=rid))

@@ -134,8 +134,9 @@ class LitePublisher:
         self.subscriptions.add(sub.id)
         try:
             with contextlib.ExitStack() as routes:
-                subscription = routes.enter_context(broadcast.subscribe(sub.track, _wish(sub, v)))
-                await self._run_subscription(sub, send, reader, subscription, broadcast, routes)
+                hold = routes.enter_context(contextlib.ExitStack())  # this route's share (Fanout.hold)
+                subscription = hold.enter_context(broadcast.subscribe(sub.track, _wish(sub, v)))
+                await self._run_subscription(sub, send, reader, subscription, broadcast, routes, hold)
         except TrackClosed as exc:
             raise Refused(ErrorCode.NOT_FOUND, str(exc)) from exc
         except LimitExceeded as exc:
@@ -145,7 +146,7 @@ class LitePublisher:
 
     async def _run_subscription(self, sub: m.Subscribe, send: SendStream, reader: MessageReader,
                                 subscription: Subscription, broadcast: Broadcast,
-                                routes: contextlib.ExitStack) -> None:
+                                routes: contextlib.ExitStack, hold: contextlib.ExitStack) -> None:
         """One peer subscription: its responses on the subscribe stream, its groups by the fan-out."""
         s = self.session
         v = s.version
@@ -169,7 +170,8 @@ class LitePublisher:
         fanout = Fanout(subscription, broadcast, sink, routes=routes, lookup=lambda: self.lookup(sub.broadcast),
                         max_inflight=s.limits.max_inflight_groups, name=f"{s.name} subscription {sub.id}",
                         start_is_lower_bound=v.start_is_lower_bound, datagrams=listener,
-                        on_failover=count_failover)
+                        on_failover=count_failover, hold=hold,
+                        route_changes=lambda: s.origin.route_changed(broadcast.path))
         async with open_nursery() as nursery:
             nursery.start_soon(self._read_updates, reader, fanout, nursery.cancel_scope)
             await fanout.run()
