@@ -155,7 +155,7 @@ KEYS: tuple[Key, ...] = (
     # These apply to accepted and dialed connections alike, as 0.15+'s one [quic] section does.
     Key("server.quic.max_streams", v.INT, "streams each peer may open each way (aioquic; qh3 fixes its own "
         "limits and says so at startup)", default=10000, example="500", renamed=("quic.max_streams",)),
-    Key("server.quic.idle_timeout", v.DURATION, "close a connection silent this long", default=30.0,
+    Key("server.quic.idle_timeout", v.DURATION, "close a connection silent this long (0.17: 10 s)", default=10.0,
         example="1m", renamed=("quic.idle_timeout",)),
     Key("server.quic.keep_alive", v.KEEP_ALIVE, "PING interval; 0s = off", default=5.0, example="0s",
         renamed=("quic.keep_alive",)),
