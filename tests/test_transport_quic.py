@@ -4,6 +4,7 @@ the real Rust moq client."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import socket
@@ -729,4 +730,35 @@ async def test_pending_handshakes_are_bounded_and_expire(engine: str) -> None:
             await nursery.start(late.run)
             await late.handshake.wait()
             assert len(ep.connections) == 2 and ep.stats["refused_pending_handshakes"] == 15
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_connection_that_asks_for_no_session_is_closed(engine: str) -> None:
+    """An HTTP/3 client that completes the handshake and keeps the connection alive (PINGs) but
+    never sends a WebTransport CONNECT is closed at the handshake deadline (relay-0.17 §6.2: a
+    peer that never speaks is closed); one that asked for its session in time stays."""
+    ep = endpoint(engine, ["h3", "moq-lite-03"], wt_select=wt_select, handshake_timeout=1.0)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ep.serve)
+            mute = TestClient(ep.addresses[0], ["h3"], h3=True, engine=engine)
+            talker = TestClient(ep.addresses[0], ["h3"], h3=True, engine=engine)
+            for cl in (mute, talker):
+                await nursery.start(cl.run)
+                await cl.handshake.wait()
+            req = wt_connect(talker)
+            await talker.wait_for(lambda: req in talker.headers)
+            assert talker.headers[req][b":status"] == b"200"
+            start = trio.current_time()
+            while mute.terminated is None:
+                with contextlib.suppress(Exception):  # qh3 refuses once it saw the close
+                    mute.quic.send_ping(1)  # alive, but asking for nothing
+                    mute.flush()
+                await trio.sleep(0.2)
+            waited = trio.current_time() - start
+            assert mute.terminated.error_code == 0x100 and mute.terminated.reason_phrase == "no session"
+            assert waited < 5  # well before any idle timeout: the PINGs kept it alive
+            await trio.sleep(0.5)
+            assert talker.terminated is None
             nursery.cancel_scope.cancel()

@@ -75,6 +75,11 @@ class _PendingClose:
     deadline: float
 
 
+# The application close of a connection that never asked for a session in time: H3_NO_ERROR,
+# since only HTTP/3 (WebTransport) connections wait for one (raw QUIC has its session at once).
+NO_SESSION_CODE = 0x100
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     """The endpoint's limits every connection and its session apply."""
@@ -124,6 +129,7 @@ class Connection:
         self.terminated = False
         self.established = False  # the handshake completed
         self._born = trio.current_time()
+        self._closed_without_session = False  # closed for asking for no session in time
         self._cancel = trio.CancelScope()  # around run(): cancelled when the connection ends
         self._settled = trio.Event()  # the session started, or the connection ended before
         self._pending_close: _PendingClose | None = None
@@ -362,7 +368,11 @@ class Connection:
                 deadline = min(deadline, self._pending_close.deadline)
             handshake_deadline = math.inf if self.established or self.dialed else \
                 self._born + self.settings.handshake_timeout
-            deadline = min(deadline, handshake_deadline)
+            # Established but no session yet (WebTransport waits for the CONNECT): a client that
+            # keeps the connection alive without asking for one is closed at the same deadline.
+            session_deadline = math.inf if self.session is not None or self.dialed or not self.established \
+                or self._closed_without_session else self._born + self.settings.handshake_timeout
+            deadline = min(deadline, handshake_deadline, session_deadline)
             if self._wake_event.is_set():
                 # Woken while flushing (the common case under load): no cancel scope needed.
                 await trio.lowlevel.checkpoint()
@@ -378,6 +388,11 @@ class Connection:
                           self.settings.handshake_timeout)
                 self._on_terminated(0, "handshake timeout")
                 return
+            if now >= session_deadline:
+                log.info("conn=%d peer=%s no session %.0fs after it connected; closed", self.conn_id,
+                         self.remote, self.settings.handshake_timeout)
+                self._closed_without_session = True
+                self.close_quic(NO_SESSION_CODE, "no session")
             if timer is not None and now >= timer:
                 try:
                     self.quic.handle_timer(now)
