@@ -188,12 +188,12 @@ KEYS: tuple[Key, ...] = (
         group="access"),
     # `public` is the shorthand: it sets both lists below, and a publish or subscribe list from
     # the same source adds to it.
-    Key("auth.public", v.PREFIXES, "path prefixes anyone may publish and subscribe under without a "
-        "token; \"\" = everything (development only)", dev="", example="anon,demo", attr=None,
+    Key("auth.public", v.PREFIXES, "path patterns anyone may publish and subscribe under without a "
+        "token (no wildcard: a prefix); \"\" = everything (development only)", dev="", example="anon,demo", attr=None,
         feeds=("auth.public.subscribe", "auth.public.publish"), group="access"),
-    Key("auth.public.subscribe", v.STRS, "path prefixes anyone may subscribe under", example="anon,demo",
+    Key("auth.public.subscribe", v.STRS, "path patterns anyone may subscribe under (no wildcard: a prefix)", example="anon,demo",
         attr="auth.public_subscribe", group="access"),
-    Key("auth.public.publish", v.STRS, "path prefixes anyone may publish under", example="anon",
+    Key("auth.public.publish", v.STRS, "path patterns anyone may publish under (no wildcard: a prefix)", example="anon",
         attr="auth.public_publish", group="access"),
     Key("auth.public.api", v.ANY, "public-path API", support=N),
     Key("auth.auth_api", v.ANY, "unified auth API", support=N, flags=("--auth-api",), env=("MOQ_AUTH_API",)),
