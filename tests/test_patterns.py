@@ -105,7 +105,8 @@ def test_does_not_contain(outer: str, inner: str) -> None:
 
 def test_union_drops_contained_members_and_covers_needs_one_member() -> None:
     assert texts(union(pats("a/b", "a/**", "a/c/**", "b"))) == ("a/**", "b")
-    assert texts(parse_all(["x", "x", "*"])) == ("*",)
+    # Grants keep contained members, which may name a reserved prefix (`**` never reaches it).
+    assert texts(parse_all(["x", "x", "*", ".internal/**"])) == ("x", "*", ".internal/**")
     # `a/*` and `a` together match what `a/**` matches one level deep, but neither alone
     # contains `a/**`: members never combine.
     assert not covers(tuple(pats("a", "a/*")), Pattern.parse("a/**"))
@@ -200,6 +201,10 @@ def test_reserved_prefixes_need_a_grant_that_names_them() -> None:
     assert named.can_see(".stats/node") and not named.can_see(".internal/origins/x")
     root = scope_from_patterns("/.internal", "", pats("**"), pats("**"))
     assert not root.can_publish("origins/x")
+    # A cluster token grants `""` and `.internal`: the second must survive beside the first.
+    cluster = claims_from_payload({"put": ["", ".internal"], "get": ["", ".internal"]})
+    s = scope_from_patterns("/", cluster.root, cluster.publish, cluster.subscribe)
+    assert s.can_publish(".internal/origins/x") and s.can_see(".internal/origins/x")
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -263,7 +268,8 @@ def test_key_scope_caps_pattern_grants(tmp_path) -> None:
 def test_public_rules_without_wildcard_keep_the_seed_reading(caplog) -> None:
     caplog.set_level(logging.INFO, "relay.auth")
     logged: set[tuple[str, str]] = set()
-    assert texts(read_public_rules(["anon", "", "*/chat"], "public_subscribe", logged)) == ("**",)
+    assert texts(read_public_rules(["anon", "", "*/chat", "anon"], "public_subscribe", logged)) == (
+        "anon/**", "**", "*/chat")
     assert texts(read_public_rules(["anon", "*/chat"], "public_subscribe", logged)) == ("anon/**", "*/chat")
     lines = [r.getMessage() for r in caplog.records]
     assert lines.count("auth: public_subscribe 'anon' has no wildcard: read as the subtree 'anon/**' as "

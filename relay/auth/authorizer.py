@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from relay.auth.pattern import Pattern, union
+from relay.auth.pattern import Pattern, distinct
 from relay.auth.scope import (
     AuthError,
     Scope,
@@ -50,7 +50,7 @@ def read_public_rules(values: list[str] | None, name: str, logged: set[tuple[str
             log.info("auth: %s %r has no wildcard: read as the subtree %r as the seed did; write %r to say so",
                      name, value, rule.text, rule.text)
         rules.append(rule)
-    return union(rules)
+    return distinct(rules)
 
 
 class Authorizer:

@@ -231,10 +231,17 @@ def union(patterns: Iterable[Pattern]) -> tuple[Pattern, ...]:
     return tuple(kept)
 
 
+def distinct(patterns: Iterable[Pattern]) -> tuple[Pattern, ...]:
+    """Patterns in order with only the exact duplicates dropped. Grants are kept this way, not as
+    a `union`: `**` contains `.internal/**` as patterns go, yet only a grant that names a reserved
+    prefix reaches it (relay.auth.scope), so the contained member still grants something."""
+    return tuple(dict.fromkeys(patterns))
+
+
 def covers(patterns: tuple[Pattern, ...], request: Pattern) -> bool:
     """One member alone contains `request` (§2.2: members never combine)."""
     return any(p.contains(request) for p in patterns)
 
 
 def parse_all(texts: list[str] | tuple[str, ...]) -> tuple[Pattern, ...]:
-    return union(Pattern.parse(t) for t in texts)
+    return distinct(Pattern.parse(t) for t in texts)

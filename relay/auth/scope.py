@@ -7,7 +7,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from relay.auth.pattern import ANY, Pattern
+from relay.auth.pattern import ANY, Pattern, distinct
 from relay.errors import RemoteError
 from relay.model.path import RESERVED, has_prefix, join, norm, reserved_prefix, strip
 
@@ -116,12 +116,6 @@ def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
     return path, urllib.parse.parse_qs(query, keep_blank_values=True)
 
 
-def _distinct(patterns: Iterable[Pattern]) -> tuple[Pattern, ...]:
-    """Anchored grants, duplicates dropped but each member kept as it came out: the §2.3 table
-    grants `**` and `chat` at `/anon`, although `**` alone says as much."""
-    return tuple(dict.fromkeys(patterns))
-
-
 def scope_from_patterns(conn_path: str, root: str, publish: Iterable[Pattern], subscribe: Iterable[Pattern],
                         expires: float | None = None) -> Scope:
     """Authorise at the dialed path (0.17 §2.3): below the root, rebase each pattern by the
@@ -131,13 +125,15 @@ def scope_from_patterns(conn_path: str, root: str, publish: Iterable[Pattern], s
     if has_prefix(p, r):
         suffix = strip(p, r) or ""
 
+        # Members are kept as they come out (the §2.3 table grants `**` and `chat` at `/anon`):
+        # see relay.auth.pattern.distinct for why grants are never a union.
         def anchor(grants: tuple[Pattern, ...]) -> tuple[Pattern, ...]:
-            return _distinct(m for g in grants for m in g.rebased(suffix))
+            return distinct(m for g in grants for m in g.rebased(suffix))
     elif has_prefix(r, p):
         remainder = strip(r, p) or ""
 
         def anchor(grants: tuple[Pattern, ...]) -> tuple[Pattern, ...]:
-            return _distinct(g.prefixed(remainder) for g in grants)
+            return distinct(g.prefixed(remainder) for g in grants)
     else:
         raise AuthError(f"path /{p} is outside the token root /{r}")
 

@@ -15,7 +15,7 @@ from typing import Any
 import jwt
 
 from relay.auth.keys import KID_PATTERN, Key, KeyError_, load_key
-from relay.auth.pattern import Pattern, PatternError, covers, union
+from relay.auth.pattern import Pattern, PatternError, covers, distinct
 from relay.auth.scope import AuthError
 from relay.model.path import norm
 
@@ -59,7 +59,7 @@ def _strings(value: Any, name: str) -> list[str]:
 def _prefix_grants(value: Any, name: str) -> tuple[Pattern, ...]:
     """Legacy `put`/`get`: each prefix, normalised, reads as its subtree (0.17 §2.4)."""
     try:
-        return union(Pattern.subtree(norm(check_path(v, name))) for v in _strings(value, name))
+        return distinct(Pattern.subtree(norm(check_path(v, name))) for v in _strings(value, name))
     except PatternError as exc:
         log.warning("token refused: %s: %s", name, exc)
         raise AuthError(f"{name} has a bad prefix: {exc}") from None
@@ -68,7 +68,7 @@ def _prefix_grants(value: Any, name: str) -> tuple[Pattern, ...]:
 def _pattern_grants(value: Any, name: str) -> tuple[Pattern, ...]:
     """`publish`/`subscribe`: patterns exactly as written (§2.1), so `cam` is one broadcast."""
     try:
-        return union(Pattern.parse(check_path(v, name)) for v in _strings(value, name))
+        return distinct(Pattern.parse(check_path(v, name)) for v in _strings(value, name))
     except PatternError as exc:
         log.warning("token refused: %s: %s", name, exc)
         raise AuthError(f"{name} has a bad pattern: {exc}") from None
@@ -241,8 +241,8 @@ def sign_token(key: Key, root: str = "", put: list[str] | None = None, get: list
     if not key.can_sign:
         raise KeyError_("this key cannot sign (public key, or key_ops without sign)")
     try:
-        pub = union([*(Pattern.subtree(p) for p in put or []), *(Pattern.parse(p) for p in publish or [])])
-        sub = union([*(Pattern.subtree(p) for p in get or []), *(Pattern.parse(p) for p in subscribe or [])])
+        pub = distinct([*(Pattern.subtree(p) for p in put or []), *(Pattern.parse(p) for p in publish or [])])
+        sub = distinct([*(Pattern.subtree(p) for p in get or []), *(Pattern.parse(p) for p in subscribe or [])])
     except PatternError as exc:
         raise KeyError_(str(exc)) from None
     if not pub and not sub:
