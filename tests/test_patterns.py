@@ -3,6 +3,7 @@ tokens and public rules use them, with every row of the §2.3 tables."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import jwt
@@ -248,8 +249,6 @@ def test_sign_writes_legacy_form_only_for_subtrees(tmp_path) -> None:
 
 
 def test_key_scope_caps_pattern_grants(tmp_path) -> None:
-    import json
-
     from relay.auth.keys import b64url_encode, parse_jwk
 
     key = generate_key("HS256", "s")
@@ -297,3 +296,18 @@ def test_config_refuses_a_bad_public_pattern(tmp_path) -> None:
                       '[auth.public]\nsubscribe = ["a/**/b/**"]\n')
     with pytest.raises(ConfigError, match="auth.public_subscribe"):
         load_config([str(config)], {})
+
+
+def test_token_cli_signs_patterns(tmp_path, capsys) -> None:
+    from relay.auth.cli import main
+
+    key_file = str(tmp_path / "k.jwk")
+    assert main(["generate", "--out", key_file]) == 0
+    assert main(["sign", "--key", key_file, "--publish", "alice", "--subscribe", "*/chat"]) == 0
+    token = capsys.readouterr().out.strip()
+    (tmp_path / "t.jwt").write_text(token)
+    assert main(["verify", "--key", key_file, "--in", str(tmp_path / "t.jwt")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"root": "", "publish": ["alice/**"], "subscribe": ["*/chat"],
+                                                    "exp": None}
+    assert main(["sign", "--key", key_file, "--publish", "a/**/**"]) == 1
+    assert "more than one '**'" in capsys.readouterr().err
