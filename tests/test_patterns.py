@@ -134,6 +134,8 @@ def test_prefix_and_literal_head() -> None:
     assert Pattern.subtree("/a//b/").text == "a/b/**" and Pattern.subtree("").text == "**"
     with pytest.raises(PatternError):
         Pattern.subtree("a*")  # a prefix names paths literally, and `*` cannot be escaped
+    with pytest.raises(PatternError):
+        Pattern.parse("x").prefixed("a*")
 
 
 # ----------------------------------------------------------------------------- §2.3 tables

@@ -191,9 +191,12 @@ class Pattern:
         return "/".join(head)
 
     def prefixed(self, prefix: str) -> Pattern:
-        """The pattern seen from a parent `prefix` levels up (§2.3, dialed path above the root).
-        Not limited to MAX_SEGMENTS: that bounds what is written, and a path is bounded anyway."""
+        """This pattern below the literal path `prefix` (§2.3: a session dialed at a parent of the
+        root sees its grants under the remainder). Not held to MAX_SEGMENTS, which bounds what is
+        written: the prefix is a checked path, so the sum stays bounded."""
         parts = tuple(p for p in prefix.split("/") if p)
+        if any("*" in part for part in parts):
+            raise PatternError(f"path {prefix!r} has a '*', which a pattern would read as a wildcard")
         return Pattern(parts + self.segments)
 
     def rebased(self, suffix: str) -> tuple[Pattern, ...]:

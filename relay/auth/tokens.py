@@ -148,6 +148,8 @@ def _check_key_scope(key: Key, claims: Claims) -> None:
     if not key.scope:
         return
     scope_root = norm(str(key.scope.get("root", "") or ""))
+    if "*" in scope_root:
+        raise AuthError(f"key scope root {scope_root!r} has a '*': a root is a path, never a pattern")
     for role, legacy, modern, grants in (("publish", "put", "publish", claims.publish),
                                          ("subscribe", "get", "subscribe", claims.subscribe)):
         allowed = tuple(a.prefixed(scope_root) for a in _direction(key.scope, legacy, modern, "key scope") or ())
