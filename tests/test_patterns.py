@@ -313,3 +313,49 @@ def test_token_cli_signs_patterns(tmp_path, capsys) -> None:
                                                     "exp": None}
     assert main(["sign", "--key", key_file, "--publish", "a/**/**"]) == 1
     assert "more than one '**'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- against brute force
+SMALL_SEGMENTS = ["a", "*", "a*", "*b", "**"]
+SMALL_VALUES = ["a", "b", "ab", "z"]
+
+
+def small_patterns() -> list[Pattern]:
+    import itertools
+
+    out = {Pattern.parse("")}
+    for n in (1, 2, 3):
+        for segments in itertools.product(SMALL_SEGMENTS, repeat=n):
+            if segments.count("**") <= 1:
+                out.add(Pattern.parse("/".join(segments)))
+    return sorted(out, key=lambda p: p.text)
+
+
+def small_paths(longest: int = 4) -> list[str]:
+    import itertools
+
+    return ["/".join(p) for n in range(longest + 1) for p in itertools.product(SMALL_VALUES, repeat=n)]
+
+
+def test_contains_agrees_with_matching_every_small_path() -> None:
+    """Containment is "every path the inner matches, the outer matches too": checked both ways for
+    every pair of small patterns, over every path of up to 4 segments named from SMALL_VALUES."""
+    patterns = small_patterns()
+    paths = small_paths()
+    matched = {p: frozenset(path for path in paths if p.matches(path)) for p in patterns}
+    wrong = [(outer.text, inner.text) for outer in patterns for inner in patterns
+             if outer.contains(inner) != (matched[inner] <= matched[outer])]
+    assert wrong == []
+
+
+def test_rebase_agrees_with_matching_every_small_path() -> None:
+    paths = small_paths(3)
+    wrong = []
+    for pattern in small_patterns():
+        for suffix in small_paths(2):
+            rebased = pattern.rebased(suffix)
+            for rest in paths:
+                want = pattern.matches(f"{suffix}/{rest}")
+                if any(r.matches(rest) for r in rebased) != want:
+                    wrong.append((pattern.text, suffix, rest))
+    assert wrong == []
