@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import moq
 import pytest
@@ -74,10 +75,13 @@ async def publishing(relay, stop: Flag, nursery: trio.Nursery) -> None:
     await wait_until(lambda: all(relay.handle.origin.best(b) is not None for b in BROADCASTS), 15)
 
 
-@pytest.mark.parametrize("transport", ["moql", "https"])
-async def test_token_patterns_limit_reads_announcements_and_publishing(tmp_path, transport) -> None:
+# moq-lite over raw QUIC and WebTransport, and moq-transport draft 14 (announcements are
+# SUBSCRIBE_NAMESPACE there, a separate code path in the relay).
+@pytest.mark.parametrize(("version", "transport"), [("moq-lite-05", "moql"), ("moq-lite-05", "https"),
+                                                    ("moq-transport-14", "https")])
+async def test_token_patterns_limit_reads_announcements_and_publishing(tmp_path, version, transport) -> None:
     stop = Flag()
-    async with running_relay(tmp_path, "moq-lite-05", auth=key_config(tmp_path)) as relay:
+    async with running_relay(tmp_path, version, auth=key_config(tmp_path)) as relay:
         url = with_token(relay.url(transport), CHATTER)
         with trio.fail_after(60):
             async with trio.open_nursery() as nursery:
@@ -88,8 +92,16 @@ async def test_token_patterns_limit_reads_announcements_and_publishing(tmp_path,
                     assert await in_thread(lambda: reads_a_group(url, "room1/chat"))
                     assert not await in_thread(lambda: reads_a_group(url, "room1/video"))
                     await check_publishing(relay, url)
+                    # The HTTP listing applies the same patterns.
+                    listing = await trio.to_thread.run_sync(http_get, f"{relay.http}/announced/?jwt={CHATTER}")
+                    assert listing.split("\n") == ["room1/chat", "room2/chat"]
                 finally:
                     stop.set()
+
+
+def http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
 
 
 async def check_publishing(relay, url: str) -> None:
