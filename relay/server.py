@@ -20,6 +20,7 @@ import trio
 from relay.admission import Admission, Sessions
 from relay.auth.authorizer import Authorizer
 from relay.auth.keys import KeyError_
+from relay.auth.scope import EVERYTHING
 from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
 from relay.errors import LocalError
@@ -116,8 +117,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish,
                            local_credential=worker.credential if worker else None)
     negotiator = Negotiator(versions, authorize, per_transport=transport_versions)
-    if authorize.public_publish == [""] or authorize.public_subscribe == [""]:
-        log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\"): development only")
+    if EVERYTHING in (*authorize.public_publish, *authorize.public_subscribe):
+        log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\" or \"**\"): development only")
 
     admission = Admission(negotiator, origin, hop_id)
 

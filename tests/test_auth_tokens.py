@@ -19,6 +19,10 @@ from relay.auth.scope import AuthError
 from relay.auth.tokens import TokenVerifier, sign_token
 
 
+def texts(patterns) -> tuple[str, ...]:
+    return tuple(p.text for p in patterns)
+
+
 def write_key(path, key, public: bool = False) -> str:
     data = key.public_jwk() if public else key.jwk
     path.write_text(b64url_encode(json.dumps(data).encode()))
@@ -38,7 +42,7 @@ def test_every_algorithm_round_trips(tmp_path, alg) -> None:
     # Asymmetric keys verify with the public half only.
     verifier = TokenVerifier(key_path=write_key(tmp_path / "k.jwk", key, public=alg not in ("HS256", "HS384", "HS512")))
     claims = verifier.verify(token)
-    assert (claims.root, claims.put, claims.get) == ("room", ("alice",), ("",))
+    assert (claims.root, texts(claims.publish), texts(claims.subscribe)) == ("room", ("alice/**",), ("**",))
 
 
 def test_raw_json_and_seed_keys() -> None:
@@ -59,7 +63,7 @@ def test_claim_rules(hs) -> None:
     def token(payload, alg="HS256", k=None, headers=None):
         return jwt.encode(payload, k or key.sign_key, algorithm=alg, headers=headers)
 
-    assert verifier.verify(token({"root": "a", "get": "x"})).get == ("x",)
+    assert texts(verifier.verify(token({"root": "a", "get": "x"})).subscribe) == ("x/**",)
     bad = {
         "expired": token({"get": "", "exp": now - 1}),
         "not_yet_valid": token({"get": "", "nbf": now + 60}),
@@ -81,7 +85,7 @@ def test_claim_rules(hs) -> None:
         assert name
     # Seed names: pub/sub lists are accepted where put/get are absent.
     claims = verifier.verify(token({"pub": ["cam"], "sub": ["room"]}))
-    assert claims.put == ("cam",) and claims.get == ("room",)
+    assert texts(claims.publish) == ("cam/**",) and texts(claims.subscribe) == ("room/**",)
 
 
 def raw_token(key, payload_json: str) -> str:
@@ -114,7 +118,7 @@ def test_integral_time_claims_are_accepted(hs, claim: str) -> None:
     when = {"exp": int(time.time()) + 3600, "nbf": int(time.time()) - 60, "iat": int(time.time())}[claim]
     for text in (str(when), f"{when}.0", f"{when}e0", f"{when * 10}e-1", "null"):
         claims = verifier.verify(raw_token(key, f'{{"get": "", "{claim}": {text}}}'))
-        assert claims.get == ("",)
+        assert texts(claims.subscribe) == ("**",)
         assert claims.exp == (when if claim == "exp" and text != "null" else None)
         if claims.exp is not None:
             assert type(claims.exp) is int
@@ -140,12 +144,12 @@ def test_key_dir_and_rotation(tmp_path) -> None:
     a = generate_key("HS256", "a")
     write_key(keys / "a.jwk", a)
     verifier = TokenVerifier(key_dir=str(keys))
-    assert verifier.verify(sign_token(a, get=[""])).get == ("",)
+    assert texts(verifier.verify(sign_token(a, get=[""])).subscribe) == ("**",)
     b = generate_key("HS256", "b")
     with pytest.raises(AuthError):
         verifier.verify(sign_token(b, get=[""]))  # not there yet
     write_key(keys / "b.jwk", b)  # rotation: a new kid appears
-    assert verifier.verify(sign_token(b, get=[""])).get == ("",)
+    assert texts(verifier.verify(sign_token(b, get=[""])).subscribe) == ("**",)
     (keys / "a.jwk").unlink()  # and the old one is retired
     with pytest.raises(AuthError):
         verifier.verify(sign_token(a, get=[""]))
@@ -158,7 +162,7 @@ def test_key_scope_caps_tokens(tmp_path) -> None:
     key.jwk["scope"] = {"root": "org", "put": ["cams"], "get": [""]}
     verifier = TokenVerifier(key_path=write_key(tmp_path / "s.jwk", key))
     signer = parse_jwk(json.dumps(key.jwk))
-    assert verifier.verify(sign_token(signer, root="org", put=["cams/1"], get=["x"])).put == ("cams/1",)
+    assert texts(verifier.verify(sign_token(signer, root="org", put=["cams/1"], get=["x"])).publish) == ("cams/1/**",)
     with pytest.raises(AuthError):
         verifier.verify(sign_token(signer, root="org", put=["other"]))
 
@@ -168,9 +172,9 @@ def test_authorizer_rules(hs) -> None:
     auth = Authorizer(verifier, ["anon"], ["anon"])
     tok = sign_token(key, root="room/123", put=["alice"], get=[""])
     s = auth(f"/room/123?jwt={tok}")
-    assert (s.root, s.publish, s.subscribe) == ("room/123", ("alice",), ("",))
-    assert auth(f"/room?jwt=&jwt={tok}").subscribe == ("123",)  # last non-empty jwt wins
-    assert auth("/anon/x?jwt=").publish == ("",)  # empty jwt = no token = public rules
+    assert (s.root, texts(s.publish), texts(s.subscribe)) == ("room/123", ("alice/**",), ("**",))
+    assert texts(auth(f"/room?jwt=&jwt={tok}").subscribe) == ("123/**",)  # last non-empty jwt wins
+    assert texts(auth("/anon/x?jwt=").publish) == ("**",)  # empty jwt = no token = public rules
     for target in ("/secret", f"/secret?jwt={tok}", f"/anon?jwt={tok}x", "/anon/../secret", "/anon/%2e%2e/x"):
         with pytest.raises(AuthError):
             auth(target)
@@ -201,7 +205,7 @@ def test_token_command_round_trip(tmp_path) -> None:
     assert signed.returncode == 0
     verified = run("verify", "--key", str(tmp_path / "root.pub"), stdin=signed.stdout)
     assert verified.returncode == 0
-    assert json.loads(verified.stdout) == {"root": "demo", "put": ["cam"], "get": [""], "exp": None}
+    assert json.loads(verified.stdout) == {"root": "demo", "publish": ["cam/**"], "subscribe": ["**"], "exp": None}
     assert run("verify", "--key", str(tmp_path / "root.pub"), stdin="garbage").returncode == 1
     # The seed's spelling: --key before the subcommand.
     seed = subprocess.run([sys.executable, "-m", "relay", "--key", str(key_file), "sign", "--subscribe", "x"],

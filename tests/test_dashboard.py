@@ -42,7 +42,7 @@ from relay.transport.memory import memory_pair
 from relay.web.dashboard import MIN_RATE_INTERVAL, Dashboard, Rates
 
 V6 = Version.LITE_06
-SCOPE = Scope(root="anon", publish=("",), subscribe=("",))
+SCOPE = Scope(root="anon", publish=("**",), subscribe=("**",))
 
 
 def memory_relay(origin: Origin) -> RelayHandle:

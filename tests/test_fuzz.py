@@ -17,6 +17,7 @@ from fuzz_targets import KEY, TARGETS, VERIFIER, MemoryRecv, Target, run_now, si
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from relay.auth.pattern import Pattern, distinct
 from relay.auth.scope import AuthError
 from relay.auth.tokens import MAX_TIME_CLAIM, claims_from_payload, sign_token
 from relay.digits import ascii_uint
@@ -358,8 +359,9 @@ def test_tokens_round_trip(root: str, put: list[str], get: list[str], expires: i
         put = [""]
     claims = VERIFIER.verify(sign_token(KEY, root=root, put=put, get=get, expires=expires, issued=issued),
                              now=1_700_000_000)
-    assert (claims.root, claims.put, claims.get, claims.exp) == (
-        norm(root), tuple(norm(p) for p in put), tuple(norm(g) for g in get), expires)
+    # Legacy prefixes read as their subtrees (0.17 §2.4), only exact duplicates dropped.
+    assert (claims.root, claims.publish, claims.subscribe, claims.exp) == (
+        norm(root), distinct(Pattern.subtree(p) for p in put), distinct(Pattern.subtree(g) for g in get), expires)
 
 
 json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -384,12 +386,13 @@ def test_time_claims_are_whole_seconds_in_range_or_refused(claim: str, value: An
 
 
 @FUZZ
-@given(payload=st.dictionaries(st.sampled_from(["root", "put", "get", "pub", "sub", "exp", "nbf", "iat", "aud",
-                                                "cluster", "x"]), json_value, max_size=6))
+@given(payload=st.dictionaries(st.sampled_from(["root", "put", "get", "pub", "sub", "publish", "subscribe", "exp",
+                                                "nbf", "iat", "aud", "cluster", "x"]), json_value, max_size=6))
 def test_any_signed_claims_give_claims_or_auth_error(payload: dict[str, Any]) -> None:
     try:
         claims = VERIFIER.verify(signed(json.dumps(payload).encode()), now=1_700_000_000)
     except AuthError:
         return
-    assert claims.put or claims.get
-    assert all(isinstance(p, str) for p in (claims.root, *claims.put, *claims.get))
+    assert claims.publish or claims.subscribe
+    assert isinstance(claims.root, str)
+    assert all(isinstance(p, Pattern) for p in (*claims.publish, *claims.subscribe))

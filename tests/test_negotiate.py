@@ -16,7 +16,7 @@ ALL = versions_from_config(None)
 def authorize(target: str) -> Scope:
     if "jwt=bad" in target:
         raise AuthError("bad token")
-    return Scope(root="", publish=("",), subscribe=("",))
+    return Scope(root="", publish=("**",), subscribe=("**",))
 
 
 def test_versions_from_config_keep_the_relays_preference() -> None:
@@ -93,7 +93,7 @@ def test_a_transport_can_be_narrowed_and_the_legacy_setup_refused() -> None:
 
 def test_admission_checks_the_token_once_for_all_transports() -> None:
     n = Negotiator(ALL, authorize)
-    assert n.admit("/room?jwt=good").publish == ("",)
+    assert [p.text for p in n.admit("/room?jwt=good").publish] == ["**"]
     with pytest.raises(NegotiationError) as info:
         n.admit("/room?jwt=bad")
     assert info.value.status == 401 and info.value.code == 6 and "bad token" in info.value.reason

@@ -127,7 +127,7 @@ async def test_sighup_reload_keeps_sessions_and_applies_certificates_auth_and_li
         assert relay.reloader.reload(lambda: load_config([str(path)], {})) is None
         path.write_text(config_text(port, https_port, cert1, key2, public="anon"))  # a key of another cert
         assert relay.reloader.reload(lambda: load_config([str(path)], {})) is None
-        assert relay.fingerprint == fp2 and relay.authorizer.public_subscribe == [""]
+        assert relay.fingerprint == fp2 and [p.text for p in relay.authorizer.public_subscribe] == ["**"]
         assert relay.reloader.refused == 2
         count = len(received)
         await wait_until(lambda: len(received) >= count + 2, 20)

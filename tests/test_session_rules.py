@@ -25,7 +25,7 @@ from relay.transport.base import RecvStream, SendStream, StreamReset
 from relay.transport.memory import MemorySession, memory_pair
 
 V6 = Version.LITE_06
-EVERYTHING = Scope(root="", publish=("",), subscribe=("",))
+EVERYTHING = Scope(root="", publish=("**",), subscribe=("**",))
 LIMIT = 1 << 16
 
 

@@ -1,11 +1,20 @@
-"""From a request target (path + ?jwt=) to a session scope (relay spec §5, §6.4, §6.5)."""
+"""From a request target (path + ?jwt=) to a session scope (relay spec §5, §6.4, §6.5; 0.17 §2.3)."""
 
 from __future__ import annotations
 
 import hmac
 import logging
 
-from relay.auth.scope import AuthError, Scope, full_scope, public_scope, scope_from_grants, split_target
+from relay.auth.pattern import Pattern, distinct
+from relay.auth.scope import (
+    AuthError,
+    Scope,
+    full_scope,
+    public_rule,
+    public_scope,
+    scope_from_patterns,
+    split_target,
+)
 from relay.auth.tokens import TokenVerifier, check_path
 from relay.model.path import norm
 
@@ -28,21 +37,40 @@ def token_from_query(query: dict[str, list[str]]) -> str | None:
 LOCAL_LINK_PATH = ".cluster"
 
 
+def read_public_rules(values: list[str] | None, name: str, logged: set[tuple[str, str]] | None = None) -> tuple[Pattern, ...]:
+    """`[auth] public*` values as patterns (0.17 §2.3, rooted at `/`). A value without a
+    wildcard keeps the seed's meaning, a prefix, where upstream 0.17 refuses to start: say so,
+    once per value (`logged` remembers across reloads). Raises PatternError on a bad pattern."""
+    rules: list[Pattern] = []
+    for value in values or []:
+        rule = public_rule(value)
+        if "*" not in value and (logged is None or (name, value) not in logged):
+            if logged is not None:
+                logged.add((name, value))
+            log.info("auth: %s %r has no wildcard: read as the subtree %r as the seed did; write %r to say so",
+                     name, value, rule.text, rule.text)
+        rules.append(rule)
+    return distinct(rules)
+
+
 class Authorizer:
     def __init__(self, verifier: TokenVerifier, public_subscribe: list[str] | None,
                  public_publish: list[str] | None, *, local_credential: str | None = None) -> None:
         self.verifier = verifier
         self.local_credential = local_credential
-        self.public_subscribe = list(public_subscribe or [])
-        self.public_publish = list(public_publish or [])
+        self._logged_rules: set[tuple[str, str]] = set()
+        self._set_public(public_subscribe, public_publish)
         self.rejections: dict[str, int] = {}
+
+    def _set_public(self, public_subscribe: list[str] | None, public_publish: list[str] | None) -> None:
+        self.public_subscribe = read_public_rules(public_subscribe, "public_subscribe", self._logged_rules)
+        self.public_publish = read_public_rules(public_publish, "public_publish", self._logged_rules)
 
     def replace(self, verifier: TokenVerifier, public_subscribe: list[str] | None,
                 public_publish: list[str] | None) -> None:
         """New rules for the requests to come (a reload); granted sessions keep their scopes."""
         self.verifier = verifier
-        self.public_subscribe = list(public_subscribe or [])
-        self.public_publish = list(public_publish or [])
+        self._set_public(public_subscribe, public_publish)
 
     def __call__(self, target: str, token: str | None = None) -> Scope:
         try:
@@ -70,5 +98,5 @@ class Authorizer:
             # A presented token is never softened into public access (§6.5).
             raise AuthError("authentication is disabled (no key configured)")
         claims = self.verifier.verify(token)
-        return scope_from_grants(path, claims.root, list(claims.put), list(claims.get),
-                                 expires=None if claims.exp is None else float(claims.exp))
+        return scope_from_patterns(path, claims.root, claims.publish, claims.subscribe,
+                                   expires=None if claims.exp is None else float(claims.exp))

@@ -18,6 +18,14 @@ def _write_private(path: str, text: str) -> None:
         fh.write(text)
 
 
+def _prefixes(values: list[str]) -> list[str]:
+    return [v for v in values if "*" not in v]
+
+
+def _patterns(values: list[str]) -> list[str]:
+    return [v for v in values if "*" in v]
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="moq-relay token", description="Keys and tokens for moq-relay.")
     ap.add_argument("--key", help="JWK file (seed spelling: before the subcommand)")
@@ -30,8 +38,10 @@ def main(argv: list[str]) -> int:
     sign = sub.add_parser("sign", help="print a token signed with --key")
     sign.add_argument("--key", dest="sub_key")
     sign.add_argument("--root", default="")
-    sign.add_argument("--publish", action="append", default=[], help="publish prefix (repeatable)")
-    sign.add_argument("--subscribe", action="append", default=[], help="subscribe prefix (repeatable)")
+    sign.add_argument("--publish", action="append", default=[],
+                      help="publish pattern; without a wildcard, a prefix (repeatable)")
+    sign.add_argument("--subscribe", action="append", default=[],
+                      help="subscribe pattern; without a wildcard, a prefix (repeatable)")
     sign.add_argument("--expires", type=int, help="unix seconds")
     sign.add_argument("--issued", type=int, help="unix seconds")
     sign.add_argument("--cluster", action="store_true", help="seed compatibility: adds cluster:true")
@@ -66,12 +76,15 @@ def main(argv: list[str]) -> int:
             return 2
         if args.command == "sign":
             key = load_key(key_path)
-            print(sign_token(key, args.root, args.publish, args.subscribe, args.expires, args.issued, args.cluster))
+            # As the public rules read (relay.auth.scope.public_rule): `cam` is the prefix, `cam/*` a pattern.
+            print(sign_token(key, args.root, _prefixes(args.publish), _prefixes(args.subscribe), args.expires,
+                             args.issued, args.cluster, publish=_patterns(args.publish),
+                             subscribe=_patterns(args.subscribe)))
             return 0
         token = (sys.stdin.read() if args.infile == "-" else open(args.infile).read()).strip()
         claims = TokenVerifier(key_path=key_path).verify(token)
-        print(json.dumps({"root": claims.root, "put": list(claims.put), "get": list(claims.get),
-                          "exp": claims.exp}))
+        print(json.dumps({"root": claims.root, "publish": [p.text for p in claims.publish],
+                          "subscribe": [p.text for p in claims.subscribe], "exp": claims.exp}))
         return 0
     except (KeyError_, AuthError, OSError) as exc:
         print(f"Error: {exc}", file=sys.stderr)

@@ -1,13 +1,15 @@
-"""Session scopes: a root and the publish/subscribe prefixes relative to it (relay spec §6.4-§6.5)."""
+"""Session scopes: a root and the publish/subscribe patterns relative to it (relay.md §6.4-§6.5,
+relay-0.17.md §2.3-§2.5)."""
 
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from relay.auth.pattern import ANY, Pattern, distinct
 from relay.errors import RemoteError
-from relay.model.path import RESERVED, has_prefix, join, norm, overlaps, reserved_prefix, strip
+from relay.model.path import RESERVED, has_prefix, join, norm, reserved_prefix, strip
 
 
 class AuthError(RemoteError):
@@ -19,22 +21,37 @@ class AuthError(RemoteError):
         self.status = status
 
 
+def _as_patterns(members: tuple[Pattern | str, ...]) -> tuple[Pattern, ...]:
+    return tuple(m if isinstance(m, Pattern) else Pattern.parse(m) for m in members)
+
+
+def _names_reserved(absolute: Pattern) -> bool:
+    """Does the pattern spell a reserved prefix out as its first segment? A wildcard (`*/x`,
+    `**`) never names one, so it never reaches `.internal`/`.stats`."""
+    return bool(absolute.segments) and absolute.segments[0] in RESERVED
+
+
 @dataclass(frozen=True)
 class Scope:
-    """What one session may do. Paths in `publish`/`subscribe` are relative to `root`."""
+    """What one session may do. Patterns in `publish`/`subscribe` are relative to `root`; pattern
+    text is accepted too (`Scope(root="", publish=("**",), ...)`) and parsed."""
 
     root: str
-    publish: tuple[str, ...]
-    subscribe: tuple[str, ...]
+    publish: tuple[Pattern, ...]
+    subscribe: tuple[Pattern, ...]
     expires: float | None = None
-    # The grants that name a reserved prefix (absolute paths at or under `.internal`/`.stats`),
+    # The grants that name a reserved prefix (absolute patterns starting `.internal`/`.stats`),
     # kept apart because re-anchoring at a connection path loses the difference between a grant
     # that names `.internal` and a root grant inherited by a session connected at `/.internal`.
-    reserved_publish: tuple[str, ...] = ()
-    reserved_subscribe: tuple[str, ...] = ()
+    reserved_publish: tuple[Pattern, ...] = ()
+    reserved_subscribe: tuple[Pattern, ...] = ()
     # A link between two worker processes of one relay (relay/workers.py), not a client or a
     # cluster peer: the whole relay's dashboard leaves those out.
     sibling: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("publish", "subscribe", "reserved_publish", "reserved_subscribe"):
+            object.__setattr__(self, name, _as_patterns(tuple(getattr(self, name))))
 
     def absolute(self, rel: str) -> str:
         return join(self.root, norm(rel))
@@ -42,13 +59,13 @@ class Scope:
     def relative(self, absolute: str) -> str | None:
         return strip(absolute, self.root)
 
-    def _granted(self, grants: tuple[str, ...], named: tuple[str, ...], rel: str) -> bool:
-        """A grant covers `rel`; under a reserved prefix, also one that names it (at or above
-        the path), never one inherited from a parent such as the root."""
-        if not any(has_prefix(rel, g) for g in grants):
+    def _granted(self, grants: tuple[Pattern, ...], named: tuple[Pattern, ...], rel: str) -> bool:
+        """A grant matches `rel`; under a reserved prefix, also one that names it, never one
+        inherited from a parent such as the root."""
+        if not any(g.matches(rel) for g in grants):
             return False
         absolute = self.absolute(rel)
-        return reserved_prefix(absolute) is None or any(has_prefix(absolute, n) for n in named)
+        return reserved_prefix(absolute) is None or any(n.matches(absolute) for n in named)
 
     def can_publish(self, rel: str) -> bool:
         return self._granted(self.publish, self.reserved_publish, norm(rel))
@@ -62,25 +79,35 @@ class Scope:
         return rel is not None and self.can_subscribe(rel)
 
     def watch_prefixes(self, rel_prefix: str) -> list[str]:
-        """The parts of `rel_prefix` this session may see, as relative prefixes to watch.
+        """The relative prefixes to watch for announcements under `rel_prefix` (§2.5): each
+        subscribe pattern's literal head, or `rel_prefix` itself where that is deeper, for the
+        patterns that can match something there; duplicate and nested prefixes coalesced.
 
-        A watch can be wider than what may be seen (the root covers `.internal/`): filter what it
-        reports with `can_see`."""
+        A watch is wider than what may be seen (`*/chat` watches everything, the root covers
+        `.internal/`): filter what it reports with `can_see`."""
         rel_prefix = norm(rel_prefix)
         out: list[str] = []
         for grant in self.subscribe:
-            if has_prefix(rel_prefix, grant):
-                return [rel_prefix]
-            if has_prefix(grant, rel_prefix):
-                out.append(grant)
+            if not grant.rebased(rel_prefix):
+                continue  # nothing at or below rel_prefix matches
+            head = grant.literal_head()
+            watch = head if has_prefix(head, rel_prefix) else rel_prefix
+            if any(has_prefix(watch, w) for w in out):
+                continue
+            out = [w for w in out if not has_prefix(w, watch)]
+            out.append(watch)
         return out
+
+
+EVERYTHING = Pattern.parse(ANY)
 
 
 def full_scope(_: str = "", *, sibling: bool = False) -> Scope:
     """Everything both ways, the reserved prefixes included (node advertisements): what a
     cluster link carries. Also an `Authorize` that grants it for any target."""
-    return Scope(root="", publish=("",), subscribe=("",), reserved_publish=RESERVED,
-                 reserved_subscribe=RESERVED, sibling=sibling)
+    reserved = tuple(Pattern.subtree(r) for r in RESERVED)
+    return Scope(root="", publish=(EVERYTHING,), subscribe=(EVERYTHING,), reserved_publish=reserved,
+                 reserved_subscribe=reserved, sibling=sibling)
 
 
 def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
@@ -89,44 +116,61 @@ def split_target(target: str) -> tuple[str, dict[str, list[str]]]:
     return path, urllib.parse.parse_qs(query, keep_blank_values=True)
 
 
-def scope_from_grants(conn_path: str, token_root: str, put: list[str], get: list[str],
-                      expires: float | None = None) -> Scope:
-    """HEAD's algorithm (§6.4): re-anchor the grants of a token at the connection path."""
-    p, r = norm(conn_path), norm(token_root)
+def scope_from_patterns(conn_path: str, root: str, publish: Iterable[Pattern], subscribe: Iterable[Pattern],
+                        expires: float | None = None) -> Scope:
+    """Authorise at the dialed path (0.17 §2.3): below the root, rebase each pattern by the
+    extra segments; above it, prefix each with the missing ones; elsewhere, refuse."""
+    p, r = norm(conn_path), norm(root)
+    publish, subscribe = tuple(publish), tuple(subscribe)
     if has_prefix(p, r):
-        suffix, prefix = strip(p, r) or "", ""
+        suffix = strip(p, r) or ""
+
+        # Members are kept as they come out (the §2.3 table grants `**` and `chat` at `/anon`):
+        # see relay.auth.pattern.distinct for why grants are never a union.
+        def anchor(grants: tuple[Pattern, ...]) -> tuple[Pattern, ...]:
+            return distinct(m for g in grants for m in g.rebased(suffix))
     elif has_prefix(r, p):
-        suffix, prefix = "", strip(r, p) or ""
+        remainder = strip(r, p) or ""
+
+        def anchor(grants: tuple[Pattern, ...]) -> tuple[Pattern, ...]:
+            return distinct(g.prefixed(remainder) for g in grants)
     else:
         raise AuthError(f"path /{p} is outside the token root /{r}")
 
-    def rebase(grants: list[str]) -> tuple[str, ...]:
-        kept: list[str] = []
-        for g in grants:
-            g2 = join(prefix, norm(g))
-            if has_prefix(g2, suffix):
-                kept.append(strip(g2, suffix) or "")
-            elif has_prefix(suffix, g2):
-                kept.append("")
-        return tuple(dict.fromkeys(kept))
+    def reserved(grants: tuple[Pattern, ...]) -> tuple[Pattern, ...]:
+        return tuple(a for a in (g.prefixed(r) for g in grants) if _names_reserved(a))
 
-    def reserved(grants: list[str]) -> tuple[str, ...]:
-        absolute = (join(r, norm(g)) for g in grants)
-        return tuple(a for a in absolute if reserved_prefix(a) is not None)
-
-    publish, subscribe = rebase(put), rebase(get)
-    if not publish and not subscribe:
+    session_publish, session_subscribe = anchor(publish), anchor(subscribe)
+    if not session_publish and not session_subscribe:
         raise AuthError(f"nothing granted at /{p}")
-    return Scope(root=p, publish=publish, subscribe=subscribe, expires=expires,
-                 reserved_publish=reserved(put), reserved_subscribe=reserved(get))
+    return Scope(root=p, publish=session_publish, subscribe=session_subscribe, expires=expires,
+                 reserved_publish=reserved(publish), reserved_subscribe=reserved(subscribe))
 
 
-def public_scope(conn_path: str, public_subscribe: list[str], public_publish: list[str]) -> Scope:
-    """Anonymous access (§6.5): public prefixes overlapping the path act like a root token."""
-    p = norm(conn_path)
-    if any(overlaps(p, norm(q)) for q in [*public_subscribe, *public_publish]):
-        return scope_from_grants(p, "", list(public_publish), list(public_subscribe))
-    raise AuthError(f"a token is required for /{p}")
+def scope_from_grants(conn_path: str, token_root: str, put: list[str], get: list[str],
+                      expires: float | None = None) -> Scope:
+    """Legacy prefix grants (relay.md §6.4), each read as its subtree `p/**` (0.17 §2.4)."""
+    return scope_from_patterns(conn_path, token_root, [Pattern.subtree(g) for g in put],
+                               [Pattern.subtree(g) for g in get], expires)
+
+
+def public_rule(text: str) -> Pattern:
+    """A public rule as configured: a pattern when it has a wildcard, else the seed's prefix,
+    read as its subtree (`anon` -> `anon/**`, `""` -> `**`). Upstream 0.17 refuses to start on
+    a wildcard-free rule instead; this relay keeps seed configs working. Raises PatternError."""
+    return Pattern.parse(text) if "*" in text else Pattern.subtree(text)
+
+
+def public_scope(conn_path: str, public_subscribe: Sequence[Pattern | str],
+                 public_publish: Sequence[Pattern | str]) -> Scope:
+    """Anonymous access: the public rules act like a token rooted at `/` (0.17 §2.3)."""
+    def read(rules: Sequence[Pattern | str]) -> list[Pattern]:
+        return [r if isinstance(r, Pattern) else public_rule(r) for r in rules]
+
+    try:
+        return scope_from_patterns(conn_path, "", read(public_publish), read(public_subscribe))
+    except AuthError:
+        raise AuthError(f"a token is required for /{norm(conn_path)}") from None
 
 
 # authorize(request target with its query, "?jwt=..." included) -> Scope; raises AuthError.

@@ -1,4 +1,7 @@
-"""JWT tokens (relay spec §6.1): claims root/put/get/exp, verified with no leeway."""
+"""JWT tokens (relay spec §6.1): claims root, exp and the grants, verified with no leeway.
+
+Grants come as legacy prefixes `put`/`get` or as 0.17 patterns `publish`/`subscribe` (relay-0.17.md
+§2.4); both become patterns here."""
 
 from __future__ import annotations
 
@@ -12,8 +15,9 @@ from typing import Any
 import jwt
 
 from relay.auth.keys import KID_PATTERN, Key, KeyError_, load_key
+from relay.auth.pattern import Pattern, PatternError, covers, distinct
 from relay.auth.scope import AuthError
-from relay.model.path import has_prefix, join, norm
+from relay.model.path import norm
 
 log = logging.getLogger("relay.auth")
 
@@ -22,9 +26,12 @@ MAX_TOKEN = 8192
 
 @dataclass(frozen=True)
 class Claims:
+    """A verified token's grants, as patterns relative to `root` (legacy prefixes already read
+    as their subtrees)."""
+
     root: str
-    put: tuple[str, ...]
-    get: tuple[str, ...]
+    publish: tuple[Pattern, ...]
+    subscribe: tuple[Pattern, ...]
     exp: int | None
 
 
@@ -39,14 +46,45 @@ def check_path(value: str, what: str) -> str:
     return value
 
 
-def _grants(value: Any, name: str) -> tuple[str, ...]:
+def _strings(value: Any, name: str) -> list[str]:
     if value is None:
-        return ()
+        raise AuthError(f"{name} is null: leave it out to grant nothing")
     if isinstance(value, str):
-        value = [value]
+        return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise AuthError(f"claim {name} must be a string or a list of strings")
-    return tuple(norm(check_path(v, f"claim {name}")) for v in value)
+        raise AuthError(f"{name} must be a string or a list of strings")
+    return value
+
+
+def _prefix_grants(value: Any, name: str) -> tuple[Pattern, ...]:
+    """Legacy `put`/`get`: each prefix, normalised, reads as its subtree (0.17 §2.4)."""
+    try:
+        return distinct(Pattern.subtree(norm(check_path(v, name))) for v in _strings(value, name))
+    except PatternError as exc:
+        log.warning("token refused: %s: %s", name, exc)
+        raise AuthError(f"{name} has a bad prefix: {exc}") from None
+
+
+def _pattern_grants(value: Any, name: str) -> tuple[Pattern, ...]:
+    """`publish`/`subscribe`: patterns exactly as written (§2.1), so `cam` is one broadcast."""
+    try:
+        return distinct(Pattern.parse(check_path(v, name)) for v in _strings(value, name))
+    except PatternError as exc:
+        log.warning("token refused: %s: %s", name, exc)
+        raise AuthError(f"{name} has a bad pattern: {exc}") from None
+
+
+def _direction(payload: dict[str, Any], legacy: str, modern: str, what: str = "claim") -> tuple[Pattern, ...] | None:
+    """One direction's grants from the legacy or the pattern spelling; None when neither is there.
+    Both spellings at once are refused: which one the signer meant cannot be known, and taking
+    either could grant what the other withholds."""
+    if legacy in payload and modern in payload:
+        raise AuthError(f"{what} {legacy} and {modern} both present: one direction takes one spelling")
+    if modern in payload:
+        return _pattern_grants(payload[modern], f"{what} {modern}")
+    if legacy in payload:
+        return _prefix_grants(payload[legacy], f"{what} {legacy}")
+    return None
 
 
 # Time claims are unix seconds: a JSON number that is a whole number in [0, 2**63). JSON
@@ -90,29 +128,35 @@ def claims_from_payload(payload: dict[str, Any], now: float | None = None) -> Cl
     root = payload.get("root", "") or ""
     if not isinstance(root, str):
         raise AuthError("claim root must be a string")
-    put = _grants(payload.get("put"), "put")
-    get = _grants(payload.get("get"), "get")
-    # The seed documented pub/sub: accepted as aliases only where put/get are absent.
-    if "put" not in payload and isinstance(payload.get("pub"), list | str):
-        put = _grants(payload.get("pub"), "pub")
-    if "get" not in payload and isinstance(payload.get("sub"), list):
-        get = _grants(payload.get("sub"), "sub")  # a plain-string `sub` is the JWT subject
-    if not put and not get:
+    if "*" in root:
+        raise AuthError(f"claim root {root!r} has a '*': a root is a path, never a pattern")
+    publish = _direction(payload, "put", "publish")
+    subscribe = _direction(payload, "get", "subscribe")
+    # The seed documented pub/sub: accepted as aliases only where neither spelling is present.
+    if publish is None and isinstance(payload.get("pub"), list | str):
+        publish = _prefix_grants(payload.get("pub"), "claim pub")
+    if subscribe is None and isinstance(payload.get("sub"), list):
+        subscribe = _prefix_grants(payload.get("sub"), "claim sub")  # a plain-string `sub` is the JWT subject
+    if not publish and not subscribe:
         raise AuthError("token is useless: it grants neither publish nor subscribe")
-    return Claims(norm(check_path(root, "claim root")), put, get, exp)
+    return Claims(norm(check_path(root, "claim root")), publish or (), subscribe or (), exp)
 
 
 def _check_key_scope(key: Key, claims: Claims) -> None:
-    """A key's optional scope caps what its tokens may grant; an overreaching token is rejected."""
+    """A key's optional scope caps what its tokens may grant: each grant must lie inside a single
+    pattern of the scope (§2.2 "covers"); an overreaching token is rejected."""
     if not key.scope:
         return
     scope_root = norm(str(key.scope.get("root", "") or ""))
-    for role, grants in (("put", claims.put), ("get", claims.get)):
-        allowed = _grants(key.scope.get(role), f"key scope {role}")
+    if "*" in scope_root:
+        raise AuthError(f"key scope root {scope_root!r} has a '*': a root is a path, never a pattern")
+    for role, legacy, modern, grants in (("publish", "put", "publish", claims.publish),
+                                         ("subscribe", "get", "subscribe", claims.subscribe)):
+        allowed = tuple(a.prefixed(scope_root) for a in _direction(key.scope, legacy, modern, "key scope") or ())
         for grant in grants:
-            full = join(claims.root, grant)
-            if not any(has_prefix(full, join(scope_root, a)) for a in allowed):
-                raise AuthError(f"token grants {role} {full!r} beyond its key's scope")
+            full = grant.prefixed(claims.root)
+            if not covers(allowed, full):
+                raise AuthError(f"token grants {role} {full.text!r} beyond its key's scope")
 
 
 class TokenVerifier:
@@ -191,16 +235,27 @@ class TokenVerifier:
 
 
 def sign_token(key: Key, root: str = "", put: list[str] | None = None, get: list[str] | None = None,
-               expires: int | None = None, issued: int | None = None, cluster: bool = False) -> str:
+               expires: int | None = None, issued: int | None = None, cluster: bool = False, *,
+               publish: list[str] | None = None, subscribe: list[str] | None = None) -> str:
+    """A token granting the prefixes `put`/`get` (each read as `p/**`) and the patterns
+    `publish`/`subscribe`. As 0.17 signs (§2.4): the legacy put/get form when every grant is a
+    subtree, which older verifiers read too, else publish/subscribe pattern claims."""
     if not key.can_sign:
         raise KeyError_("this key cannot sign (public key, or key_ops without sign)")
-    payload: dict[str, Any] = {"root": root}
-    if put:
-        payload["put"] = put if len(put) > 1 else put[0]
-    if get:
-        payload["get"] = get if len(get) > 1 else get[0]
-    if not put and not get:
+    try:
+        pub = distinct([*(Pattern.subtree(p) for p in put or []), *(Pattern.parse(p) for p in publish or [])])
+        sub = distinct([*(Pattern.subtree(p) for p in get or []), *(Pattern.parse(p) for p in subscribe or [])])
+    except PatternError as exc:
+        raise KeyError_(str(exc)) from None
+    if not pub and not sub:
         raise KeyError_("a token must grant publish or subscribe (token is useless)")
+    payload: dict[str, Any] = {"root": root}
+    legacy = all(p.subtree_prefix is not None for p in (*pub, *sub))
+    for grants, names in ((pub, ("put", "publish")), (sub, ("get", "subscribe"))):
+        if not grants:
+            continue
+        texts = [p.subtree_prefix or "" for p in grants] if legacy else [p.text for p in grants]
+        payload[names[0] if legacy else names[1]] = texts if len(texts) > 1 else texts[0]
     if expires is not None:
         payload["exp"] = int(expires)
     if issued is not None:

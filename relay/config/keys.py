@@ -239,12 +239,12 @@ KEYS: tuple[Key, ...] = (
         group="access"),
     # `public` is the shorthand: it sets both lists below, and a publish or subscribe list from
     # the same source adds to it.
-    Key("auth.public", v.PREFIXES, "path prefixes anyone may publish and subscribe under without a "
-        "token (0.17's `p/**` reads as p); \"\" = everything (development only)", dev="", example="anon,demo",
-        attr=None, feeds=("auth.public.subscribe", "auth.public.publish"), group="access"),
-    Key("auth.public.subscribe", v.PUBLIC_PATHS, "path prefixes anyone may subscribe under", example="anon,demo",
+    Key("auth.public", v.PREFIXES, "path patterns anyone may publish and subscribe under without a "
+        "token (no wildcard: a prefix); \"\" = everything (development only)", dev="", example="anon,demo", attr=None,
+        feeds=("auth.public.subscribe", "auth.public.publish"), group="access"),
+    Key("auth.public.subscribe", v.STRS, "path patterns anyone may subscribe under (no wildcard: a prefix)", example="anon,demo",
         attr="auth.public_subscribe", group="access", renamed=("auth.public_subscribe",)),
-    Key("auth.public.publish", v.PUBLIC_PATHS, "path prefixes anyone may publish under", example="anon",
+    Key("auth.public.publish", v.STRS, "path patterns anyone may publish under (no wildcard: a prefix)", example="anon",
         attr="auth.public_publish", group="access", renamed=("auth.public_publish",)),
     Key("auth.public.api", v.ANY, "public-path API", support=N),
     Key("auth.url", v.ANY, "an external auth server (moq-relay 0.15+) is not supported yet; " + AUTH_INSTEAD,

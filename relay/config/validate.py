@@ -51,6 +51,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"auth.key_dir: {auth.key_dir} is not a directory")
     if auth.key and auth.key_dir:
         raise ConfigError("auth: cannot combine key and key_dir")
+    from relay.auth.pattern import PatternError
+    from relay.auth.scope import public_rule
+
+    for name, rules in (("public_subscribe", auth.public_subscribe), ("public_publish", auth.public_publish)):
+        for rule in rules or []:
+            try:
+                public_rule(rule)
+            except PatternError as exc:
+                raise ConfigError(f"auth.{name}: {exc}") from exc
     if not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish):
         raise ConfigError("auth: no auth-key, auth-key-dir or public path configured; nobody can authenticate")
     if cfg.cluster.root and cfg.cluster.connect:

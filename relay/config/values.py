@@ -206,23 +206,9 @@ def _keep_alive(value: Any, key: str) -> float | None:
     return None if d == 0 else d  # "0s" switches keep-alives off
 
 
-def _public_paths(value: Any, key: str) -> list[str]:
-    """Path prefixes. moq-relay 0.15+ writes public access as patterns: `p/**` (p and everything
-    below it) and `**` are exactly the prefixes `p` and `""` and read as them; any other
-    wildcard is refused, since a prefix cannot say it."""
-    out = []
-    for entry in parse_list(value, key):
-        prefix = "" if entry == "**" else entry.removesuffix("/**")
-        if "*" in prefix:
-            raise ConfigError(f"{key}: the pattern {entry!r} is not supported yet; this relay grants path "
-                              "prefixes (write `room` or `room/**` for room and everything below it)")
-        out.append(prefix)
-    return out
-
-
 def _prefixes(value: Any, key: str) -> list[str]:
     # `public = ""` is the root prefix, i.e. everything (spec §2.2), not an empty list.
-    return [""] if value == "" else _public_paths(value, key)
+    return [""] if value == "" else parse_list(value, key)
 
 
 def _versions(value: Any, key: str) -> list[str]:
@@ -320,7 +306,6 @@ PATHS = Type("PATH", parse_list, _join, many=True)
 PEERS = Type("URL", _peers, _join, many=True)
 WINDOW = Type("SIZE", _window)
 PREFIXES = Type("PREFIX", _prefixes, _join, many=True)
-PUBLIC_PATHS = Type("PREFIX", _public_paths, _join, many=True)
 VERSIONS = Type("ALPN", _versions, _join, many=True)
 LEVEL = Type("{trace,debug,info,warn,error}", _choice("trace", "debug", "info", "warn", "warning", "error",
                                                        fold=True))

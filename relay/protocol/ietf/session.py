@@ -179,7 +179,7 @@ class IetfSession(SessionTasks):
         except TransportError:
             return None
         log.info("%s accepted root=/%s publish=%s subscribe=%s implementation=%r", self.name, self.scope.root,
-                 list(self.scope.publish), list(self.scope.subscribe), setup.params.implementation)
+                 [p.text for p in self.scope.publish], [p.text for p in self.scope.subscribe], setup.params.implementation)
         return recv, pending
 
     def send_goaway(self, uri: str = "") -> None:

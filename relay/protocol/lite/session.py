@@ -135,7 +135,7 @@ class LiteSession(SessionTasks):
                     return
                 assert self.scope is not None
                 log.info("%s accepted root=/%s publish=%s subscribe=%s", self.name, self.scope.root,
-                         list(self.scope.publish), list(self.scope.subscribe))
+                         [p.text for p in self.scope.publish], [p.text for p in self.scope.subscribe])
                 self._ready.set()
                 if self.scope.publish:
                     nursery.start_soon(self.subscriber.learn_announcements)
