@@ -27,6 +27,7 @@ import trio
 from harness import ENGINE, Flag, free_port, in_thread, publish_until, read_groups, running_relay, wait_until
 
 from relay.auth.keys import generate_key
+from relay.auth.scope import public_rule
 from relay.auth.tokens import sign_token
 from relay.cli import main
 from relay.config import KEYS, Config, ConfigError, Key, Support, UsageError, load_config
@@ -179,17 +180,21 @@ def test_017_sections_in_toml(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
         load_config([write(tmp_path, "[quic]\nbogus = 1\n" + TLS_AUTH)], {})
 
 
-def test_017_public_patterns_that_are_prefixes_read_as_them(tmp_path: Path) -> None:
+def test_017_public_patterns_load_as_written(tmp_path: Path) -> None:
+    """0.17 writes public access as patterns; they load as written and the authorizer reads them
+    (a rule without a wildcard is the seed's prefix: tests/test_patterns.py). A broken pattern
+    stops the load naming the key."""
     base = '[listen]\nbind = "127.0.0.1:4443"\n[listen.tls]\ngenerate = ["localhost"]\n'
     cfg = load_config([write(tmp_path, base + '[auth]\npublic = ["anon/**", "demo"]\n')], {})
-    assert cfg.auth.public_subscribe == cfg.auth.public_publish == ["anon", "demo"]
+    assert cfg.auth.public_subscribe == cfg.auth.public_publish == ["anon/**", "demo"]
     cfg = load_config([write(tmp_path, base + '[auth]\npublic_subscribe = "**"\npublic_publish = "a/b/**"\n')], {})
-    assert (cfg.auth.public_subscribe, cfg.auth.public_publish) == ([""], ["a/b"])
-    assert load_config([], {"MOQ_AUTH_PUBLIC_PUBLISH": "live/**"}).auth.public_publish == ["live"]
-    # A pattern no prefix can say is refused, never read as a literal path.
-    for pattern in ("*/chat", "room/*", "a/**/b", "x*"):
-        with pytest.raises(ConfigError, match=rf"auth.public_subscribe: the pattern '{re.escape(pattern)}' is not "
-                                              "supported yet; this relay grants path prefixes"):
+    assert (cfg.auth.public_subscribe, cfg.auth.public_publish) == (["**"], ["a/b/**"])
+    assert load_config([], {"MOQ_AUTH_PUBLIC_PUBLISH": "live/**"}).auth.public_publish == ["live/**"]
+    for pattern in ("*/chat", "room/*", "x*"):
+        cfg = load_config([write(tmp_path, base + f'[auth]\npublic_subscribe = ["{pattern}"]\n')], {})
+        assert cfg.auth.public_subscribe == [pattern]
+    for pattern in ("a/**/b/**", "a/x*y*z", "x**y"):
+        with pytest.raises(ConfigError, match=r"^auth.public_subscribe: "):
             load_config([write(tmp_path, base + f'[auth]\npublic_subscribe = ["{pattern}"]\n')], {})
 
 
@@ -206,7 +211,13 @@ def test_shipped_017_example_is_the_production_relay(tmp_path: Path) -> None:
         path = write(tmp_path, text, name)
         assert main([path, "--check"]) == 0
         loaded.append(load_config([path], {}))
-    assert plain(loaded[0]) == plain(loaded[1])
+    # The public rule is written as 0.17 writes it (`anon/**`) there and as the seed's prefix
+    # (`anon`) here: the same rule to the authorizer.
+    rules = {tuple(public_rule(r) for r in c.auth.public_subscribe) for c in loaded}
+    assert len(rules) == 1 and [r.text for r in rules.pop()] == ["anon/**"]
+    same = [dataclasses.replace(c, auth=dataclasses.replace(c.auth, public_subscribe=[], public_publish=[]))
+            for c in loaded]
+    assert plain(same[0]) == plain(same[1])
     assert loaded[0].ignored == []
 
 
