@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from relay.auth.pattern import PatternError
+from relay.auth.scope import public_rule
 from relay.config.model import Config
 from relay.config.values import ConfigError
 from relay.protocol.negotiate import LEGACY, parse_version
@@ -51,9 +53,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"auth.key_dir: {auth.key_dir} is not a directory")
     if auth.key and auth.key_dir:
         raise ConfigError("auth: cannot combine key and key_dir")
-    from relay.auth.pattern import PatternError
-    from relay.auth.scope import public_rule
-
     for name, rules in (("public_subscribe", auth.public_subscribe), ("public_publish", auth.public_publish)):
         for rule in rules or []:
             try:
