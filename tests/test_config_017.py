@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomlkit
 import trio
 from harness import ENGINE, Flag, free_port, in_thread, publish_until, read_groups, running_relay, wait_until
+from test_config_table import toml_text
 
 from relay.auth.keys import generate_key
 from relay.auth.scope import public_rule
@@ -222,17 +222,6 @@ def test_shipped_017_example_is_the_production_relay(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ two spellings
-def _toml(values: dict[str, Any]) -> str:
-    doc: dict[str, Any] = {}
-    for name, value in values.items():
-        *tables, last = name.split(".")
-        table = doc
-        for part in tables:
-            table = table.setdefault(part, {})
-        table[last] = value
-    return tomlkit.dumps(doc)
-
-
 def _value(key: Key) -> Any:
     if key.section:
         return {"bind": "127.0.0.1:1"}
@@ -247,7 +236,7 @@ SPELLED_TWICE = [k for k in KEYS if len(k.names) > 1]
 @pytest.mark.parametrize("key", SPELLED_TWICE, ids=[k.name for k in SPELLED_TWICE])
 def test_two_spellings_of_one_setting_in_one_source_name_both(tmp_path: Path, key: Key) -> None:
     for other in key.names[1:]:
-        path = write(tmp_path, _toml({key.name: _value(key), other: _value(key)}))
+        path = write(tmp_path, toml_text({key.name: _value(key), other: _value(key)}))
         with pytest.raises(ConfigError, match="both set") as err:
             load_config([path], {})
         assert key.name in str(err.value) and other in str(err.value)
