@@ -96,7 +96,9 @@ class IetfFetches:
                                         request.group_order)
         except FetchRangeError as exc:
             raise _Refusal(RequestErrorCode.INVALID_RANGE, str(exc)) from exc
-        return served.broadcast, served.track_name, fetch_range, served.first_group
+        # The route the subscription follows now: it may have failed over or moved since.
+        broadcast = served.fanout.broadcast if served.fanout is not None else served.broadcast
+        return broadcast, served.track_name, fetch_range, served.first_group
 
     async def _serve(self, request: msg.Fetch, scope: trio.CancelScope) -> None:
         s = self.session
