@@ -29,6 +29,7 @@ from relay.model.origin import Origin
 from relay.notify_systemd import notify
 from relay.protocol.negotiate import Negotiator, versions_from_config
 from relay.relaying.cluster import Cluster
+from relay.relaying.stats import StatsFeed
 from relay.reload import Reloader
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.quic import QuicEndpoint, moq_apps
@@ -186,6 +187,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator,
                                        worker.sibling_urls() if worker else [])
         handle_.cluster = cluster
+        if config.stats.node is not None:
+            await nursery.start(StatsFeed(origin, handle_.admission.sessions, config.stats.node).run)
         if config.internal.listen:
             internal_app, collector = create_internal_app(handle_)
             handle_.internal_server = collector.internal_server = HttpServer(
