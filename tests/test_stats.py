@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import harness
@@ -21,6 +22,7 @@ from test_reserved_prefixes import KEY, ROOT_USER, announced_suffixes
 from test_transport_quic import TestClient
 
 from relay.auth.keys import b64url_encode
+from relay.auth.tokens import sign_token
 from relay.model.origin import Origin
 from relay.model.track import Track
 from relay.model.traffic import Traffic
@@ -197,3 +199,31 @@ async def test_without_stats_node_there_is_no_stats_broadcast(tmp_path) -> None:
     async with running_relay(tmp_path, "moq-lite-05", auth=auth(tmp_path), port=free_port()) as relay:
         await trio.sleep(1.2)
         assert [b.path for b in relay.handle.origin.broadcasts()] == []
+
+
+@pytest.mark.parametrize("token", ["names-stats", "inherits-root"])
+async def test_stats_broadcasts_cross_a_cluster_link_whose_token_names_stats(tmp_path, caplog, token) -> None:
+    """A leaf dials a root relay: each relay's stats broadcast reaches the other over the link,
+    like any broadcast, when the link's token names `.stats`; a token that only inherits it from
+    the root grant carries neither."""
+    caplog.set_level(logging.INFO, logger="relay")
+    token_file = tmp_path / "cluster.jwt"
+    names_stats = sign_token(KEY, root="", put=["", ".stats"], get=["", ".stats"])
+    token_file.write_text(names_stats if token == "names-stats" else ROOT_USER)
+    pr, pl = free_port(), free_port()
+    root_extra = '[stats]\nnode = "root"'
+    leaf_extra = (f'[client.tls]\ndisable_verify = true\n[cluster]\nconnect = ["https://127.0.0.1:{pr}/"]\n'
+                  f'token = "{token_file}"\n[stats]\nnode = "leaf"')
+    async with running_relay(tmp_path, port=pr, auth=auth(tmp_path), extra=root_extra) as root, \
+            running_relay(tmp_path, port=pl, auth=auth(tmp_path), extra=leaf_extra) as leaf:
+        await wait_until(lambda: len(leaf.handle.cluster.link_sessions) == 1, 15)
+        if token == "names-stats":
+            await wait_until(lambda: root.handle.origin.best(".stats/node/leaf") is not None, 10)
+            await wait_until(lambda: leaf.handle.origin.best(".stats/node/root") is not None, 10)
+            assert root.handle.origin.best(".stats/node/leaf").hops != ()  # learnt over the link
+        else:
+            await wait_until(lambda: any("reserved prefix" in r.getMessage() for r in caplog.records), 10)
+            await trio.sleep(1.5)
+            assert root.handle.origin.best(".stats/node/leaf") is None
+            assert leaf.handle.origin.best(".stats/node/root") is None
+        assert root.handle.origin.best(".stats/node/root") is not None  # each has its own
