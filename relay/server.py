@@ -188,7 +188,10 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                                        worker.sibling_urls() if worker else [])
         handle_.cluster = cluster
         if config.stats.node is not None:
-            await nursery.start(StatsFeed(origin, handle_.admission.sessions, config.stats.node).run)
+            # Each worker counts its own share: one broadcast per worker (`<node>/<index>`), since
+            # one path from several workers would reach a reader as one worker's counters.
+            node = config.stats.node if worker is None else f"{config.stats.node}/{worker.index}"
+            await nursery.start(StatsFeed(origin, handle_.admission.sessions, node).run)
         if config.internal.listen:
             internal_app, collector = create_internal_app(handle_)
             handle_.internal_server = collector.internal_server = HttpServer(
