@@ -195,10 +195,16 @@ async def test_only_a_grant_naming_stats_sees_or_reads_it(tmp_path, tokenless) -
             assert await raw_subscribe(relay, f"/?jwt={ROOT_USER}", STATS, "publisher.json") is not None
 
 
-async def test_without_stats_node_there_is_no_stats_broadcast(tmp_path) -> None:
-    async with running_relay(tmp_path, "moq-lite-05", auth=auth(tmp_path), port=free_port()) as relay:
-        await trio.sleep(1.2)
-        assert [b.path for b in relay.handle.origin.broadcasts()] == []
+@pytest.mark.parametrize(("stats", "published"), [
+    ("", []),
+    ('node = "relay-1"', [STATS]),
+    ('node = "relay-1"\nenabled = false', []),  # Rust's switch, off
+    ("enabled = true", [".stats/node"]),  # Rust's nodeless path
+])
+async def test_stats_node_and_enabled_decide_the_broadcast(tmp_path, stats, published) -> None:
+    async with running_relay(tmp_path, "moq-lite-05", auth=auth(tmp_path), extra=f"[stats]\n{stats}") as relay:
+        # The feed publishes before the relay reports it is serving: no wait is needed.
+        assert [b.path for b in relay.handle.origin.broadcasts()] == published
 
 
 @pytest.mark.parametrize("token", ["names-stats", "inherits-root"])

@@ -292,7 +292,9 @@ KEYS: tuple[Key, ...] = (
     Key("stats.linger", v.DURATION, "how long an empty stats broadcast stays announced (0.17.2): the "
         "node broadcast here is never empty (no per-group split), so nothing acts on it", default=300.0,
         example="1m", support=S),
-    Key("stats.enabled", v.ANY, "Rust's master switch; here stats.node alone turns the broadcast on", support=N),
+    Key("stats.enabled", v.BOOL, "Rust's switch: false = no stats broadcast even with stats.node; true "
+        "without stats.node = Rust's nodeless .stats/node; unset = publish when stats.node is set",
+        example="false"),
     Key("stats.prefix", v.ANY, "Rust's stats prefix; here always .stats", support=N),
     Key("stats.interval", v.ANY, "Rust's stats interval; here always 1 s", support=N),
     Key("stats.depth", v.ANY, "Rust's per-group split of the stats broadcast; here always 0 (one per node)",

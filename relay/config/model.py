@@ -103,8 +103,13 @@ class ClusterConfig:
 
 @dataclass
 class StatsConfig:
+    enabled: bool | None = _d("stats.enabled")  # None: follow `node`
     node: str | None = _d("stats.node")
     linger: float = _d("stats.linger")  # stored; nothing acts on it (see the key's help)
+
+    @property
+    def publishing(self) -> bool:
+        return self.enabled if self.enabled is not None else self.node is not None
 
 
 @dataclass
