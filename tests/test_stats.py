@@ -233,3 +233,39 @@ async def test_stats_broadcasts_cross_a_cluster_link_whose_token_names_stats(tmp
             assert root.handle.origin.best(".stats/node/leaf") is None
             assert leaf.handle.origin.best(".stats/node/root") is None
         assert root.handle.origin.best(".stats/node/root") is not None  # each has its own
+
+
+async def test_each_worker_publishes_its_own_share(tmp_path) -> None:
+    """With two workers, `.stats/node/relay-1/0` and `/1`, both readable from either worker's
+    session (the other's over the sibling link)."""
+    import moq
+    from test_workers import Workers
+
+    relay = Workers(tmp_path)
+    relay.path.write_text(harness.relay_toml(
+        relay.port, workers=2, auth='public_subscribe = ["", ".stats"]\npublic_publish = [""]',
+        extra=f'[internal]\nlisten = "127.0.0.1:{relay.ops}"\n[stats]\nnode = "relay-1"'))
+    await trio.to_thread.run_sync(relay.start)
+
+    async def read_both() -> list[dict]:
+        async with client(f"moql://127.0.0.1:{relay.port}") as c:
+            out = []
+            for index in (0, 1):
+                stats = await asyncio.wait_for(c.announced_broadcast(f"{STATS}/{index}"), 10)
+                track = await stats.subscribe_track("sessions.json", moq.Subscription(priority=1, max_age_us=5_000_000))
+                # The first group is the latest snapshot, which may predate this session; the
+                # next is written by a tick after it.
+                await asyncio.wait_for(track.next_group(), 5)
+                group = await asyncio.wait_for(track.next_group(), 5)
+                out.append(json.loads((await group.read_frame()).payload)[""])
+            return out
+
+    try:
+        with trio.fail_after(40):
+            shares = await in_thread(read_both)
+        # The sibling link is a session of one worker, this reader one of either: two in all.
+        assert sum(share["sessions"] for share in shares) == 2, shares
+    finally:
+        assert relay.proc is not None
+        relay.proc.terminate()
+        await trio.to_thread.run_sync(relay.proc.wait)
