@@ -25,11 +25,13 @@ from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
 from relay.errors import LocalError
 from relay.listen_check import check_free
+from relay.model import path as paths
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
 from relay.notify_systemd import notify
 from relay.protocol.negotiate import Negotiator, versions_from_config
 from relay.relaying.cluster import Cluster
+from relay.relaying.stats import StatsFeed
 from relay.reload import Reloader
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.quic import QuicEndpoint, moq_apps
@@ -187,6 +189,12 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         cluster = await _start_cluster(config, nursery, origin, endpoint, hop_id, negotiator,
                                        worker.sibling_urls() if worker else [])
         handle_.cluster = cluster
+        if config.stats.publishing:
+            # Each worker counts its own share: one broadcast per worker (`<node>/<index>`), since
+            # one path from several workers would reach a reader as one worker's counters.
+            node = config.stats.node or ""
+            node = node if worker is None else paths.join(node, str(worker.index))
+            await nursery.start(StatsFeed(origin, handle_.admission.sessions, node).run)
         if config.internal.listen:
             internal_app, collector = create_internal_app(handle_)
             handle_.internal_server = collector.internal_server = HttpServer(

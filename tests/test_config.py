@@ -154,9 +154,10 @@ def test_reference_config_loads_with_one_warning_per_ignored_key(tmp_path, caplo
     assert cfg.drain_timeout == 10 and cfg.log.level == "info" and cfg.log_level == "info"
     msgs = warnings(caplog)
     for key in ("server.quic.mtu_discovery", "client.bind", "client.timeout",
-                "auth.domains", "stats"):
+                "auth.domains", "stats.prefix", "stats.interval", "stats.depth"):
         assert msgs.count(f"{key} is not supported, ignored") == 1, (key, msgs)
-    assert set(cfg.ignored) >= {"client.bind", "stats"}
+    assert set(cfg.ignored) >= {"client.bind", "stats.prefix"}
+    assert cfg.stats.enabled is False and not cfg.stats.publishing  # no stats broadcast
     assert not any("web.https" in m for m in msgs)  # implemented (empty lists: no listener)
     # [client.tls] root and disable_verify are implemented (cluster dials).
     assert "client.tls.disable_verify is not supported, ignored" not in msgs

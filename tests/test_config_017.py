@@ -171,7 +171,7 @@ def test_017_sections_in_toml(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
     cfg = load_config([write(tmp_path, text)], {})
     # Each key this relay does not implement warns once, under its own name.
     expected = ["listen.timeout", "server.tcp", "runtime.pin", "runtime.io_uring", "client.timeout",
-                "client.failover_delay", "connect.goaway.redirect", "cluster.lan", "stats",
+                "client.failover_delay", "connect.goaway.redirect", "cluster.lan",
                 "server.quic.congestion_control"]
     assert sorted(cfg.ignored) == sorted(expected)
     assert sorted(r.getMessage() for r in caplog.records if r.name == "relay.config") == \

@@ -152,8 +152,8 @@ async def test_reserved_paths_are_hidden_from_announcements_and_http(tmp_path) -
             nursery.cancel_scope.cancel()
 
 
-async def announced_suffixes(relay, token: str) -> list[str]:
-    """The initial set a raw lite-05 session with `token` is told under the root."""
+async def announced_suffixes(relay, token: str | None) -> list[str]:
+    """The initial set a raw lite-05 session with `token` (None: no token) is told under the root."""
     peer = TestClient(("127.0.0.1", relay.port), ["moq-lite-05"], engine=harness.ENGINE)
     async with trio.open_nursery() as nursery:
         await nursery.start(peer.run)
@@ -161,7 +161,7 @@ async def announced_suffixes(relay, token: str) -> list[str]:
             await peer.handshake.wait()
             q = peer.quic
             uni = q.get_next_available_stream_id(is_unidirectional=True)
-            setup = m.Setup({m.SetupParam.PATH: f"/?jwt={token}".encode()})
+            setup = m.Setup({m.SetupParam.PATH: (f"/?jwt={token}" if token is not None else "/").encode()})
             q.send_stream_data(uni, m.varint(m.UniStream.SETUP) + setup.encode(V5), True)
             bidi = q.get_next_available_stream_id()
             q.send_stream_data(bidi, m.encode_bi_type(m.BiStream.ANNOUNCE) + m.AnnounceRequest("").encode(V5), False)

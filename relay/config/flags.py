@@ -41,6 +41,7 @@ GROUPS = {
     "web": "[web]: TCP listener (HTTP, WebSocket fallback)", "auth": "[auth]: who may publish and subscribe",
     "cluster": "[cluster]", "cache": "[cache]: group cache", "client": "[client] (0.17: [connect]): outbound dials (cluster)",
     "internal": "[internal]: ops HTTP listener (/health, /metrics, /nodes; unauthenticated)",
+    "stats": "[stats]: stats broadcast (.stats/node/<node>)",
 }
 REFUSED_GROUP = "refused at startup (removed by the Rust relay, or not supported yet; the error says what to use)"
 IGNORED_GROUP = "keys of the Rust relay accepted and ignored (each warns once)"

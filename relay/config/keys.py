@@ -285,7 +285,20 @@ KEYS: tuple[Key, ...] = (
     Key("internal.listen", v.ADDRS, "TCP addresses for the unauthenticated ops HTTP listener (/health, "
         "/metrics, /nodes): bind it to loopback; unset = none", default=[], example="127.0.0.1:4444"),
     # ------------------------------------------------------------------ other Rust relay sections
-    Key("stats", v.ANY, "[stats]: stats broadcasts", support=N, section=True, cli=False),
+    # ------------------------------------------------------------------ stats broadcast
+    Key("stats.node", v.STR, "publish this relay's cumulative counters once a second as the broadcast "
+        ".stats/node/<node> (may be multi-segment, sjc/1), readable with a grant naming .stats; unset = none",
+        example="relay-1"),
+    Key("stats.linger", v.DURATION, "how long an empty stats broadcast stays announced (0.17.2): the "
+        "node broadcast here is never empty (no per-group split), so nothing acts on it", default=300.0,
+        example="1m", support=S),
+    Key("stats.enabled", v.BOOL, "Rust's switch: false = no stats broadcast even with stats.node; true "
+        "without stats.node = Rust's nodeless .stats/node; unset = publish when stats.node is set",
+        example="false"),
+    Key("stats.prefix", v.ANY, "Rust's stats prefix; here always .stats", support=N),
+    Key("stats.interval", v.ANY, "Rust's stats interval; here always 1 s", support=N),
+    Key("stats.depth", v.ANY, "Rust's per-group split of the stats broadcast; here always 0 (one per node)",
+        support=N),
     Key("iroh", v.ANY, "[iroh]: iroh transport", support=N, section=True, cli=False),
 )
 

@@ -102,6 +102,17 @@ class ClusterConfig:
 
 
 @dataclass
+class StatsConfig:
+    enabled: bool | None = _d("stats.enabled")  # None: follow `node`
+    node: str | None = _d("stats.node")
+    linger: float = _d("stats.linger")  # stored; nothing acts on it (see the key's help)
+
+    @property
+    def publishing(self) -> bool:
+        return self.enabled if self.enabled is not None else self.node is not None
+
+
+@dataclass
 class ClientConfig:
     """The outbound side (cluster dials): how peers' certificates are checked."""
 
@@ -126,6 +137,7 @@ class Config:
     cache: CacheConfig = field(default_factory=CacheConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     source: str | None = None  # the TOML file, if any
     is_dev_defaults: bool = False  # built on the development profile (no config file)
     # Keys that were given but are accepted and ignored (each logged once at load).
