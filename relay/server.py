@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from relay import memory
 from relay.admission import Admission, Sessions
 from relay.auth.authorizer import Authorizer
 from relay.auth.keys import KeyError_
@@ -103,7 +104,12 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     the public ports and admits its siblings' links."""
     identities = load_identities(config)
     identity = identities[0]
-    origin = Origin(budget=CacheBudget(config.cache.capacity, config.cache.duration))
+    headroom = config.cache.headroom
+    origin = Origin(budget=CacheBudget(config.cache.capacity, config.cache.duration, headroom,
+                                       read_available=memory.available_memory))
+    if headroom is not None and memory.available_memory() is None:
+        log.warning("cache.headroom cannot be acted on here: available memory is read from /proc/meminfo "
+                    "(and a cgroup v2 memory.max), and neither can be read on this system")
     hop_id = config.cluster.id or random.randint(1, 2**53 - 1)
     try:
         versions = versions_from_config(config.server.version)
