@@ -25,7 +25,7 @@ from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
 from relay.errors import LocalError
 from relay.listen_check import check_free
-from relay.model.cache import CacheBudget
+from relay.model.cache import HEADROOM_CHECK_INTERVAL, CacheBudget
 from relay.model.origin import Origin
 from relay.notify_systemd import notify
 from relay.protocol.negotiate import Negotiator, versions_from_config
@@ -92,6 +92,13 @@ def load_https_context(config: Config) -> ssl.SSLContext | None:
                            f"{getattr(exc, 'strerror', None) or exc}") from exc
 
 
+async def _watch_headroom(budget: CacheBudget) -> None:
+    """Check `[cache] headroom` while nothing is written too (a reload may set it at any time)."""
+    while True:
+        await trio.sleep(HEADROOM_CHECK_INTERVAL)
+        budget.poll()
+
+
 async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
               handle_signals: bool = False, reload_config: Callable[[], Config] | None = None,
               worker: WorkerSpec | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -154,6 +161,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     https_tls = load_https_context(config)
     check_free(config.internal.listen, "tcp", "internal.listen")
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_headroom, origin.budget)
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []
         http_server: HttpServer | None = None

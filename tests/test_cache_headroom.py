@@ -116,6 +116,14 @@ def test_memory_is_read_at_a_bounded_cadence_on_the_write_path() -> None:
     assert host.reads == 2
     assert budget.evictions == {"headroom": 5}  # a0 a1 b0 b1 c0: every non-latest group
     assert cached(tracks) == {"d": [0]}
+    # The relay's timer polls through the same gate: nothing is read again within the interval,
+    # and after it an idle cache is relieved without a write.
+    budget.poll()
+    assert host.reads == 2
+    held.append(fill(budget, [("e", 0, 10.0), ("e", 1, 11.0)]))  # within the interval: kept
+    host.now += HEADROOM_CHECK_INTERVAL
+    budget.poll()
+    assert host.reads == 3 and sorted(held[-1]["e"].groups) == [1]
     # Without a headroom the reader is never called.
     idle = Host(0)
     fill(budget_for(idle, None), INTERLEAVED)

@@ -57,6 +57,12 @@ class CacheBudget:
 
     def add(self, n: int) -> None:
         self.used += n
+        self.poll()
+
+    def poll(self) -> None:
+        """relieve() if HEADROOM_CHECK_INTERVAL has passed since the last check. Called on every
+        write and by the relay's timer (so memory other processes take is given back while the
+        cache is idle too); both share this gate, so memory is read at most 4 times a second."""
         if self.headroom is not None and self._read_available is not None:
             now = self._clock()
             if now >= self._next_check:
