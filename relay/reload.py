@@ -43,7 +43,8 @@ log = logging.getLogger("relay.reload")
 LIVE = frozenset({
     "server.tls.cert", "server.tls.key", "server.tls.generate", "web.https.cert", "web.https.key",
     "auth.key", "auth.key_dir", "auth.public_subscribe", "auth.public_publish",
-    "log.level", "log.format", "cluster.connect", "cache.capacity", "cache.duration", "drain_timeout",
+    "log.level", "log.format", "cluster.connect", "cache.capacity", "cache.duration",
+    "cache.headroom", "drain_timeout",
 })
 # Not settings: where the configuration came from.
 _NOT_SETTINGS = frozenset({"source", "is_dev_defaults", "ignored"})
@@ -158,6 +159,7 @@ class Reloader:
             relay.cluster.set_static(peers)
         budget = relay.origin.budget
         budget.capacity, budget.max_age = new.cache.capacity, new.cache.duration
+        budget.headroom = new.cache.headroom
         kept = self._keep_restart_settings(new, steps.restart)
         paths_before = self.watched_paths()
         self.config = kept

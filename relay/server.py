@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from relay import memory
 from relay.admission import Admission, Sessions
 from relay.auth.authorizer import Authorizer
 from relay.auth.keys import KeyError_
@@ -26,7 +27,7 @@ from relay.config import Config, ConfigError
 from relay.errors import LocalError
 from relay.listen_check import check_free
 from relay.model import path as paths
-from relay.model.cache import CacheBudget
+from relay.model.cache import HEADROOM_CHECK_INTERVAL, CacheBudget
 from relay.model.origin import Origin
 from relay.notify_systemd import notify
 from relay.protocol.negotiate import Negotiator, versions_from_config
@@ -94,6 +95,13 @@ def load_https_context(config: Config) -> ssl.SSLContext | None:
                            f"{getattr(exc, 'strerror', None) or exc}") from exc
 
 
+async def _watch_headroom(budget: CacheBudget) -> None:
+    """Check `[cache] headroom` while nothing is written too (a reload may set it at any time)."""
+    while True:
+        await trio.sleep(HEADROOM_CHECK_INTERVAL)
+        budget.poll()
+
+
 async def run(config: Config, *, transport_versions: dict[str, list[str]] | None = None,
               handle_signals: bool = False, reload_config: Callable[[], Config] | None = None,
               worker: WorkerSpec | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -106,7 +114,12 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     the public ports and admits its siblings' links."""
     identities = load_identities(config)
     identity = identities[0]
-    origin = Origin(budget=CacheBudget(config.cache.capacity, config.cache.duration))
+    headroom = config.cache.headroom
+    origin = Origin(budget=CacheBudget(config.cache.capacity, config.cache.duration, headroom,
+                                       read_available=memory.available_memory))
+    if headroom is not None and memory.available_memory() is None:
+        log.warning("cache.headroom cannot be acted on here: available memory is read from /proc/meminfo "
+                    "(and a cgroup v2 memory.max), and neither can be read on this system")
     hop_id = config.cluster.id or random.randint(1, 2**53 - 1)
     try:
         versions = versions_from_config(config.server.version)
@@ -151,6 +164,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     https_tls = load_https_context(config)
     check_free(config.internal.listen, "tcp", "internal.listen")
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_headroom, origin.budget)
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []
         http_server: HttpServer | None = None

@@ -64,10 +64,11 @@ def test_plan_says_what_is_live_and_what_needs_a_restart(tmp_path) -> None:
     a = tmp_path / "a.toml"
     a.write_text(relay_toml(4443))
     old = load_config([str(a)], {})
-    a.write_text(relay_toml(4444).replace('level = "debug"', 'level = "warn"') + '[cache]\ncapacity = "1MiB"\n')
+    a.write_text(relay_toml(4444).replace('level = "debug"', 'level = "warn"')
+                 + '[cache]\ncapacity = "1MiB"\nheadroom = "1GiB"\n')
     new = load_config([str(a)], {})
     steps = plan(old, new, cluster_running=False)
-    assert steps.live == ["cache.capacity", "log.level"]
+    assert steps.live == ["cache.capacity", "cache.headroom", "log.level"]
     assert steps.restart == ["server.bind", "web.http.listen"]
     assert LIVE <= settings(old).keys()  # every live setting names a real one
 

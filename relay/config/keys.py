@@ -278,7 +278,8 @@ KEYS: tuple[Key, ...] = (
     # ------------------------------------------------------------------ group cache
     Key("cache.capacity", v.SIZE, "payload bytes kept across all tracks (or N% of memory); unset = "
         "unbounded", example="512MB"),
-    Key("cache.headroom", v.SIZE, "RAM to keep free (not acted on yet)", example="1GiB", support=S),
+    Key("cache.headroom", v.SIZE, "RAM to keep free (or N% of memory): below it, the oldest non-latest "
+        "cached groups of all tracks are evicted (Linux; checked at most every 250 ms)", example="1GiB"),
     Key("cache.duration", v.DURATION, "never keep a non-latest group longer than this; unset = each "
         "track's own window", example="45s"),
     # ------------------------------------------------------------------ internal (ops) listener

@@ -172,6 +172,8 @@ class Track:
         self.info: TrackInfo | None = None
         self._info_ready = trio.Event()
         self._budget = budget
+        if budget is not None:
+            budget.register(self)  # headroom evicts across every track of the budget
         self.groups: dict[int, Group] = {}
         self.latest: Group | None = None
         # Arrival order (not sequence order): subscribers follow it with an integer cursor. Only
@@ -288,11 +290,14 @@ class Track:
             until = max(until, min(self._burst_start + BURST_MAX, self._last_arrival + BURST_QUIET))
         return max(0.0, until - now)
 
-    def discard(self, group: Group) -> None:
-        """Drop one group from the cache (it will not be served again)."""
+    def discard(self, group: Group) -> bool:
+        """Drop one group from the cache (it will not be served again); False if it is the latest
+        or no longer cached. Whoever is sending it holds it and carries on."""
         if self.groups.get(group.sequence) is group and group is not self.latest:
             del self.groups[group.sequence]
             group.release()
+            return True
+        return False
 
     def stale(self, group: Group, max_latency_ms: int) -> bool:
         """Whether `group` is no longer worth delivering under `max_latency_ms` (lite §7.3).

@@ -154,6 +154,12 @@ class RelayCollector(Collector):
                                 value=sum(len(t.demand) for t in tracks))
         yield GaugeMetricFamily("moq_relay_cache_bytes", "payload bytes held by the group cache",
                                 value=origin.budget.used)
+        for name, what, counts in (("evictions", "groups", origin.budget.evictions),
+                                   ("evicted_bytes", "payload bytes", origin.budget.evicted_bytes)):
+            family = CounterMetricFamily(f"moq_relay_cache_{name}", f"cached {what} evicted, by reason (headroom: "
+                                         "available memory below [cache] headroom)", labels=["reason"])
+            family.add_metric(["headroom"], counts.get("headroom", 0))
+            yield family
 
     def _auth(self) -> Iterator[Metric]:
         family = CounterMetricFamily("moq_relay_auth_rejections", "requests refused by authorisation, by reason",
