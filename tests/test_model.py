@@ -43,6 +43,24 @@ def test_one_upstream_subscription_per_track() -> None:
     assert s1.track.closed
 
 
+def test_a_closed_broadcast_gives_its_cache_back_when_its_last_reader_leaves() -> None:
+    """The publisher leaves while readers still hold its tracks: they may still be sent the cached
+    groups, and when the last one leaves, those groups' bytes leave the cache budget (they used to
+    stay counted for good, leaving a `cache.capacity` budget over forever)."""
+    budget = CacheBudget()
+    b = Broadcast("live", FakeSource(), budget=budget)
+    with b.subscribe("video") as s1, b.subscribe("video"):
+        group = s1.track.create_group(0)
+        assert group is not None
+        group.append(Frame(b"x" * 100, 0))
+        group.finish()
+        assert budget.used == 100
+        b.close()
+        assert s1.track.closed and s1.track.cached(0) is group  # still there for its readers
+        assert budget.used == 100
+    assert budget.used == 0 and s1.track.cached(0) is None
+
+
 async def test_group_readers_share_frames() -> None:
     track = Track("b", "t")
     group = track.create_group(0)

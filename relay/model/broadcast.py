@@ -175,8 +175,13 @@ class Broadcast:
             self.traffic.downstream_closed += 1
             subscription._release()
             entry.refs -= 1
-            if entry.refs == 0 and self._tracks.get(name) is entry:
-                self._detach(name, entry)
+            if entry.refs == 0:
+                if self._tracks.get(name) is entry:
+                    self._detach(name, entry)
+                elif self.closed:
+                    # close() let go of the entry while readers were still sending its cached
+                    # groups: the last of them gives the cache's bytes back to the budget.
+                    entry.track.drop_cache()
 
     def _detach(self, name: str, entry: _TrackEntry) -> None:
         del self._tracks[name]
