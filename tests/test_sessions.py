@@ -37,6 +37,9 @@ def test_every_given_field_must_match() -> None:
     assert not matches("id=00ff", v)
     assert matches("path=/anon/room", v) and matches("path=anon/room", v)  # leading "/" removed
     assert not matches("path=/anon", v)
+    # `path` is a pattern (relay-0.17 §2), on segment boundaries.
+    assert matches("path=anon/**", v) and matches("path=*/room", v) and matches("path=**", v)
+    assert not matches("path=an*", v) and not matches("path=*/chat", v)
     # A repeated key keeps the last value.
     assert matches("transport=websocket&transport=quic", v)
 
@@ -56,6 +59,7 @@ def test_fields_the_relay_does_not_record_match_no_session() -> None:
     ("role=both", "invalid role: both"),
     ("remote=10.0.0.300", "invalid remote: 10.0.0.300"),
     ("remote=::ffff:10.0.0.0/95", "invalid remote: ::ffff:10.0.0.0/95"),
+    ("path=a/**/b/**", "invalid path: a/**/b/**"),
 ])
 def test_bad_filters_are_refused_by_name(query: str, message: str) -> None:
     with pytest.raises(FilterError, match=f"^{re.escape(message)}$"):
@@ -127,6 +131,7 @@ async def test_sessions_of_moq_rs_clients_filtered_and_nudged(tmp_path) -> None:
                     assert await ids("remote=::ffff:127.0.0.1") == both
                     assert await ids("remote=10.0.0.0/8") == []
                     assert await ids("path=/anon&alpn=moq-lite-06") == both
+                    assert await ids("path=an*") == both and await ids("path=anon/*") == []
                     assert await ids(f"id={rows['quic']['id']}") == [rows["quic"]["id"]]
                     status, _, body = await get(base + "/sessions?query=x")
                     assert (status, body) == (400, b"unknown filter field: query\n")

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import ipaddress
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.auth.pattern import Pattern, PatternError
 from relay.model.path import norm
 from relay.transport.base import SessionInfo
 
@@ -105,32 +106,24 @@ def parse_network(value: str) -> IpNetwork:
 class SessionFilter:
     exact: dict[str, str]
     remote: IpNetwork | None = None
-    path: Callable[[str], bool] | None = None
+    path: Pattern | None = None  # matched against the dialed path, its leading "/" removed
 
     @classmethod
-    def parse(cls, pairs: Iterable[tuple[str, str]],
-              path_matcher: Callable[[str], Callable[[str], bool]] | None = None) -> SessionFilter:
-        """From the query's (key, value) pairs; a repeated key keeps the last value.
-
-        `path_matcher` turns a `path` value into a predicate over normalised dialed paths (it
-        raises ValueError for a bad pattern); without one, `path` matches exactly."""
+    def parse(cls, pairs: Iterable[tuple[str, str]]) -> SessionFilter:
+        """From the query's (key, value) pairs; a repeated key keeps the last value."""
         exact: dict[str, str] = {}
         remote: IpNetwork | None = None
-        path: Callable[[str], bool] | None = None
+        path: Pattern | None = None
         for key, value in pairs:
             if key not in FIELDS:
                 raise FilterError(f"unknown filter field: {key}")
             if key == "remote":
                 remote = parse_network(value)
             elif key == "path":
-                if path_matcher is None:
-                    wanted = norm(value)
-                    path = wanted.__eq__
-                else:
-                    try:
-                        path = path_matcher(value)
-                    except ValueError as exc:
-                        raise FilterError(f"invalid path: {value}") from exc
+                try:
+                    path = Pattern.parse(value.strip("/"))
+                except PatternError as exc:
+                    raise FilterError(f"invalid path: {value}") from exc
             else:
                 if key == "transport" and value not in TRANSPORTS:
                     raise FilterError(f"invalid transport: {value}")
@@ -140,13 +133,12 @@ class SessionFilter:
         return cls(exact, remote, path)
 
     @classmethod
-    def from_query(cls, query: str, path_matcher: Callable[[str], Callable[[str], bool]] | None = None
-                   ) -> SessionFilter:
+    def from_query(cls, query: str) -> SessionFilter:
         try:
             pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=False)
         except ValueError as exc:
             raise FilterError(f"invalid query: {exc}") from exc
-        return cls.parse(pairs, path_matcher)
+        return cls.parse(pairs)
 
     def matches(self, view: SessionView) -> bool:
         for key, value in self.exact.items():
@@ -156,7 +148,7 @@ class SessionFilter:
             ip = remote_ip(view.remote or "")
             if ip is None or ip.version != self.remote.version or ip not in self.remote:
                 return False
-        return self.path is None or self.path(norm(view.path))
+        return self.path is None or self.path.matches(norm(view.path))
 
 
 def view_of(info: SessionInfo, node: str) -> SessionView:
