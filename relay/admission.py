@@ -12,6 +12,7 @@ import logging
 
 import trio
 
+from relay.auth.scope import REFUSAL_REASONS
 from relay.model.notify import Notifier
 from relay.model.origin import Origin
 from relay.protocol.ietf.session import IetfSession
@@ -62,6 +63,12 @@ class Admission:
         self.hop_id = hop_id
         self.sessions = Sessions()
         self.draining = False  # set by the drain: new sessions are refused
+        # Sessions refused at admission, per attempt, by reason (HTTP routes are not counted).
+        self.refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
+
+    def count_refusal(self, reason: str | None) -> None:
+        if reason is not None:
+            self.refused[reason if reason in self.refused else "refused"] += 1
 
     async def handle(self, transport: TransportSession) -> None:
         """Every transport's sessions start here, once their protocol is chosen."""
@@ -84,6 +91,7 @@ class Admission:
                 await ietf.run()
             finally:
                 self.sessions.discard(ietf)
+                self.count_refusal(ietf.refusal)
             return
         legacy = None
         version = choice.version
@@ -111,12 +119,14 @@ class Admission:
             await session.run()
         finally:
             self.sessions.discard(session)
+            self.count_refusal(session.refusal)
 
     def wt_select(self, path: str, offered: list[str], headers: dict) -> WtDecision:
         try:
             scope = self.negotiator.admit(path)
         except NegotiationError as exc:
             log.info("webtransport CONNECT %s refused: %s", path.split("?")[0], exc.reason)
+            self.count_refusal(exc.refusal)
             return WtDecision(status=exc.status, protocol=None)
         choice = self.negotiator.choose("webtransport", offered)
         if choice is None:
@@ -132,6 +142,7 @@ class Admission:
         try:
             scope = self.negotiator.admit(target)
         except NegotiationError as exc:
+            self.count_refusal(exc.refusal)
             return WsDecision(exc.status, reason=exc.reason)
         info = SessionInfo(transport="websocket", protocol=choice.protocol, path=target, conn_id=next_conn_id(),
                            extra={"scope": scope, "subprotocol": subprotocol, "choice": choice})

@@ -21,6 +21,21 @@ class AuthError(RemoteError):
         self.status = status
 
 
+# Why a session was refused at admission (relay-0.17 §1.5, `sessions_refused_total{reason}`):
+# refused = no valid credential (401 class); unavailable = the auth server could not answer;
+# request = a malformed admission request; forbidden = the grant allows nothing the session
+# asked for; lan = a wrong sibling/LAN link credential.
+REFUSAL_REASONS = ("refused", "unavailable", "request", "forbidden", "lan")
+
+
+def refusal_reason(exc: AuthError) -> str:
+    if exc.reason.startswith("lan:"):
+        return "lan"
+    if exc.status == 403:
+        return "forbidden"
+    return "unavailable" if exc.status in (502, 503) else "refused"
+
+
 def _as_patterns(members: tuple[Pattern | str, ...]) -> tuple[Pattern, ...]:
     return tuple(m if isinstance(m, Pattern) else Pattern.parse(m) for m in members)
 

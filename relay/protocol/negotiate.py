@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.auth.scope import AuthError, Authorize, Scope
+from relay.auth.scope import AuthError, Authorize, Scope, refusal_reason
 from relay.errors import RemoteError
 from relay.protocol.ietf.version import SUPPORTED as IETF_SUPPORTED
 from relay.protocol.ietf.version import IetfVersion
@@ -35,11 +35,12 @@ class NegotiationError(RemoteError):
     """No version in common, or the connect path's token refused: `status` for HTTP transports,
     `code` (a moq code) for raw QUIC."""
 
-    def __init__(self, reason: str, status: int, code: int) -> None:
+    def __init__(self, reason: str, status: int, code: int, refusal: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.code = code
+        self.refusal = refusal  # an authorisation refusal's reason (sessions_refused_total)
 
 
 @dataclass(frozen=True)
@@ -130,4 +131,4 @@ class Negotiator:
         try:
             return self.authorize(target or "/")
         except AuthError as exc:
-            raise NegotiationError(exc.reason, exc.status, 6) from exc
+            raise NegotiationError(exc.reason, exc.status, 6, refusal_reason(exc)) from exc

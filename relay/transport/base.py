@@ -125,6 +125,8 @@ class SessionInfo:
     # The request target the session was authorised for (query included), once it is known:
     # the transport's own path, or the one a SETUP carried on raw QUIC.
     target: str | None = None
+    # The one direction the client declared at SETUP (lite-05+ Role), if it declared one.
+    role: str | None = None
 
 
 class TransportSession(ABC):

@@ -85,6 +85,7 @@ class RelayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._traffic()
         yield from self._sessions()
+        yield from self._refusals()
         yield from self._origin()
         yield from self._auth()
         yield from self._cluster()
@@ -119,6 +120,15 @@ class RelayCollector(Collector):
             if reason not in ("stale", "inflight"):
                 drops.add_metric([reason], n)
         yield drops
+
+    def _refusals(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("moq_relay_sessions_refused", "session attempts refused at admission, by "
+                                     "reason (refused: no valid credential; forbidden: the grant allows nothing "
+                                     "the session declared; lan: a wrong link credential; unavailable, request: "
+                                     "not produced without an auth server)", labels=["reason"])
+        for reason, n in self.relay.admission.refused.items():
+            family.add_metric([reason], n)
+        yield family
 
     def _sessions(self) -> Iterator[Metric]:
         sessions = self.relay.admission.sessions

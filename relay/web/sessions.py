@@ -6,9 +6,10 @@ session shows. The routes in relay/web/internal.py only list views and filter th
 
 What a view holds is what the relay knows of a session today: its id (128 random bits, hex),
 this node, the transport, the peer's address, the negotiated ALPN, the dialed path (never its
-query: it may carry a token) and when it started. `local`, `server_name`, `role` and `tls` are
-filter fields of the contract; the relay records none of them yet, so a filter on one of them
-matches no session, as the contract says of `tls.*` on a session without a certificate.
+query: it may carry a token), the role a lite-05+ client declared, and when it started.
+`local`, `server_name` and `tls` are filter fields of the contract; the relay records none of
+them yet, so a filter on one of them matches no session, as the contract says of `tls.*` on a
+session without a certificate.
 """
 
 from __future__ import annotations
@@ -156,4 +157,5 @@ def view_of(info: SessionInfo, node: str) -> SessionView:
     target = info.target or info.path or "/"
     path = target.split("?", 1)[0] or "/"
     return SessionView(id=info.session_id, node=node, transport=info.transport, path=path,
-                       started=info.started_at, remote=info.remote or None, alpn=info.protocol or None)
+                       started=info.started_at, remote=info.remote or None, alpn=info.protocol or None,
+                       role=info.role)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.auth.scope import AuthError, Authorize, Scope
+from relay.auth.scope import AuthError, Authorize, Scope, refusal_reason
 from relay.model.notify import Notifier
 from relay.model.origin import Origin
 from relay.protocol.ietf import messages as msg
@@ -84,6 +84,7 @@ class IetfSession(SessionTasks):
         self.authorize = authorize
         self.hop_id = hop_id
         self.scope = scope
+        self.refusal: str | None = None  # why it was refused at set-up (sessions_refused_total)
         self.limits = limits or IetfSessionLimits()
         self._identify(transport, version.name_str)
         self.peer_hop = 0  # moq-transport carries no origin ids
@@ -169,6 +170,7 @@ class IetfSession(SessionTasks):
                 self.scope = self.authorize(target)
             except AuthError as exc:
                 log.warning("%s refused: %s", self.name, exc.reason)
+                self.refusal = refusal_reason(exc)
                 self.transport.close(SessionCode.UNAUTHORIZED, "unauthorized")
                 return None
         self._peer_grant = setup.params.max_request_id or 0

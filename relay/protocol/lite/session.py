@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.auth.scope import AuthError, Authorize, Scope
+from relay.auth.scope import AuthError, Authorize, Scope, refusal_reason
 from relay.errors import Refused
 from relay.model.origin import Origin
 from relay.protocol.lite import messages as m
@@ -78,6 +78,8 @@ class LiteSession(SessionTasks):
         self.peer_hop: int = 0  # the peer's origin id (SETUP Origin or ANNOUNCE_OK)
         self._ready = trio.Event()  # set once the scope is known (after SETUP on raw QUIC 05+)
         self._peer_setup = trio.Event()
+        # Why the session was refused at set-up, if it was (sessions_refused_total's reason).
+        self.refusal: str | None = None
         self._setup_path: str | None = legacy.path if legacy is not None else None
         self._legacy = legacy
         # Outbound (cluster) sessions: the path+query we ask for in our SETUP. Every session
@@ -126,6 +128,7 @@ class LiteSession(SessionTasks):
                     await self._establish_scope()
                 except AuthError as exc:
                     log.warning("%s refused: %s", self.name, exc.reason)
+                    self.refusal = refusal_reason(exc)
                     self.transport.close(ErrorCode.UNAUTHORIZED, "unauthorized")
                     nursery.cancel_scope.cancel()
                     return
@@ -134,6 +137,9 @@ class LiteSession(SessionTasks):
                     nursery.cancel_scope.cancel()
                     return
                 assert self.scope is not None
+                if self._refuse_role():
+                    nursery.cancel_scope.cancel()
+                    return
                 log.info("%s accepted root=/%s publish=%s subscribe=%s", self.name, self.scope.root,
                          [p.text for p in self.scope.publish], [p.text for p in self.scope.subscribe])
                 self._ready.set()
@@ -259,7 +265,26 @@ class LiteSession(SessionTasks):
             self.peer_hop = setup.origin
         if setup.cost is not None and self._declared_cost is None:
             self.link_cost = setup.cost
+        if setup.role is not None:
+            self.transport.info.role = setup.role
         self._peer_setup.set()
+        if self._ready.is_set():
+            self._refuse_role()  # the scope came first (WebTransport, WebSocket)
+
+    def _refuse_role(self) -> bool:
+        """A client that declared one direction (SETUP Role) its scope grants nothing in is
+        refused (code 6, as 0.17's Forbidden): it could do nothing here. True if it was."""
+        role, scope = self.transport.info.role, self.scope
+        if role is None or scope is None:
+            return False
+        granted = scope.publish if role == "publisher" else scope.subscribe
+        if granted:
+            return False
+        log.warning("%s refused: forbidden: declared role %s, but nothing is granted to %s at /%s",
+                    self.name, role, "publish" if role == "publisher" else "subscribe", scope.root)
+        self.refusal = "forbidden"
+        self.transport.close(ErrorCode.UNAUTHORIZED, "forbidden")
+        return True
 
     async def _handle_bi(self, send: SendStream, recv: RecvStream) -> None:
         self._bi_active += 1

@@ -97,13 +97,20 @@ async def read_peer_setup(reader: MessageReader, version: Version, max_message: 
     return PeerSetup.read(setup)
 
 
+# SETUP Role values (lite-05+): a hint of the one direction a client will use; 0 (both) and
+# values we do not know read as both, as the draft says.
+ROLES = {1: "publisher", 2: "subscriber"}
+
+
 @dataclass
 class PeerSetup:
-    """What a lite-05+ SETUP from the peer says: its connect path (raw QUIC), origin id, link cost."""
+    """What a lite-05+ SETUP from the peer says: its connect path (raw QUIC), origin id, link
+    cost, and the one direction a client declares it will use (`role`; None = both)."""
 
     path: str | None = None
     origin: int | None = None
     cost: int | None = None
+    role: str | None = None  # "publisher" | "subscriber" (the wire's 1 | 2; 0 and unknown = both)
 
     @classmethod
     def read(cls, setup: m.Setup) -> PeerSetup:
@@ -120,6 +127,9 @@ class PeerSetup:
         cost = setup.params.get(m.SetupParam.COST)
         if cost is not None:
             out.cost = min(m.decode_varint_param(cost), 2**62 - 1)
+        role = setup.params.get(m.SetupParam.ROLE)
+        if role is not None:
+            out.role = ROLES.get(m.decode_varint_param(role))
         return out
 
 
