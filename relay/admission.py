@@ -9,16 +9,17 @@ moq-transport) for as long as it lives, in the live set the drain waits on.
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
 from relay.auth.scope import REFUSAL_REASONS
 from relay.model.notify import Notifier
 from relay.model.origin import Origin
-from relay.protocol.ietf.session import IetfSession
+from relay.protocol.ietf.session import IetfSession, IetfSessionLimits
 from relay.protocol.ietf.version import IetfVersion
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
-from relay.protocol.lite.session import LiteSession, negotiate_legacy
+from relay.protocol.lite.session import LiteSession, SessionLimits, negotiate_legacy
 from relay.protocol.lite.streams import StreamEnded
 from relay.protocol.negotiate import LEGACY, NegotiationError, Negotiator
 from relay.transport.base import SessionInfo, TransportError, TransportSession, next_conn_id
@@ -27,6 +28,8 @@ from relay.transport.websocket import MessageChannel, WebSocketSession, mux_for,
 from relay.web.app import WsDecision
 
 log = logging.getLogger("relay.server")
+
+DEFAULT_SETUP_TIMEOUT = 10.0  # `[listen] timeout`'s default
 
 
 class Sessions(set):
@@ -57,8 +60,11 @@ class Sessions(set):
 class Admission:
     """Version choice, authorisation and the session's life, the same for every transport."""
 
-    def __init__(self, negotiator: Negotiator, origin: Origin, hop_id: int) -> None:
+    def __init__(self, negotiator: Negotiator, origin: Origin, hop_id: int, *,
+                 setup_timeout: float = DEFAULT_SETUP_TIMEOUT) -> None:
         self.negotiator = negotiator
+        # `[listen] timeout`: how long a new session may take to send its SETUP (0 = no limit).
+        self.setup_timeout = setup_timeout if setup_timeout > 0 else math.inf
         self.origin = origin
         self.hop_id = hop_id
         self.sessions = Sessions()
@@ -85,7 +91,8 @@ class Admission:
             return
         if isinstance(choice.version, IetfVersion):
             ietf = IetfSession(transport, choice.version, self.origin, authorize=self.negotiator.authorize, hop_id=self.hop_id,
-                               scope=info.extra.get("scope"))
+                               scope=info.extra.get("scope"),
+                               limits=IetfSessionLimits(setup_timeout=self.setup_timeout))
             self.sessions.add(ietf)
             try:
                 await ietf.run()
@@ -97,7 +104,7 @@ class Admission:
         version = choice.version
         if version is None:
             try:
-                legacy = await negotiate_legacy(transport, list(choice.legacy))
+                legacy = await negotiate_legacy(transport, list(choice.legacy), self.setup_timeout)
             except ProtocolError as exc:
                 log.info("conn=%s legacy SETUP failed: %s", info.conn_id, exc)
                 transport.close(exc.code, str(exc)[:100])
@@ -113,7 +120,8 @@ class Admission:
                 return
             version = legacy.version
         session = LiteSession(transport, version, self.origin, authorize=self.negotiator.authorize, hop_id=self.hop_id,
-                              scope=info.extra.get("scope"), legacy=legacy)
+                              scope=info.extra.get("scope"), legacy=legacy,
+                              limits=SessionLimits(setup_timeout=self.setup_timeout))
         self.sessions.add(session)
         try:
             await session.run()

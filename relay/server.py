@@ -8,6 +8,7 @@ subscription and each group fan-out below it.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import ssl
@@ -135,7 +136,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     if EVERYTHING in (*authorize.public_publish, *authorize.public_subscribe):
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\" or \"**\"): development only")
 
-    admission = Admission(negotiator, origin, hop_id)
+    admission = Admission(negotiator, origin, hop_id, setup_timeout=config.server.timeout)
 
     quic = config.server.quic
     endpoint = QuicEndpoint(
@@ -146,6 +147,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         max_streams=quic.max_streams,
         idle_timeout=quic.idle_timeout,
         keep_alive=quic.keep_alive,
+        handshake_timeout=config.server.timeout if config.server.timeout > 0 else math.inf,
         engine=quic.engine,
         gso=quic.gso,
         max_datagram_size=quic.max_datagram_size,

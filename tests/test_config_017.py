@@ -170,10 +170,11 @@ def test_017_sections_in_toml(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
             '[stats]\nlinger = "5m"\n[quic]\ncongestion_control = "delay"\n' + TLS_AUTH)
     cfg = load_config([write(tmp_path, text)], {})
     # Each key this relay does not implement warns once, under its own name.
-    expected = ["listen.timeout", "server.tcp", "runtime.pin", "runtime.io_uring", "client.timeout",
+    expected = ["server.tcp", "runtime.pin", "runtime.io_uring", "client.timeout",
                 "client.failover_delay", "connect.goaway.redirect", "cluster.lan",
                 "server.quic.congestion_control"]
     assert sorted(cfg.ignored) == sorted(expected)
+    assert cfg.server.timeout == 10.0  # [listen] timeout is applied (tests/test_listen_timeout.py)
     assert sorted(r.getMessage() for r in caplog.records if r.name == "relay.config") == \
         sorted(f"{k} is not supported, ignored" for k in expected)
     with pytest.raises(ConfigError, match=r"unknown field `bogus` in \[quic\]"):

@@ -37,6 +37,7 @@ drops the development defaults altogether.
 GROUPS = {
     "top": "top level", "log": "[log]",
     "server": "[server] (0.17: [listen], [quic], [runtime]): QUIC listener (raw QUIC, WebTransport)",
+    "listen": "[listen] (0.17): the QUIC listener's settings new in 0.17",
     "quic": "[quic]: QUIC flow control of accepted and dialed connections",
     "web": "[web]: TCP listener (HTTP, WebSocket fallback)", "auth": "[auth]: who may publish and subscribe",
     "cluster": "[cluster]", "cache": "[cache]: group cache", "client": "[client] (0.17: [connect]): outbound dials (cluster)",

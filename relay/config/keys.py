@@ -184,7 +184,9 @@ KEYS: tuple[Key, ...] = (
     Key("server.quic.quic_lb_id", v.ANY, "QUIC-LB server id", support=N, renamed=("listen.lb_id",)),
     Key("server.quic.quic_lb_nonce", v.ANY, "QUIC-LB nonce length", support=N, renamed=("listen.lb_nonce",)),
     Key("listen.load_balancer", v.ANY, "QUIC-LB configuration", support=N, new017=True),
-    Key("listen.timeout", v.ANY, "deadline for a handshake up to MoQ SETUP", support=N, new017=True),
+    Key("listen.timeout", v.DURATION, "deadline for a new connection's QUIC handshake and first session "
+        "request, then again for its MoQ SETUP; 0 = none (0.17.0)", default=10.0, example="5s",
+        attr="server.timeout", new017=True),
     Key("server.backend", v.ANY, "the Rust QUIC backend", support=N),
     Key("server.tcp", v.ANY, "[server.tcp]: plaintext QMux over TCP", support=N, section=True, cli=False,
         renamed=("listen.tcp",)),

@@ -45,6 +45,7 @@ class ServerConfig:
     bind: list[Addr] = _d("server.bind")
     version: list[str] | None = _d("server.version")
     workers: int = _d("server.workers")  # 0 = auto (one per core)
+    timeout: float = _d("listen.timeout")  # handshake, then SETUP, deadline; 0 = none
     tls: TlsConfig = field(default_factory=TlsConfig)
     quic: QuicConfig = field(default_factory=QuicConfig)
 
