@@ -10,7 +10,7 @@ from relay.model.broadcast import Broadcast
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
 from relay.model.subscription import Wish, combine
-from relay.model.track import Frame, GroupAborted, Track, TrackInfo
+from relay.model.track import MAX_GROUP_FRAMES, MAX_GROUP_SIZE, Frame, GroupAborted, TooLarge, Track, TrackInfo
 
 
 class FakeSource:
@@ -97,6 +97,34 @@ async def test_aborted_group_raises() -> None:
         assert exc.code == 2
     else:
         raise AssertionError("expected GroupAborted")
+
+
+def test_a_group_is_bounded_in_bytes_and_in_frames() -> None:
+    """Empty frames add nothing to a group's size: the frame count bounds them (otherwise one
+    group of empty frames grows for ever). Past either limit the append is refused, the group
+    holds what it had, and the receiving session aborts it (relay/protocol/*/subscriber.py)."""
+    track = Track("b", "t")
+    group = track.create_group(0)
+    assert group is not None
+    for _ in range(MAX_GROUP_FRAMES):
+        group.append(Frame(b""))
+    try:
+        group.append(Frame(b""))
+    except TooLarge as exc:
+        assert f"{MAX_GROUP_FRAMES} frames" in str(exc)
+    else:
+        raise AssertionError("an empty frame past the count was taken")
+    assert len(group.frames) == MAX_GROUP_FRAMES
+    big = track.create_group(1)
+    assert big is not None
+    big.append(Frame(bytes(MAX_GROUP_SIZE - 1)))
+    try:
+        big.append(Frame(b"xy"))
+    except TooLarge as exc:
+        assert f"{MAX_GROUP_SIZE} bytes" in str(exc)
+    else:
+        raise AssertionError("a frame past the byte limit was taken")
+    assert big.size == MAX_GROUP_SIZE - 1
 
 
 def test_cache_keeps_latest_and_evicts_by_budget_and_age() -> None:

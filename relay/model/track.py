@@ -23,6 +23,11 @@ from relay.model.traffic import Meter, Traffic
 # Rust rejects frames and groups above 32 MiB (lite §5.5, relay spec §8.6).
 MAX_FRAME_SIZE = 32 * 1024 * 1024
 MAX_GROUP_SIZE = 32 * 1024 * 1024
+# Frames a group may hold: empty frames add nothing to its size, so without a count a publisher
+# could grow one group's frame list for ever (about 100 bytes each). A 32 MiB group of 1200-byte
+# frames has ~28,000; video groups hold hundreds, audio groups one. (0.15+ also caps the count
+# and aborts the group, relay-0.17 §6.5; its number is not published.)
+MAX_GROUP_FRAMES = 1 << 16
 # HEAD's retention when the publisher sent no TRACK_INFO (lite-03/04): 5 s.
 DEFAULT_MAX_LATENCY_MS = 5000
 # However small the groups, a track caches at most this many (bounds per-track tables).
@@ -56,7 +61,8 @@ class GroupAborted(RemoteError):
 
 
 class TooLarge(RemoteError):
-    """A frame or group above the 32 MiB limit."""
+    """A frame or group above the 32 MiB limit, or a group above MAX_GROUP_FRAMES frames: the
+    receiving session aborts the whole group (every reader sees the same failure)."""
 
 
 @dataclass(slots=True)
@@ -112,6 +118,8 @@ class Group:
         n = len(frame.payload)
         if n > MAX_FRAME_SIZE or self.size + n > MAX_GROUP_SIZE:
             raise TooLarge(f"group {self.sequence} exceeds {MAX_GROUP_SIZE} bytes")
+        if len(self.frames) >= MAX_GROUP_FRAMES:
+            raise TooLarge(f"group {self.sequence} exceeds {MAX_GROUP_FRAMES} frames")
         self.frames.append(frame)
         self.size += n
         if self._budget is not None:
