@@ -10,7 +10,15 @@ from relay.model.broadcast import Broadcast
 from relay.model.cache import CacheBudget
 from relay.model.origin import Origin
 from relay.model.subscription import Wish, combine
-from relay.model.track import MAX_GROUP_FRAMES, MAX_GROUP_SIZE, Frame, GroupAborted, TooLarge, Track, TrackInfo
+from relay.model.track import (
+    MAX_GROUP_FRAMES,
+    MAX_GROUP_SIZE,
+    Frame,
+    GroupAborted,
+    TooLarge,
+    Track,
+    TrackInfo,
+)
 
 
 class FakeSource:
