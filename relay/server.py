@@ -8,7 +8,6 @@ subscription and each group fan-out below it.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import signal
 import ssl
@@ -147,7 +146,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         max_streams=quic.max_streams,
         idle_timeout=quic.idle_timeout,
         keep_alive=quic.keep_alive,
-        handshake_timeout=config.server.timeout if config.server.timeout > 0 else math.inf,
+        handshake_timeout=admission.setup_timeout,  # `[listen] timeout`, 0 read as no limit there
         engine=quic.engine,
         gso=quic.gso,
         max_datagram_size=quic.max_datagram_size,

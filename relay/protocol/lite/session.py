@@ -138,6 +138,7 @@ class LiteSession(SessionTasks):
                     return
                 assert self.scope is not None
                 if self._refuse_role():
+                    said_closed = True  # the refusal was logged: not "ended" as well
                     nursery.cancel_scope.cancel()
                     return
                 log.info("%s accepted root=/%s publish=%s subscribe=%s", self.name, self.scope.root,
