@@ -8,7 +8,8 @@ import asyncio
 import moq
 import pytest
 import trio
-from harness import Flag, client, in_thread, running_relay, wait_until
+from harness import Flag, client, free_port, in_thread, running_relay, wait_until
+from test_internal import internal_extra, scrape, traffic
 
 CASES = [(t, v) for t in ("moql", "https") for v in ("moq-lite-05", "moq-lite-06")]
 
@@ -17,7 +18,7 @@ CASES = [(t, v) for t in ("moql", "https") for v in ("moq-lite-05", "moq-lite-06
 async def test_fetch_group(tmp_path, transport, version) -> None:
     published = Flag()
     stop = Flag()
-    async with running_relay(tmp_path, version) as relay:
+    async with running_relay(tmp_path, version, extra=internal_extra(free_port())) as relay:
         url = relay.url(transport, "anon")
 
         async def publisher() -> None:
@@ -55,8 +56,13 @@ async def test_fetch_group(tmp_path, transport, version) -> None:
                 try:
                     await wait_until(lambda: relay.handle.origin.best("anon/vod") is not None)
                     result.extend(await in_thread(fetcher))
+                    samples = await scrape(relay.handle.internal[0])
                 finally:
                     stop.set()
+    # Every FETCH asked counts, the one refused too; only on the egress side, as in Rust.
+    assert traffic(samples, "fetches", "publisher") == 3
+    assert traffic(samples, "fetches", "subscriber") == 0
+    assert traffic(samples, "viewers_opened", "publisher") == 0  # a fetch makes nobody a viewer
     # Nobody subscribed through the relay, so both groups came from the publisher by FETCH.
     assert result[:2] == [[b"g2-a", b"g2-b"], [b"g0-a", b"g0-b"]]
     assert result[2] is None  # a group the publisher does not have: refused, not hung

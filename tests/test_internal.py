@@ -63,6 +63,7 @@ async def test_health_and_metrics_with_moq_rs_clients(tmp_path) -> None:
         assert (status, body) == (200, b"ok\n")
         first = await scrape(base)
         assert traffic(first, "bytes", "publisher") == 0 and traffic(first, "frames", "subscriber") == 0
+        assert traffic(first, "viewers_opened", "publisher") == 0 and traffic(first, "stale_groups", "publisher") == 0
         assert value(first, "moq_relay_sessions_active", transport="quic", version="") == 0
         assert value(first, "moq_relay_broadcasts_active") == 0
         async with trio.open_nursery() as n:
@@ -79,9 +80,9 @@ async def test_health_and_metrics_with_moq_rs_clients(tmp_path) -> None:
                     async def viewer() -> None:
                         got.extend(await in_thread(lambda: read_groups(relay.url("https", "anon"), "cam", 12)))
                     n.start_soon(viewer)
-                    while True:  # the viewer is served: the counts rise while it reads
+                    while True:  # the viewer is served: egress (role publisher) rises while it reads
                         during = await scrape(base)
-                        if traffic(during, "frames", "subscriber") >= 3:
+                        if traffic(during, "frames", "publisher") >= 3:
                             break
                         await trio.sleep(0.1)
                     assert value(during, "moq_relay_sessions_active", transport="webtransport",
@@ -90,18 +91,21 @@ async def test_health_and_metrics_with_moq_rs_clients(tmp_path) -> None:
                     assert value(during, "moq_relay_subscribers_active") == 1
                     assert traffic(during, "subscriptions_opened", "subscriber") == 1
                     assert traffic(during, "subscriptions_opened", "publisher") == 1
+                    assert traffic(during, "viewers_opened", "publisher") == 1
+                    assert traffic(during, "viewers_closed", "publisher") == 0
+                    assert traffic(during, "viewers_opened", "subscriber") == 0  # egress only, as in Rust
                     while True:
                         later = await scrape(base)
-                        if traffic(later, "frames", "publisher") > traffic(during, "frames", "publisher"):
+                        if traffic(later, "frames", "subscriber") > traffic(during, "frames", "subscriber"):
                             break
                         await trio.sleep(0.1)
-                    assert traffic(later, "bytes", "publisher") > traffic(during, "bytes", "publisher")
+                    assert traffic(later, "bytes", "subscriber") > traffic(during, "bytes", "subscriber")
                     await wait_until(lambda: len(got) == 12, 20)
                     assert got[0].startswith(b"cam-")
                     after = await scrape(base)
-                    assert traffic(after, "groups", "publisher") >= 12
-                    assert traffic(after, "frames", "subscriber") >= 12 and traffic(after, "groups", "subscriber") >= 12
-                    assert traffic(after, "bytes", "subscriber") >= sum(len(g) for g in got)
+                    assert traffic(after, "groups", "subscriber") >= 12
+                    assert traffic(after, "frames", "publisher") >= 12 and traffic(after, "groups", "publisher") >= 12
+                    assert traffic(after, "bytes", "publisher") >= sum(len(g) for g in got)
                     assert value(after, "moq_relay_quic_up") == 1
                     assert value(after, "moq_relay_http_accepted_total", listener="internal") >= 4
                     await wait_until(lambda: len(relay.handle.sessions) == 1, 10)  # the viewer left
@@ -109,6 +113,7 @@ async def test_health_and_metrics_with_moq_rs_clients(tmp_path) -> None:
                     assert value(after, "moq_relay_sessions_closed_total", tier="") == 1
                     assert traffic(after, "subscriptions_closed", "subscriber") == 1
                     assert traffic(after, "subscriptions_closed", "publisher") == 1
+                    assert traffic(after, "viewers_closed", "publisher") == 1
                     assert value(after, "moq_relay_sessions_active", transport="webtransport", version="") == 0
             finally:
                 stop.set()

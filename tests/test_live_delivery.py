@@ -15,7 +15,8 @@ import harness
 import moq
 import pytest
 import trio
-from harness import TRANSPORTS, VERSIONS, Flag, client, in_thread, running_relay, vnum, wait_until
+from harness import TRANSPORTS, VERSIONS, Flag, client, free_port, in_thread, running_relay, vnum, wait_until
+from test_internal import internal_extra, scrape, traffic
 from test_transport_quic import TestClient
 
 from relay.protocol.lite import messages as m
@@ -116,7 +117,7 @@ BURST = 200
 
 @pytest.mark.parametrize(("transport", "version"), CASES, ids=IDS)
 async def test_burst_delivers_the_newest_and_only_whole_groups(tmp_path, transport, version) -> None:
-    async with running_relay(tmp_path, version) as relay:
+    async with running_relay(tmp_path, version, extra=internal_extra(free_port())) as relay:
         url = relay.url(transport, "anon")
 
         async def job() -> list[tuple[int, list[bytes] | None]]:
@@ -143,6 +144,18 @@ async def test_burst_delivers_the_newest_and_only_whole_groups(tmp_path, transpo
 
         with trio.fail_after(60):
             got = await in_thread(job)
+            samples = await scrape(relay.handle.internal[0])
+    # What the subscriber did not get went stale (max latency 0: only the newest is worth it):
+    # every group the relay took in was skipped stale, or started (and then maybe cut stale, a
+    # stale drop), or evicted before its turn.
+    stale, sent, taken = (traffic(samples, "stale_groups", "publisher"), traffic(samples, "groups", "publisher"),
+                          traffic(samples, "groups", "subscriber"))
+    cut = samples[("moq_relay_drops_total", frozenset({("reason", "stale")}))]
+    assert 1 <= stale and cut <= stale and stale - cut + sent <= taken, (stale, cut, sent, taken)
+    # One frame a group: a skipped group's frame was never sent; a cut one's may have been.
+    assert traffic(samples, "stale_frames", "publisher") <= stale
+    assert traffic(samples, "stale_bytes", "publisher") >= 2 * traffic(samples, "stale_frames", "publisher")
+    assert traffic(samples, "stale_groups", "subscriber") == 0
     # The newest group arrives, whole; so does every other group delivered, with its one frame
     # (none empty or cut short). Over QUIC the Rust relay delivers 1-4 of the 200 here, and this
     # one 1-4 (27-121 before it carried the subscriber's max latency upstream and chose what to

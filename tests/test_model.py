@@ -52,6 +52,23 @@ def test_one_upstream_subscription_per_track() -> None:
     assert s1.track.closed
 
 
+def test_viewers_are_distinct_sessions_per_broadcast() -> None:
+    """A session's first subscription to a broadcast makes it a viewer, its last ends that; a
+    subscription without a viewer (HTTP /fetch) is none. The counts are Rust's viewers_*."""
+    b = Broadcast("live", FakeSource())
+    alice, bob = object(), object()
+    t = b.traffic
+    with b.subscribe("video", viewer=alice), b.subscribe("audio", viewer=alice):
+        assert (t.viewers_opened, t.viewers_closed) == (1, 0)
+        with b.subscribe("video", viewer=bob) as s, b.subscribe("video"):
+            assert s.viewer is bob and (t.viewers_opened, t.viewers_closed) == (2, 0)
+        assert (t.viewers_opened, t.viewers_closed) == (2, 1)
+        with b.subscribe("audio", viewer=alice):
+            assert t.viewers_opened == 2  # alice still views
+    assert (t.viewers_opened, t.viewers_closed) == (2, 2)
+    assert t.downstream_opened == t.downstream_closed == 5
+
+
 def test_a_closed_broadcast_gives_its_cache_back_when_its_last_reader_leaves() -> None:
     """The publisher leaves while readers still hold its tracks: they may still be sent the cached
     groups, and when the last one leaves, those groups' bytes leave the cache budget (they used to

@@ -39,12 +39,15 @@ def test_payload_from_known_counters() -> None:
     t.bytes_in, t.frames_in, t.groups_in, t.datagrams_in = 1000, 10, 5, 1
     t.bytes_out, t.frames_out, t.groups_out, t.datagrams_out = 3000, 30, 15, 3
     t.upstream_opened, t.upstream_closed, t.downstream_opened, t.downstream_closed = 2, 1, 6, 4
+    t.fetches, t.viewers_opened, t.viewers_closed = 8, 5, 3
     frames = snapshot(t, sessions_opened=7, sessions_closed=2)
     assert frames == {
         "publisher.json": b'{"":{"bytes":3000,"frames":30,"groups":15,"datagrams":3,"subscriptions":6,'
-                          b'"subscriptions_closed":4,"subscriptions_started":6,"subscriptions_ended":4}}',
+                          b'"subscriptions_closed":4,"subscriptions_started":6,"subscriptions_ended":4,'
+                          b'"fetches":8,"broadcasts":5,"broadcasts_closed":3}}',
         "subscriber.json": b'{"":{"bytes":1000,"frames":10,"groups":5,"datagrams":1,"subscriptions":2,'
-                           b'"subscriptions_closed":1,"subscriptions_started":2,"subscriptions_ended":1}}',
+                           b'"subscriptions_closed":1,"subscriptions_started":2,"subscriptions_ended":1,'
+                           b'"fetches":0,"broadcasts":0,"broadcasts_closed":0}}',
         "sessions.json": b'{"":{"sessions":7,"sessions_closed":2,"sessions_started":7,"sessions_ended":2}}',
     }
     assert broadcast_path("relay-1") == STATS and broadcast_path("/sjc/1/") == ".stats/node/sjc/1"
@@ -86,12 +89,13 @@ BATCH_1 = [b"a" * 100, b"b" * 200, b"c" * 300]
 BATCH_2 = [b"d" * 1000, b"e" * 2000]
 
 
-def traffic(payloads: list[bytes]) -> dict[str, int]:
+def traffic(payloads: list[bytes], viewers: int = 0) -> dict[str, int]:
     """One publisher, one subscriber of one track, a frame per group: what each side of the
-    relay counts."""
+    relay counts (viewers on the egress side only)."""
     n, size = len(payloads), sum(len(p) for p in payloads)
     return {"bytes": size, "frames": n, "groups": n, "datagrams": 0, "subscriptions": 1,
-            "subscriptions_closed": 0, "subscriptions_started": 1, "subscriptions_ended": 0}
+            "subscriptions_closed": 0, "subscriptions_started": 1, "subscriptions_ended": 0,
+            "fetches": 0, "broadcasts": viewers, "broadcasts_closed": 0}
 
 
 async def stats_and_traffic(url: str) -> list[tuple[int, float, dict[str, dict]]]:
@@ -153,7 +157,7 @@ async def test_stats_broadcast_counts_the_traffic_once_a_second(tmp_path) -> Non
         # for the one subscriber: the same here. The stats reader's own groups are not counted.
         for entries, batches in ((after_1, BATCH_1), (after_2, BATCH_1 + BATCH_2)):
             assert entries["subscriber.json"] == traffic(batches), groups
-            assert entries["publisher.json"] == traffic(batches), groups
+            assert entries["publisher.json"] == traffic(batches, viewers=1), groups
             # The publisher, the subscriber and the stats reader.
             assert entries["sessions.json"] == {"sessions": 3, "sessions_closed": 0,
                                                 "sessions_started": 3, "sessions_ended": 0}

@@ -45,10 +45,11 @@ class Subscription:
     """One reader's hold on a shared track: the track, and the wish it registered in the track's
     demand (which the upstream subscription carries to the publisher)."""
 
-    __slots__ = ("track", "_key", "_wish")
+    __slots__ = ("track", "viewer", "_key", "_wish")
 
-    def __init__(self, track: Track, wish: Wish) -> None:
+    def __init__(self, track: Track, wish: Wish, viewer: object | None = None) -> None:
         self.track = track
+        self.viewer = viewer  # the session reading (a failover carries it to the next route)
         self._wish = wish
         self._key = track.demand.add(wish)
 
@@ -93,6 +94,8 @@ class Broadcast:
         # TRACK_INFO per track name, asked upstream once and shared (bounded like the tracks).
         self._infos: dict[str, TrackInfo] = {}
         self._info_pending: dict[str, trio.Event] = {}
+        # Subscriptions per viewer (session) reading this broadcast: who counts as a viewer.
+        self._viewers: dict[object, int] = {}
 
     def __repr__(self) -> str:
         return f"Broadcast({self.path!r}, hops={list(self.hops)}, gen={self.generation})"
@@ -141,12 +144,24 @@ class Broadcast:
             del self._info_pending[name]
             done.set()
 
+    def fetch_group(self, name: str, sequence: int, priority: int = 0, *,
+                    follow: bool = True) -> AsyncIterator[Frame]:
+        """One past group's frames, for a one-shot fetch: from the cache when a reader's track
+        holds it (`follow`: waiting for the rest of a group still arriving; else what is held
+        now), otherwise asked of the source. Every call is one fetch, found or not."""
+        self.traffic.fetches += 1
+        group = self.cached_group(name, sequence)
+        if group is None:
+            return self.source.fetch_group(self.path, name, sequence, priority)
+        return group.frames_from(0) if follow else _held(group)
+
     @contextlib.contextmanager
-    def subscribe(self, name: str, wish: Wish | None = None) -> Iterator[Subscription]:
+    def subscribe(self, name: str, wish: Wish | None = None, viewer: object | None = None) -> Iterator[Subscription]:
         """Share (or start) the upstream subscription of track `name` while the block runs.
 
         `wish` joins the track's demand before any upstream request is made, so the first
-        SUBSCRIBE already carries it; None = the latest group only (max latency 0)."""
+        SUBSCRIBE already carries it; None = the latest group only (max latency 0). `viewer`
+        (the reading session) makes its first subscription here a new viewer of the broadcast."""
         if self.closed:
             raise TrackClosed(None)
         entry = self._tracks.get(name)
@@ -161,18 +176,29 @@ class Broadcast:
             if name in self._infos:
                 entry.track.set_info(self._infos[name])
             self._tracks[name] = entry
-            subscription = Subscription(entry.track, wish or Wish())
+            subscription = Subscription(entry.track, wish or Wish(), viewer)
             entry.cancel = self.source.serve_track(entry.track)
             self.upstream_subscriptions_total += 1
             self.traffic.upstream_opened += 1
         else:
-            subscription = Subscription(entry.track, wish or Wish())
+            subscription = Subscription(entry.track, wish or Wish(), viewer)
         entry.refs += 1
         self.traffic.downstream_opened += 1
+        if viewer is not None:
+            held = self._viewers.get(viewer, 0)
+            self._viewers[viewer] = held + 1
+            if not held:
+                self.traffic.viewers_opened += 1
         try:
             yield subscription
         finally:
             self.traffic.downstream_closed += 1
+            if viewer is not None:
+                held = self._viewers.pop(viewer) - 1
+                if held:
+                    self._viewers[viewer] = held
+                else:
+                    self.traffic.viewers_closed += 1
             subscription._release()
             entry.refs -= 1
             if entry.refs == 0:
@@ -202,3 +228,8 @@ class Broadcast:
             entry.cancel()
             entry.track.close(error)
         self._tracks.clear()
+
+
+async def _held(group: Group) -> AsyncIterator[Frame]:
+    for frame in list(group.frames):
+        yield frame

@@ -12,7 +12,9 @@ from __future__ import annotations
 class Traffic:
     __slots__ = ("bytes_in", "frames_in", "groups_in", "datagrams_in",
                  "bytes_out", "frames_out", "groups_out", "datagrams_out", "drops",
-                 "upstream_opened", "upstream_closed", "downstream_opened", "downstream_closed")
+                 "upstream_opened", "upstream_closed", "downstream_opened", "downstream_closed",
+                 "fetches", "viewers_opened", "viewers_closed",
+                 "stale_groups", "stale_frames", "stale_bytes", "stale_datagrams")
 
     def __init__(self) -> None:
         self.bytes_in = 0
@@ -29,11 +31,31 @@ class Traffic:
         self.upstream_closed = 0
         self.downstream_opened = 0
         self.downstream_closed = 0
+        # One-shot group fetches asked of this relay (lite FETCH, each group of an IETF FETCH,
+        # HTTP /fetch), counted when asked, found or not.
+        self.fetches = 0
+        # Viewers: distinct (broadcast, session) pairs with a subscription; the first of a
+        # session's subscriptions to a broadcast opens one, its last closes it.
+        self.viewers_opened = 0
+        self.viewers_closed = 0
+        # Content a subscriber did not get because it drifted past its latency budget: groups
+        # skipped before they started or aborted under way, with the frames and bytes not sent.
+        # Datagrams are forwarded as they arrive, never held, so none goes stale (0).
+        self.stale_groups = 0
+        self.stale_frames = 0
+        self.stale_bytes = 0
+        self.stale_datagrams = 0
         # Groups not delivered to a subscriber, by reason ("stale", "inflight").
         self.drops: dict[str, int] = {}
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + n
+
+    def went_stale(self, frames: int, payload: int) -> None:
+        """A group past a subscriber's budget was given up with `frames` (`payload` bytes) unsent."""
+        self.stale_groups += 1
+        self.stale_frames += frames
+        self.stale_bytes += payload
 
 
 class Meter:

@@ -98,6 +98,10 @@ class Fanout:
         self.last_sequence: int | None = None  # the newest group started
         self.started = 0  # group streams opened
         self.inflight: dict[int, trio.CancelScope] = {}
+        # In-flight groups aborted for going stale (their senders count what was left unsent),
+        # and the cached groups already stale when this subscriber came (never its to skip).
+        self._expired: set[int] = set()
+        self._stale_on_arrival: set[int] = set()
         self.unsubscribed = False
         self.abort_code = ErrorCode.OLD  # why an in-flight group stream is aborted
         self._cancel: trio.CancelScope | None = None
@@ -161,7 +165,7 @@ class Fanout:
         """Follow `nxt` from here on (after the last group started); False if it cannot serve."""
         hold = contextlib.ExitStack()
         try:
-            subscription = hold.enter_context(nxt.subscribe(self.track.name, self.wish))
+            subscription = hold.enter_context(nxt.subscribe(self.track.name, self.wish, self.subscription.viewer))
         except (TrackClosed, LimitExceeded):
             return False
         self.routes.enter_context(hold)
@@ -211,6 +215,7 @@ class Fanout:
         """(arrival cursor, lowest group wanted, cached groups to consider) as a track starts."""
         track = self.track
         cursor, cached = track.cached_in_arrival_order()
+        self._stale_on_arrival = {g.sequence for g in cached if track.stale(g, self.wish.max_latency_ms)}
         floor = self.wish.start
         if self.last_sequence is not None:
             # After a failover: continue after the last group sent (older ones the new route
@@ -234,7 +239,12 @@ class Fanout:
         end = self.wish.end
         if end is not None and group.sequence >= end:
             return False
-        return not track.stale(group, self.wish.max_latency_ms)
+        if not track.stale(group, self.wish.max_latency_ms):
+            return True
+        if group.sequence not in self._stale_on_arrival:
+            # It was worth starting when it came and drifted past the budget while it waited.
+            track.traffic.went_stale(len(group.frames), group.size)
+        return False
 
     async def _follow(self) -> None:
         track = self.track
@@ -293,6 +303,7 @@ class Fanout:
             group = track.groups.get(seq)
             if seq < latest.sequence and (group is None or track.stale(group, self.wish.max_latency_ms)):
                 del self.inflight[seq]  # counted once, though its sender ends at its next checkpoint
+                self._expired.add(seq)
                 scope.cancel()
                 track.traffic.drop("stale")
 
@@ -333,6 +344,7 @@ class Fanout:
     async def _send(self, group: Group, scope: trio.CancelScope, stream: GroupStream,
                     after: trio.Event | None, turn: trio.Event) -> None:
         traffic = self.track.traffic
+        sent = sent_bytes = 0
         try:
             with scope:
                 if after is not None:
@@ -343,17 +355,22 @@ class Fanout:
                     turn.set()
                     traffic.frames_out += 1
                     traffic.bytes_out += len(frame.payload)
+                    sent += 1
+                    sent_bytes += len(frame.payload)
                     previous = frame.timestamp
                 turn.set()
                 await stream.finish()
             if scope.cancelled_caught:
                 stream.abort(self.abort_code)
+                if group.sequence in self._expired:
+                    traffic.went_stale(len(group.frames) - sent, group.size - sent_bytes)
         except GroupAborted as exc:
             stream.abort(exc.code)
         except TransportError:
             pass
         finally:
             turn.set()
+            self._expired.discard(group.sequence)
             if self.inflight.get(group.sequence) is scope:
                 del self.inflight[group.sequence]
 

@@ -12,9 +12,10 @@ frames are objects of cumulative counters, one group of one frame per interval.
 Rust keys each frame by broadcast path (traffic) or auth root (sessions); this relay counts per
 relay, not per path, so every frame has one entry, `""` (the root: everything). Counter names are
 Rust's (`bytes`, `frames`, `groups`, `datagrams`, `subscriptions`, `subscriptions_closed`,
-`sessions`, `sessions_closed`), with the 0.15 `*_started` / `*_ended` spellings alongside, as 0.15's
-feed writes both. Rust's `announced*`, `broadcasts*` and `fetches` are not counted here and are
-left out (its reader takes a missing counter as 0).
+`sessions`, `sessions_closed`, `fetches`, `broadcasts`, `broadcasts_closed`: the last two are
+viewers, distinct (broadcast, session) pairs), with the 0.15 `*_started` / `*_ended` spellings
+alongside, as 0.15's feed writes both. Rust's `announced*` are not counted here and are left out
+(its reader takes a missing counter as 0).
 
 The counters are read from the objects `/metrics` reads (the origin's `Traffic`, the admission
 `Sessions`): nothing is counted twice. The broadcast has its own `Traffic`, so the feed's own
@@ -58,18 +59,22 @@ def broadcast_path(node: str) -> str:
     return paths.join(PREFIX, paths.join("node", paths.norm(node)))
 
 
-def _traffic_entry(bytes_: int, frames: int, groups: int, datagrams: int, opened: int, closed: int) -> dict[str, int]:
+def _traffic_entry(bytes_: int, frames: int, groups: int, datagrams: int, opened: int, closed: int,
+                   fetches: int = 0, viewers: int = 0, viewers_closed: int = 0) -> dict[str, int]:
     return {"bytes": bytes_, "frames": frames, "groups": groups, "datagrams": datagrams,
             "subscriptions": opened, "subscriptions_closed": closed,
-            "subscriptions_started": opened, "subscriptions_ended": closed}
+            "subscriptions_started": opened, "subscriptions_ended": closed,
+            "fetches": fetches, "broadcasts": viewers, "broadcasts_closed": viewers_closed}
 
 
 def snapshot(traffic: Traffic, sessions_opened: int, sessions_closed: int) -> dict[str, bytes]:
     """Each track's frame for the counters as they stand: track name -> JSON payload."""
     t = traffic
     # Egress: to subscribers, whose subscriptions are the downstream ones; ingress: the reverse.
+    # Rust's `broadcasts` / `broadcasts_closed` are its viewers (distinct broadcast, session), and
+    # like `fetches` exist on the egress side only (0 on ingress).
     egress = _traffic_entry(t.bytes_out, t.frames_out, t.groups_out, t.datagrams_out,
-                            t.downstream_opened, t.downstream_closed)
+                            t.downstream_opened, t.downstream_closed, t.fetches, t.viewers_opened, t.viewers_closed)
     ingress = _traffic_entry(t.bytes_in, t.frames_in, t.groups_in, t.datagrams_in,
                              t.upstream_opened, t.upstream_closed)
     presence = {"sessions": sessions_opened, "sessions_closed": sessions_closed,

@@ -150,6 +150,9 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
 
     async def _serve_group(broadcast, track_name: str, want: int | None, deadline: float) -> Response:
         # The latest group only, or group `want` (the publisher's whole window may be needed).
+        # A one-shot fetch like a FETCH request (Broadcast.fetch_group), served through a
+        # subscription so a group not cached yet is pulled in; not a viewer.
+        broadcast.traffic.fetches += 1
         wish = Wish() if want is None else Wish(max_latency_ms=HTTP_FETCH_WINDOW_MS, start=want)
         subscription = broadcast.subscribe(track_name, wish)
         try:

@@ -93,23 +93,35 @@ class RelayCollector(Collector):
         yield from self._http()
 
     def _traffic(self) -> Iterator[Metric]:
+        # Rust's roles are the direction traffic flowed: `publisher` = egress (what this relay
+        # published to subscribers), `subscriber` = ingress (what it took from publishers).
+        # Fetches, viewers and stale content exist on the egress side only (Rust: 0 on ingress).
         t = self.relay.origin.traffic
-        for name, what, pub, sub in (("bytes", "payload bytes", t.bytes_in, t.bytes_out),
-                                     ("frames", "frames", t.frames_in, t.frames_out),
-                                     ("groups", "groups", t.groups_in, t.groups_out),
-                                     ("datagrams", "datagrams", t.datagrams_in, t.datagrams_out)):
-            family = CounterMetricFamily(f"moq_relay_{name}", f"{what} from publishers (role=publisher) and to "
-                                         "subscribers (role=subscriber)", labels=["tier", "role"])
-            family.add_metric([TIER, "publisher"], pub)
-            family.add_metric([TIER, "subscriber"], sub)
-            yield family
-        for name, pub, sub in (("opened", t.upstream_opened, t.downstream_opened),
-                               ("closed", t.upstream_closed, t.downstream_closed)):
-            family = CounterMetricFamily(f"moq_relay_subscriptions_{name}", f"subscriptions {name}: to "
-                                         "publishers (role=publisher) and from subscribers (role=subscriber)",
-                                         labels=["tier", "role"])
-            family.add_metric([TIER, "publisher"], pub)
-            family.add_metric([TIER, "subscriber"], sub)
+        rows: tuple[tuple[str, str, int, int], ...] = (
+            ("bytes", "media payload bytes", t.bytes_out, t.bytes_in),
+            ("frames", "media frames", t.frames_out, t.frames_in),
+            ("groups", "media groups", t.groups_out, t.groups_in),
+            ("datagrams", "single-frame groups carried as QUIC datagrams", t.datagrams_out, t.datagrams_in),
+            ("fetches", "one-shot group fetches asked of this relay", t.fetches, 0),
+            ("subscriptions_opened", "track subscriptions opened (egress: readers', a failover counting "
+             "as a new one; ingress: ours to publishers, one per shared track)", t.downstream_opened,
+             t.upstream_opened),
+            ("subscriptions_closed", "track subscriptions closed", t.downstream_closed, t.upstream_closed),
+            ("viewers_opened", "distinct (broadcast, session) subscriptions opened", t.viewers_opened, 0),
+            ("viewers_closed", "distinct (broadcast, session) subscriptions closed", t.viewers_closed, 0),
+            ("stale_bytes", "payload bytes not sent for drifting past a subscriber's latency budget",
+             t.stale_bytes, 0),
+            ("stale_frames", "frames not sent for drifting past a subscriber's latency budget", t.stale_frames, 0),
+            ("stale_groups", "groups skipped or cut for drifting past a subscriber's latency budget",
+             t.stale_groups, 0),
+            ("stale_datagrams", "datagrams dropped for drifting past a subscriber's latency budget (datagrams "
+             "are never held, so none)", t.stale_datagrams, 0),
+        )
+        for name, what, egress, ingress in rows:
+            family = CounterMetricFamily(f"moq_relay_{name}", f"{what}; role=publisher: egress, to subscribers; "
+                                         "role=subscriber: ingress, from publishers", labels=["tier", "role"])
+            family.add_metric([TIER, "publisher"], egress)
+            family.add_metric([TIER, "subscriber"], ingress)
             yield family
         drops = CounterMetricFamily("moq_relay_drops", "groups not delivered to a subscriber, by reason "
                                     "(stale: past its latency budget; inflight: over the in-flight cap)",

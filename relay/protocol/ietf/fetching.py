@@ -147,12 +147,7 @@ class IetfFetches:
 
     async def _frames(self, broadcast: Broadcast, name: str, sequence: int, priority: int) -> AsyncIterator[Frame]:
         """One group's frames: the cached ones held now, else the publisher's, else none."""
-        group = broadcast.cached_group(name, sequence)
-        if group is not None:
-            for frame in list(group.frames):
-                yield frame
-            return
-        frames = broadcast.source.fetch_group(broadcast.path, name, sequence, model_priority(priority))
+        frames = broadcast.fetch_group(name, sequence, model_priority(priority), follow=False)
         try:
             async with contextlib.aclosing(frames):  # type: ignore[type-var]
                 async for frame in frames:

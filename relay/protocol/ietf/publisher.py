@@ -335,7 +335,7 @@ class IetfPublisher:
             with contextlib.ExitStack() as routes:
                 hold = routes.enter_context(contextlib.ExitStack())  # this route's share (Fanout.hold)
                 try:
-                    subscription = hold.enter_context(broadcast.subscribe(request.track_name, _wish(request)))
+                    subscription = hold.enter_context(broadcast.subscribe(request.track_name, _wish(request), viewer=s))
                 except (TrackClosed, LimitExceeded) as exc:
                     await s.send(msg.SubscribeError(rid, RequestErrorCode.TRACK_DOES_NOT_EXIST, str(exc)[:80]))
                     return

@@ -135,7 +135,7 @@ class LitePublisher:
         try:
             with contextlib.ExitStack() as routes:
                 hold = routes.enter_context(contextlib.ExitStack())  # this route's share (Fanout.hold)
-                subscription = hold.enter_context(broadcast.subscribe(sub.track, _wish(sub, v)))
+                subscription = hold.enter_context(broadcast.subscribe(sub.track, _wish(sub, v), viewer=s))
                 await self._run_subscription(sub, send, reader, subscription, broadcast, routes, hold)
         except TrackClosed as exc:
             raise Refused(ErrorCode.NOT_FOUND, str(exc)) from exc
@@ -222,12 +222,8 @@ class LitePublisher:
         broadcast = self.lookup(fetch.broadcast)
         if broadcast is None:
             raise Refused(ErrorCode.NOT_FOUND, f"no broadcast {fetch.broadcast!r}")
-        group = broadcast.cached_group(fetch.track, fetch.group)
-        if group is not None:
-            frames = group.frames_from(0)
-        else:
-            # Not cached here: ask the publisher once, stream its answer through (lite §7.4).
-            frames = broadcast.source.fetch_group(broadcast.path, fetch.track, fetch.group, fetch.priority)
+        # From the cache, else asked of the publisher once and streamed through (lite §7.4).
+        frames = broadcast.fetch_group(fetch.track, fetch.group, fetch.priority)
         start, end = fetch.start_frame, fetch.end_frame
         previous = 0
         index = 0
