@@ -36,6 +36,7 @@ from relay.relaying.stats import StatsFeed
 from relay.reload import Reloader
 from relay.tls import Identity, generate_self_signed, load_identity
 from relay.transport.quic import QuicEndpoint, moq_apps
+from relay.web.accept import AcceptHealth
 from relay.web.app import create_app
 from relay.web.internal import create_internal_app
 from relay.web.serve import HttpServer, https_context
@@ -173,13 +174,14 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         if config.web.http.listen or config.web.https.listen:
             app = create_app(origin, authorize, lambda: endpoint.identity.fingerprint,
                              ws_select=admission.ws_select if config.web.ws else None, ws_run=admission.ws_run)
+            web_accepts = AcceptHealth("web")  # HTTP and HTTPS are one listener to report, as in Rust
             if config.web.http.listen:
                 http_server = HttpServer(app, list(config.web.http.listen), access_log=ACCESS_LOG,
-                                         reuse_port=worker is not None)
+                                         reuse_port=worker is not None, accepts=web_accepts)
                 http_urls = await nursery.start(http_server.serve)
             if config.web.https.listen:
                 https_server = HttpServer(app, list(config.web.https.listen), tls=https_tls, access_log=ACCESS_LOG,
-                                          reuse_port=worker is not None)
+                                          reuse_port=worker is not None, accepts=web_accepts)
                 http_urls = http_urls + await nursery.start(https_server.serve)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, admission=admission,
@@ -213,7 +215,8 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         if config.internal.listen:
             internal_app, collector = create_internal_app(handle_)
             handle_.internal_server = collector.internal_server = HttpServer(
-                internal_app, list(config.internal.listen), access_log=INTERNAL_ACCESS_LOG)
+                internal_app, list(config.internal.listen), access_log=INTERNAL_ACCESS_LOG,
+                accepts=AcceptHealth("internal"))
             handle_.internal = await nursery.start(handle_.internal_server.serve)
             for url in handle_.internal:
                 log.info("internal listening url=%s (/ dashboard, /health /metrics /nodes; unauthenticated)", url)

@@ -49,6 +49,7 @@ from relay.listen_check import check_free
 from relay.notify_systemd import notify
 from relay.reload import renewal_delay
 from relay.tls import generate_self_signed, write_pem
+from relay.web.accept import AcceptHealth
 from relay.web.dashboard import merge_worker_snapshots
 from relay.web.internal import CONTENT_TYPE, add_dashboard
 from relay.web.serve import HttpServer
@@ -376,7 +377,7 @@ class Supervisor:
                 nursery.start_soon(self._signals)
                 if self.config.internal.listen:
                     server = HttpServer(self._internal_app(), list(self.config.internal.listen),
-                                        access_log="relay.internal.access")
+                                        access_log="relay.internal.access", accepts=AcceptHealth("internal"))
                     self.internal_urls = await nursery.start(server.serve)
                 nursery.start_soon(self._workers, nursery.cancel_scope)
                 await self._settled.wait()

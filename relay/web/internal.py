@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from relay.web.accept import AcceptHealth
 from relay.web.dashboard import MIN_RATE_INTERVAL, Dashboard, session_labels
 from relay.web.sessions import FilterError, SessionFilter, SessionView, view_of
 
@@ -91,6 +92,7 @@ class RelayCollector(Collector):
         yield from self._cluster()
         yield from self._quic()
         yield from self._http()
+        yield from self._accepts()
 
     def _traffic(self) -> Iterator[Metric]:
         # Rust's roles are the direction traffic flowed: `publisher` = egress (what this relay
@@ -234,6 +236,26 @@ class RelayCollector(Collector):
         for name, server in servers:
             active.add_metric([name], server.active)
         yield active
+
+
+    def _accepts(self) -> Iterator[Metric]:
+        # One `listener` per configured TCP listener (`web`: HTTP and HTTPS together; `internal`),
+        # every class from 0; one not configured is absent, not a zero that reads as passing.
+        healths: dict[str, AcceptHealth] = {}
+        for server in (self.relay.http_server, self.relay.https_server, self.internal_server):
+            if server is not None:
+                healths.setdefault(server.accepts.listener, server.accepts)
+        failures = CounterMetricFamily("moq_relay_accept_failures", "failed accept() calls on a listener, by class "
+                                       "(connection: died before it was accepted, ordinary traffic; exhausted: out "
+                                       "of descriptors or kernel memory; unknown)", labels=["listener", "class"])
+        stalled = GaugeMetricFamily("moq_relay_accept_stalled_seconds", "how long a listener has been unable to "
+                                    "accept for want of a resource; 0 when serving", labels=["listener"])
+        now = trio.current_time()
+        for name, health in healths.items():
+            for kind, n in health.failures.items():
+                failures.add_metric([name, kind], n)
+            stalled.add_metric([name], health.stalled(now))
+        yield from (failures, stalled)
 
 
 def node_name(relay: RelayHandle) -> str:

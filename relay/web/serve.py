@@ -2,8 +2,9 @@
 
 hypercorn's own `serve` accepts every TCP connection it is offered. This module runs the same
 worker as `hypercorn.trio.run.worker_serve` (its lifespan, its `TCPServer` per connection, its
-graceful shutdown) with our own per-connection handler in front, which counts the connections
-being served and closes at once any accepted past `max_connections`.
+graceful shutdown) with our own accept loop (relay/web/accept.py: failures counted by class and
+paced) and per-connection handler in front, which counts the connections being served and
+closes at once any accepted past `max_connections`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from quart_trio import QuartTrio
 
 from relay.errors import RemoteError
 from relay.transport import websocket
+from relay.web.accept import AcceptHealth, serve_listeners
 
 log = logging.getLogger("relay.web")
 
@@ -179,8 +181,11 @@ class HttpServer:
     def __init__(self, app: QuartTrio, listen: list[tuple[str, int]], *,
                  max_connections: int | None = None, config: HypercornConfig | None = None,
                  tls: ssl.SSLContext | None = None, access_log: str | None = None,
-                 reuse_port: bool = False) -> None:
+                 reuse_port: bool = False, accepts: AcceptHealth | None = None) -> None:
+        """`accepts`: the accept-loop health this server reports to (HTTP and HTTPS share the
+        listener `web`, as in Rust); by default its own."""
         self.app = app
+        self.accepts = accepts if accepts is not None else AcceptHealth("web")
         self.config = config or hypercorn_config(listen, access_log=access_log, reuse_port=reuse_port)
         self.tls = tls
         self.max_connections = MAX_HTTP_CONNECTIONS if max_connections is None else max_connections
@@ -207,7 +212,7 @@ class HttpServer:
                 handler = partial(self._handle, app, context, ConnectionState(lifespan_state.copy()))
                 try:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(partial(trio.serve_listeners, handler, listeners,
+                        nursery.start_soon(partial(serve_listeners, handler, listeners, self.accepts,
                                                    handler_nursery=server_nursery))
                         await context.terminate.wait()
                         nursery.cancel_scope.cancel()
@@ -217,13 +222,13 @@ class HttpServer:
             await lifespan.wait_for_shutdown()
             lifespan_nursery.cancel_scope.cancel()
 
-    async def _listeners(self) -> tuple[list[trio.SocketListener], list[str]]:
+    async def _listeners(self) -> tuple[list[trio.socket.SocketType], list[str]]:
         config = self.config
         sockets = config.create_sockets()  # no TLS: the plain-HTTP binds, v4 and v6 alike
         listeners, urls = [], []
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
-            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            listeners.append(trio.socket.from_stdlib_socket(sock))
             bind = repr_socket_addr(sock.family, sock.getsockname())
             scheme = "https" if self.tls is not None else "http"
             urls.append(f"{scheme}://{bind}")
