@@ -1,4 +1,4 @@
-"""`moq-relay [FLAGS] [CONFIG.toml]` (and `moq-relay token ...`): exit status 0 on a clean stop, 1 on startup errors, 2 on usage errors."""
+"""`moq-relay [FLAGS] [CONFIG.toml]` (and `moq-relay token ...`, `moq-relay auth serve ...`): exit status 0 on a clean stop, 1 on startup errors, 2 on usage errors."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ def package_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:2] == ["auth", "serve"]:
+        from relay.auth.serve import main as auth_serve_main
+
+        return auth_serve_main(args[2:])
     if args[:1] == ["token"] or (args[:1] == ["--key"] and "token" not in args and len(args) > 2
                                  and args[2] in ("generate", "sign", "verify")):
         from relay.auth.cli import main as token_main
