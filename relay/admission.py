@@ -13,6 +13,7 @@ import math
 
 import trio
 
+from relay.auth.contract import facts_of
 from relay.auth.scope import REFUSAL_REASONS
 from relay.model.notify import Notifier
 from relay.model.origin import Origin
@@ -90,7 +91,7 @@ class Admission:
             transport.close(ErrorCode.VERSION, "unsupported version")
             return
         if isinstance(choice.version, IetfVersion):
-            ietf = IetfSession(transport, choice.version, self.origin, authorize=self.negotiator.authorize, hop_id=self.hop_id,
+            ietf = IetfSession(transport, choice.version, self.origin, authorize=self.negotiator.decide, hop_id=self.hop_id,
                                scope=info.extra.get("scope"),
                                limits=IetfSessionLimits(setup_timeout=self.setup_timeout))
             self.sessions.add(ietf)
@@ -119,7 +120,7 @@ class Admission:
                          info.transport, info.remote, exc)
                 return
             version = legacy.version
-        session = LiteSession(transport, version, self.origin, authorize=self.negotiator.authorize, hop_id=self.hop_id,
+        session = LiteSession(transport, version, self.origin, authorize=self.negotiator.decide, hop_id=self.hop_id,
                               scope=info.extra.get("scope"), legacy=legacy,
                               limits=SessionLimits(setup_timeout=self.setup_timeout))
         self.sessions.add(session)
@@ -129,31 +130,32 @@ class Admission:
             self.sessions.discard(session)
             self.count_refusal(session.refusal)
 
-    def wt_select(self, path: str, offered: list[str], headers: dict) -> WtDecision:
+    async def wt_select(self, path: str, offered: list[str], headers: dict, info: SessionInfo) -> WtDecision:
+        choice = self.negotiator.choose("webtransport", offered)
+        if choice is None:
+            return WtDecision(status=400, protocol=None)
+        info.protocol = choice.protocol  # what the auth server is told as `alpn`
         try:
-            scope = self.negotiator.admit(path)
+            scope = await self.negotiator.admit(path, facts_of(info))
         except NegotiationError as exc:
             log.info("webtransport CONNECT %s refused: %s", path.split("?")[0], exc.reason)
             self.count_refusal(exc.refusal)
             return WtDecision(status=exc.status, protocol=None)
-        choice = self.negotiator.choose("webtransport", offered)
-        if choice is None:
-            return WtDecision(status=400, protocol=None)
         return WtDecision(status=200, protocol=choice.protocol or None, extra={"scope": scope, "choice": choice})
 
-    def ws_select(self, target: str, offered: list[str]) -> WsDecision:
+    async def ws_select(self, target: str, offered: list[str], remote: str = "") -> WsDecision:
         ours = self.negotiator.protocols("websocket")
         subprotocol, alpn, status = select_subprotocol(offered, [p for p in ours if p != LEGACY], LEGACY in ours)
         choice = self.negotiator.choose("websocket", [alpn] if alpn else [])
         if status != 200 or choice is None:
             return WsDecision(400, reason=f"no supported subprotocol in {offered[:8]}")
+        info = SessionInfo(transport="websocket", protocol=choice.protocol, path=target, remote=remote,
+                           conn_id=next_conn_id(), extra={"subprotocol": subprotocol, "choice": choice})
         try:
-            scope = self.negotiator.admit(target)
+            info.extra["scope"] = await self.negotiator.admit(target, facts_of(info))
         except NegotiationError as exc:
             self.count_refusal(exc.refusal)
             return WsDecision(exc.status, reason=exc.reason)
-        info = SessionInfo(transport="websocket", protocol=choice.protocol, path=target, conn_id=next_conn_id(),
-                           extra={"scope": scope, "subprotocol": subprotocol, "choice": choice})
         return WsDecision(200, subprotocol, info)
 
     async def ws_run(self, channel: MessageChannel, info: SessionInfo) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import socket
 import ssl
 import sys
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from relay import memory
 from relay.admission import Admission, Sessions
 from relay.auth.authorizer import Authorizer
 from relay.auth.keys import KeyError_
+from relay.auth.remote import RemoteAuthorizer
 from relay.auth.scope import EVERYTHING
 from relay.auth.tokens import TokenVerifier
 from relay.config import Config, ConfigError
@@ -64,6 +66,7 @@ class RelayHandle:
     hop_id: int
     admission: Admission
     authorizer: Authorizer | None = None
+    remote_auth: RemoteAuthorizer | None = None  # `[auth] url`
     endpoint: QuicEndpoint | None = None
     cluster: Cluster | None = None
     http_server: HttpServer | None = None
@@ -132,7 +135,11 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
         raise StartupError(str(exc)) from exc
     authorize = Authorizer(verifier, config.auth.public_subscribe, config.auth.public_publish,
                            local_credential=worker.credential if worker else None)
-    negotiator = Negotiator(versions, authorize, per_transport=transport_versions)
+    # `[auth] url`: the auth server decides every session (sibling workers' links excepted).
+    remote_auth = RemoteAuthorizer(config.auth.url, config.stats.node or config.cluster.node or socket.gethostname(),
+                                   local=authorize) if config.auth.url else None
+    decide = remote_auth if remote_auth is not None else authorize.decide
+    negotiator = Negotiator(versions, decide, per_transport=transport_versions)
     if EVERYTHING in (*authorize.public_publish, *authorize.public_subscribe):
         log.warning("anonymous publish/subscribe is allowed everywhere (public = \"\" or \"**\"): development only")
 
@@ -167,12 +174,15 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
     check_free(config.internal.listen, "tcp", "internal.listen")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_headroom, origin.budget)
+        if remote_auth is not None:
+            await nursery.start(remote_auth.run)
+            log.info("auth: every session is decided by %s", remote_auth.endpoint.display)
         await nursery.start(endpoint.serve)
         http_urls: list[str] = []
         http_server: HttpServer | None = None
         https_server: HttpServer | None = None
         if config.web.http.listen or config.web.https.listen:
-            app = create_app(origin, authorize, lambda: endpoint.identity.fingerprint,
+            app = create_app(origin, decide, lambda: endpoint.identity.fingerprint,
                              ws_select=admission.ws_select if config.web.ws else None, ws_run=admission.ws_run)
             web_accepts = AcceptHealth("web")  # HTTP and HTTPS are one listener to report, as in Rust
             if config.web.http.listen:
@@ -185,7 +195,7 @@ async def run(config: Config, *, transport_versions: dict[str, list[str]] | None
                 http_urls = http_urls + await nursery.start(https_server.serve)
         handle_ = RelayHandle(quic=endpoint.addresses, http=http_urls, fingerprint=identity.fingerprint,
                               origin=origin, hop_id=hop_id, admission=admission,
-                              authorizer=authorize, endpoint=endpoint, http_server=http_server,
+                              authorizer=authorize, remote_auth=remote_auth, endpoint=endpoint, http_server=http_server,
                               https_server=https_server)
         for host, port in endpoint.addresses:
             hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -258,9 +258,7 @@ def test_two_spellings_of_one_setting_in_one_source_name_both(tmp_path: Path, ke
 REFUSED = [
     ('[cluster]\nlinger = "5s"\n', "[cluster] linger", "a broadcast ends when its last publisher is lost"),
     ('[auth]\nauth_api = "https://api.example/"\n', "[auth] auth_api",
-     "its replacement, [auth] url (an external auth server), is not supported yet; authenticate with auth.key"),
-    ('[auth]\nurl = "https://auth.example/"\n', "[auth] url",
-     "an external auth server (moq-relay 0.15+) is not supported yet; authenticate with auth.key"),
+     "use its replacement, auth.url (an auth server), or authenticate with auth.key"),
 ]
 
 
@@ -275,24 +273,24 @@ def test_removed_and_unsupported_keys_are_refused_naming_the_replacement(tmp_pat
 
 
 def test_refused_keys_from_every_source_and_all_in_one_message(tmp_path: Path) -> None:
-    for flag in ("--cluster-linger", "--auth-api", "--auth-auth-api", "--auth-url"):
+    for flag in ("--cluster-linger", "--auth-api", "--auth-auth-api"):
         with pytest.raises(ConfigError, match=f"^{flag}: "):
             load_config([flag, "x"], {})
-    for var in ("MOQ_CLUSTER_LINGER", "MOQ_AUTH_API", "MOQ_AUTH_AUTH_API", "MOQ_AUTH_URL"):
+    for var in ("MOQ_CLUSTER_LINGER", "MOQ_AUTH_API", "MOQ_AUTH_AUTH_API"):
         with pytest.raises(ConfigError, match=f"^{var}: "):
             load_config([], {var: "x"})
-    path = write(tmp_path, '[cluster]\nlinger = "5s"\n[auth]\nurl = "https://a/"\n')
+    path = write(tmp_path, '[cluster]\nlinger = "5s"\n[auth]\nauth_api = "https://a/"\n')
     with pytest.raises(ConfigError) as err:
         load_config([path, "--auth-api", "x"], {"MOQ_CLUSTER_LINGER": "1s"})
     lines = str(err.value).splitlines()
     assert lines[0] == "4 settings are refused:"
     assert [line.split(":")[0].strip() for line in lines[1:]] == \
-        ["[cluster] linger", "[auth] url", "MOQ_CLUSTER_LINGER", "--auth-api"]
+        ["[cluster] linger", "[auth] auth_api", "MOQ_CLUSTER_LINGER", "--auth-api"]
     # The refused flags are in --help, in their own group.
     from relay.config.flags import REFUSED_GROUP, help_text
 
     text = help_text()
-    assert text.index(REFUSED_GROUP) < text.index("--cluster-linger") and "--auth-url" in text
+    assert text.index(REFUSED_GROUP) < text.index("--cluster-linger") and "--auth-api" in text
 
 
 # ------------------------------------------------------------------------------ peer tables

@@ -13,7 +13,7 @@ V = Version
 ALL = versions_from_config(None)
 
 
-def authorize(target: str) -> Scope:
+async def decide(target: str, facts: object = None) -> Scope:
     if "jwt=bad" in target:
         raise AuthError("bad token")
     return Scope(root="", publish=("**",), subscribe=("**",))
@@ -34,7 +34,7 @@ def test_versions_from_config_keep_the_relays_preference() -> None:
 
 
 def test_each_transport_chooses_from_the_same_table() -> None:
-    n = Negotiator(ALL, authorize)
+    n = Negotiator(ALL, decide)
     assert n.protocols("quic") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", LEGACY,
                                    "moqt-16", "moqt-15", "moq-00"]
     # Raw QUIC: the handshake settled the ALPN; "moql" means the legacy SETUP picks 02 or 01.
@@ -53,7 +53,7 @@ def test_each_transport_chooses_from_the_same_table() -> None:
 
 
 def test_the_ietf_family_on_raw_quic() -> None:
-    n = Negotiator(ALL, authorize)
+    n = Negotiator(ALL, decide)
     # The handshake settled on `moq-00` (our list put it after every moq-lite ALPN).
     choice = n.choose("quic", ["moq-00"])
     assert choice.family == "ietf" and choice.version is IetfVersion.DRAFT_14 and choice.protocol == "moq-00"
@@ -71,29 +71,29 @@ def test_the_ietf_family_on_raw_quic() -> None:
             assert choice.family == "ietf" and choice.version is version and choice.protocol == version.alpn
     # A client offering several drafts (and no lite) gets the newest on WebSocket (our order).
     assert n.choose("websocket", ["moqt-16", "moqt-15", "moq-00"]).version is IetfVersion.DRAFT_16
-    assert Negotiator(versions_from_config(["moqt-15"]), authorize).protocols("quic") == ["moqt-15"]
+    assert Negotiator(versions_from_config(["moqt-15"]), decide).protocols("quic") == ["moqt-15"]
     assert n.choose("link", ["moq-00"]) is None
     # A relay limited to draft-14 offers only moq-00; a transport narrowed by either name.
-    only = Negotiator(versions_from_config(["moq-transport-14"]), authorize)
+    only = Negotiator(versions_from_config(["moq-transport-14"]), decide)
     assert only.protocols("quic") == ["moq-00"] and only.choose("quic", ["moq-lite-06"]) is None
-    narrowed = Negotiator(ALL, authorize, per_transport={"quic": ["moq-transport-14"]})
+    narrowed = Negotiator(ALL, decide, per_transport={"quic": ["moq-transport-14"]})
     assert narrowed.protocols("quic") == ["moq-00"]
 
 
 def test_a_transport_can_be_narrowed_and_the_legacy_setup_refused() -> None:
-    n = Negotiator(versions_from_config(["moq-lite-06"]), authorize,
+    n = Negotiator(versions_from_config(["moq-lite-06"]), decide,
                    per_transport={"webtransport": ["moq-lite-06"], "websocket": ["moql"]})
     assert n.choose("webtransport", ["moq-lite-05"]) is None  # no legacy SETUP configured: refuse
     assert n.choose("quic", [LEGACY]) is None
     assert n.choose("websocket", []) is None  # narrowed to legacy, which the config does not have
-    n2 = Negotiator(ALL, authorize, per_transport={"websocket": ["moql"]})
+    n2 = Negotiator(ALL, decide, per_transport={"websocket": ["moql"]})
     assert n2.choose("websocket", ["moq-lite-06"]).version is None  # only the legacy SETUP here
     assert n2.protocols("websocket") == [LEGACY]
 
 
-def test_admission_checks_the_token_once_for_all_transports() -> None:
-    n = Negotiator(ALL, authorize)
-    assert [p.text for p in n.admit("/room?jwt=good").publish] == ["**"]
+async def test_admission_checks_the_token_once_for_all_transports() -> None:
+    n = Negotiator(ALL, decide)
+    assert [p.text for p in (await n.admit("/room?jwt=good")).publish] == ["**"]
     with pytest.raises(NegotiationError) as info:
-        n.admit("/room?jwt=bad")
+        await n.admit("/room?jwt=bad")
     assert info.value.status == 401 and info.value.code == 6 and "bad token" in info.value.reason

@@ -402,7 +402,7 @@ async def test_ipv4_and_ipv6_same_port() -> None:
 # --------------------------------------------------------------------------- WebTransport
 
 
-def wt_select(path: str, offered: list[str], headers: dict[str, str]) -> WtDecision:
+async def wt_select(path: str, offered: list[str], headers: dict[str, str], info: object) -> WtDecision:
     if path.startswith("/forbidden"):
         return WtDecision(403, None)
     for p in offered:
@@ -610,7 +610,7 @@ async def test_rust_client_connects(engine: str, scheme: str) -> None:
         seen.append(session.info)
         await session.wait_closed()  # lite-03 needs nothing from us: just keep the session open
 
-    def select(path: str, offered: list[str], headers: dict[str, str]) -> WtDecision:
+    async def select(path: str, offered: list[str], headers: dict[str, str], info: object) -> WtDecision:
         return WtDecision(200, "moq-lite-03" if "moq-lite-03" in offered else None)
 
     ep = endpoint(engine, ["moq-lite-03", "h3"], handler, wt_select=select)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 
+from relay.auth.contract import SessionFacts
 from relay.auth.pattern import Pattern, distinct
 from relay.auth.scope import (
     AuthError,
@@ -71,6 +72,10 @@ class Authorizer:
         """New rules for the requests to come (a reload); granted sessions keep their scopes."""
         self.verifier = verifier
         self._set_public(public_subscribe, public_publish)
+
+    async def decide(self, target: str, facts: SessionFacts | None = None) -> Scope:
+        """The `Decide` of in-relay authorisation: the target's token (or the public rules)."""
+        return self(target)
 
     def __call__(self, target: str, token: str | None = None) -> Scope:
         try:

@@ -4,9 +4,11 @@ relay-0.17.md §2.3-§2.5)."""
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
+from relay.auth.contract import SessionFacts
 from relay.auth.pattern import ANY, Pattern, distinct
 from relay.errors import RemoteError
 from relay.model.path import RESERVED, has_prefix, join, norm, reserved_prefix, strip
@@ -46,6 +48,16 @@ def _names_reserved(absolute: Pattern) -> bool:
     return bool(absolute.segments) and absolute.segments[0] in RESERVED
 
 
+class Lease(Protocol):
+    """How an admitted session's grant is kept over time (relay/auth/remote.py): run by the
+    session while it lives; it may end the session through `close(reason)`."""
+
+    async def keep(self, close: Callable[[str], None], sent: Callable[[], int],
+                   received: Callable[[], int]) -> None: ...
+
+    def nudge(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Scope:
     """What one session may do. Patterns in `publish`/`subscribe` are relative to `root`; pattern
@@ -63,6 +75,9 @@ class Scope:
     # A link between two worker processes of one relay (relay/workers.py), not a client or a
     # cluster peer: the whole relay's dashboard leaves those out.
     sibling: bool = False
+    # An auth server's grant is kept by a lease (its deadline, re-checks and `end` event);
+    # in-relay grants (JWT, public rules) have none and end at `expires`.
+    lease: Lease | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("publish", "subscribe", "reserved_publish", "reserved_subscribe"):
@@ -191,3 +206,12 @@ def public_scope(conn_path: str, public_subscribe: Sequence[Pattern | str],
 # authorize(request target with its query, "?jwt=..." included) -> Scope; raises AuthError.
 # relay.auth.authorizer.Authorizer is the one implementation.
 Authorize = Callable[[str], Scope]
+# What a session is admitted by: the target and the session's facts (None for a one-shot HTTP
+# request) -> Scope; raises AuthError. `Authorizer.decide` (in-relay) or `RemoteAuthorizer`
+# (`[auth] url`).
+Decide = Callable[[str, SessionFacts | None], Awaitable[Scope]]
+
+
+async def decide_everything(target: str, facts: SessionFacts | None = None) -> Scope:
+    """A cluster link's decider (its scope is given up front: this is never asked)."""
+    return full_scope()

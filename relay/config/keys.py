@@ -249,10 +249,11 @@ KEYS: tuple[Key, ...] = (
     Key("auth.public.publish", v.STRS, "path patterns anyone may publish under (no wildcard: a prefix)", example="anon",
         attr="auth.public_publish", group="access", renamed=("auth.public_publish",)),
     Key("auth.public.api", v.ANY, "public-path API", support=N),
-    Key("auth.url", v.ANY, "an external auth server (moq-relay 0.15+) is not supported yet; " + AUTH_INSTEAD,
-        support=X, new017=True),
-    Key("auth.auth_api", v.ANY, "0.14's unified auth API, which moq-relay 0.15 removed; its replacement, "
-        "[auth] url (an external auth server), is not supported yet; " + AUTH_INSTEAD, support=X,
+    Key("auth.url", v.STR, "an auth server deciding every session (moq-relay 0.15+ contract): http:// to "
+        "a loopback host or unix://<socket>; exclusive with auth.key, auth.key_dir and auth.public",
+        example="http://127.0.0.1:9000/auth", group="access", new017=True),
+    Key("auth.auth_api", v.ANY, "0.14's unified auth API, which moq-relay 0.15 removed; use its "
+        "replacement, auth.url (an auth server), or " + AUTH_INSTEAD, support=X,
         flags=("--auth-api",), env=("MOQ_AUTH_API",)),
     Key("auth.mtls_tier", v.ANY, "stats label", support=N),
     Key("auth.domains", v.ANY_LIST, "host suffixes routed to paths", support=N, aliases=("auth.domain",)),

@@ -79,6 +79,7 @@ class WebConfig:
 class AuthConfig:
     key: str | None = _d("auth.key")
     key_dir: str | None = _d("auth.key_dir")
+    url: str | None = _d("auth.url")  # an auth server decides instead (relay/auth/remote.py)
     # `auth.public` feeds both; None = no public access configured at all.
     public_subscribe: list[str] | None = _d("auth.public.subscribe")
     public_publish: list[str] | None = _d("auth.public.publish")

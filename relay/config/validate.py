@@ -59,8 +59,20 @@ def validate(cfg: Config) -> None:
                 public_rule(rule)
             except PatternError as exc:
                 raise ConfigError(f"auth.{name}: {exc}") from exc
-    if not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish):
-        raise ConfigError("auth: no auth-key, auth-key-dir or public path configured; nobody can authenticate")
+    if auth.url:
+        from relay.auth.http_client import UrlError, parse_url
+
+        others = [name for name, on in (("key", auth.key), ("key_dir", auth.key_dir),
+                                        ("public", auth.public_subscribe or auth.public_publish)) if on]
+        if others:
+            raise ConfigError(f"auth: url cannot be combined with {' or '.join(others)}: the auth server decides "
+                              "every session (public access is its to grant)")
+        try:
+            parse_url(auth.url)
+        except UrlError as exc:
+            raise ConfigError(f"auth.url: {exc}") from exc
+    elif not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish):
+        raise ConfigError("auth: no auth-key, auth-key-dir, auth-url or public path configured; nobody can authenticate")
     if cfg.cluster.root and cfg.cluster.connect:
         raise ConfigError("cluster: root and connect cannot both be set")
     if cfg.cluster.mesh and not cfg.cluster.node:

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.auth.scope import AuthError, Authorize, Scope, refusal_reason
+from relay.auth.contract import SessionFacts
+from relay.auth.scope import AuthError, Decide, Scope, refusal_reason
 from relay.errors import RemoteError
 from relay.protocol.ietf.version import SUPPORTED as IETF_SUPPORTED
 from relay.protocol.ietf.version import IetfVersion
@@ -85,10 +86,10 @@ def versions_from_config(names: list[str] | None) -> list[AnyVersion]:
 class Negotiator:
     """The relay's version policy and admission, shared by all transports and cluster links."""
 
-    def __init__(self, versions: list[AnyVersion], authorize: Authorize, *,
+    def __init__(self, versions: list[AnyVersion], decide: Decide, *,
                  per_transport: dict[str, list[str]] | None = None) -> None:
         self.versions = versions
-        self.authorize = authorize
+        self.decide = decide
         # Tests narrow what one transport may pick (moq-rs always offers every version it has).
         self.per_transport = per_transport or {}
 
@@ -126,9 +127,9 @@ class Negotiator:
             return Choice("lite", "", None, legacy)
         return None
 
-    def admit(self, target: str) -> Scope:
+    async def admit(self, target: str, facts: SessionFacts | None = None) -> Scope:
         """The rights of a session connecting to `target` (path and query with its token)."""
         try:
-            return self.authorize(target or "/")
+            return await self.decide(target or "/", facts)
         except AuthError as exc:
             raise NegotiationError(exc.reason, exc.status, 6, refusal_reason(exc)) from exc

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.auth.scope import full_scope
+from relay.auth.scope import decide_everything, full_scope
 from relay.digits import ascii_uint
 from relay.model import path as paths
 from relay.model.broadcast import Broadcast
@@ -191,7 +191,7 @@ class Cluster:
                 transport.close(ErrorCode.VERSION, "unsupported version")
                 return
             version = choice.version
-            session = LiteSession(transport, version, self.origin, authorize=full_scope, hop_id=self.hop_id,
+            session = LiteSession(transport, version, self.origin, authorize=decide_everything, hop_id=self.hop_id,
                                   scope=full_scope(sibling=peer in self.siblings), dial_path=peer.target,
                                   link_cost=peer.cost)
             self.link_sessions[peer.url] = session

@@ -14,7 +14,7 @@ import trio
 from quart import Response, request, websocket
 from quart_trio import QuartTrio
 
-from relay.auth.scope import AuthError, Authorize, Scope
+from relay.auth.scope import AuthError, Decide, Scope
 from relay.digits import ascii_uint
 from relay.errors import RemoteError
 from relay.model.origin import Origin
@@ -53,7 +53,7 @@ LANDING = (
 
 
 
-WsSelect = Callable[[str, list[str]], "WsDecision"]
+WsSelect = Callable[[str, list[str], str], Awaitable["WsDecision"]]
 
 
 @dataclass
@@ -64,7 +64,7 @@ class WsDecision:
     reason: str = ""
 
 
-def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], str | None], *,
+def create_app(origin: Origin, authorize: Decide, fingerprint: Callable[[], str | None], *,
                ws_select: WsSelect | None = None,
                ws_run: Callable[[QuartChannel, SessionInfo], Awaitable[None]] | None = None) -> QuartTrio:
     app = QuartTrio("relay")
@@ -78,10 +78,11 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
     def text(body: str, status: int = 200) -> Response:
         return Response(body, status=status, content_type="text/plain; charset=utf-8")
 
-    def authorize_request(raw_path: str) -> Scope:
-        # The route's path with the request's own query (its ?jwt=), as every transport passes it.
+    async def authorize_request(raw_path: str) -> Scope:
+        # The route's path with the request's own query (its ?jwt=), as every transport passes it;
+        # no session facts: a one-shot request (an auth server sees transport "http").
         query = request.query_string.decode("utf-8", "replace")
-        return authorize(f"{raw_path}?{query}" if query else raw_path)
+        return await authorize(f"{raw_path}?{query}" if query else raw_path, None)
 
     @app.before_request
     async def preflight() -> Response | None:
@@ -108,7 +109,7 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
     @app.get("/announced/<path:prefix>")
     async def announced(prefix: str = "") -> Response:
         try:
-            scope = authorize_request("/" + prefix)
+            scope = await authorize_request("/" + prefix)
         except AuthError as exc:
             log.info("announced refused path=/%s reason=%s", prefix, exc.reason)
             return text(f"unauthorized: {exc.reason}\n", exc.status)
@@ -134,7 +135,7 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
             log.info("fetch /%s refused: %s", target, exc)
             return text(f"{exc}\n", 400)
         try:
-            scope = authorize_request("/" + broadcast_rel)
+            scope = await authorize_request("/" + broadcast_rel)
         except AuthError as exc:
             return text(f"unauthorized: {exc.reason}\n", exc.status)
         if not scope.can_subscribe(""):
@@ -207,11 +208,10 @@ def create_app(origin: Origin, authorize: Authorize, fingerprint: Callable[[], s
         async def ws_entry(ws_path: str = "") -> Response | None:
             target = websocket.full_path if "?" in websocket.full_path else websocket.path
             offered = [p for header in websocket.requested_subprotocols for p in header.split(",")]
-            decision = ws_select(target, [p.strip() for p in offered if p.strip()])
+            decision = await ws_select(target, [p.strip() for p in offered if p.strip()], str(websocket.remote_addr or ""))
             if decision.status != 200 or decision.info is None:
                 log.info("websocket upgrade %s refused (%d): %s", websocket.path, decision.status, decision.reason)
                 return Response(decision.reason + "\n", status=decision.status, content_type="text/plain")
-            decision.info.remote = str(websocket.remote_addr or "")
             await websocket.accept(subprotocol=decision.subprotocol)
             await ws_run(QuartChannel(websocket._get_current_object()), decision.info)
             return None

@@ -188,8 +188,10 @@ class RelayCollector(Collector):
     def _auth(self) -> Iterator[Metric]:
         family = CounterMetricFamily("moq_relay_auth_rejections", "requests refused by authorisation, by reason",
                                      labels=["reason"])
-        authorizer = self.relay.authorizer
-        for reason, n in sorted((authorizer.rejections if authorizer else {}).items()):
+        rejections = Counter(self.relay.authorizer.rejections if self.relay.authorizer else {})
+        if self.relay.remote_auth is not None:
+            rejections.update(self.relay.remote_auth.rejections)
+        for reason, n in sorted(rejections.items()):
             family.add_metric([reason], n)
         yield family
 
@@ -305,14 +307,19 @@ def create_internal_app(relay: RelayHandle) -> tuple[QuartTrio, RelayCollector]:
 
     @app.post("/sessions/revalidate")
     async def sessions_revalidate() -> Response:
-        # Every grant this relay holds today is fixed (JWT or public rules, checked once at
-        # connect; an auth server's re-checks are not built), so the nudge changes nothing: as
-        # on a fixed lease upstream, the matching ids are still returned.
+        # An auth server's lease re-checks at once (nudges meanwhile coalesce); a fixed grant
+        # (JWT, public rules) has no lease and nothing to re-check, but its id is still returned,
+        # as on a fixed lease upstream.
         found = matching_sessions()
         if isinstance(found, Response):
             return found
-        ids = [v.id for v in found]
-        return Response(json.dumps({"ids": ids}), status=202 if ids else 200, content_type="application/json")
+        ids = {v.id for v in found}
+        for session in list(relay.admission.sessions):
+            scope = session.scope  # a LiteSession's or IetfSession's
+            if session.transport.info.session_id in ids and scope is not None and scope.lease is not None:
+                scope.lease.nudge()
+        body = {"ids": [v.id for v in found]}
+        return Response(json.dumps(body), status=202 if ids else 200, content_type="application/json")
 
     dashboard = Dashboard(relay)
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.auth.scope import AuthError, Authorize, Scope, refusal_reason
+from relay.auth.contract import facts_of
+from relay.auth.scope import AuthError, Decide, Scope, refusal_reason
 from relay.model.notify import Notifier
 from relay.model.origin import Origin
 from relay.protocol.ietf import messages as msg
@@ -76,7 +77,7 @@ class IetfSession(SessionTasks):
     """One peer's draft-14 session (the relay is always the server). `run()` returns when over."""
 
     def __init__(self, transport: TransportSession, version: IetfVersion, origin: Origin, *,
-                 authorize: Authorize, hop_id: int, scope: Scope | None = None,
+                 authorize: Decide, hop_id: int, scope: Scope | None = None,
                  limits: IetfSessionLimits | None = None) -> None:
         self.transport = transport
         self.version = version
@@ -121,6 +122,9 @@ class IetfSession(SessionTasks):
                 assert self.scope is not None
                 if self.scope.expires is not None:
                     nursery.start_soon(self._expire_at, self.scope.expires)
+                if self.scope.lease is not None:
+                    nursery.start_soon(self.scope.lease.keep, self._lease_ended,
+                                       lambda: self.transport.info.bytes_out, lambda: self.transport.info.bytes_in)
                 closed = await self.transport.wait_closed()
                 log.info("%s closed code=%s reason=%s", self.name, closed.code, closed.reason)
                 said_closed = True
@@ -167,7 +171,7 @@ class IetfSession(SessionTasks):
             target = self.transport.info.path or setup.params.path or "/"
             self.transport.info.target = target
             try:
-                self.scope = self.authorize(target)
+                self.scope = await self.authorize(target, facts_of(self.transport.info, setup_token(setup.params)))
             except AuthError as exc:
                 log.warning("%s refused: %s", self.name, exc.reason)
                 self.refusal = refusal_reason(exc)
@@ -198,6 +202,10 @@ class IetfSession(SessionTasks):
         await trio.sleep(max(0.0, when - time.time()))
         log.info("%s token expired", self.name)
         self.transport.close(SessionCode.EXPIRED_AUTH_TOKEN, "token expired")
+
+    def _lease_ended(self, reason: str) -> None:
+        code = SessionCode.EXPIRED_AUTH_TOKEN if reason == "expired" else SessionCode.UNAUTHORIZED
+        self.transport.close(code, reason)
 
     # ------------------------------------------------------------------ the control stream
     async def send(self, message: msg.ControlMessage) -> None:
@@ -387,3 +395,16 @@ class IetfSession(SessionTasks):
             raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"{request.NAME} opened a bidirectional stream")
         await self._take_request_id(request.request_id)
         return request
+
+
+def setup_token(params: msg.SetupParameters) -> tuple[int, bytes] | None:
+    """A CLIENT_SETUP AUTHORIZATION TOKEN carried by value, for the auth server (unread)."""
+    if params.authorization_token is None:
+        return None
+    try:
+        token = msg.AuthToken.decode(params.authorization_token)
+    except IetfProtocolError:
+        return None
+    if token.token_type is None or not token.token_value:
+        return None
+    return token.token_type, token.token_value

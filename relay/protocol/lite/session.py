@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import trio
 
-from relay.auth.scope import AuthError, Authorize, Scope, refusal_reason
+from relay.auth.contract import facts_of
+from relay.auth.scope import AuthError, Decide, Scope, refusal_reason
 from relay.errors import Refused
 from relay.model.origin import Origin
 from relay.protocol.lite import messages as m
@@ -64,7 +65,7 @@ class LiteSession(SessionTasks):
     """One peer's moq-lite session. `run()` returns when the session is over."""
 
     def __init__(self, transport: TransportSession, version: Version, origin: Origin, *,
-                 authorize: Authorize, hop_id: int, scope: Scope | None = None,
+                 authorize: Decide, hop_id: int, scope: Scope | None = None,
                  limits: SessionLimits | None = None, legacy: LegacySetup | None = None,
                  dial_path: str | None = None, link_cost: int | None = None) -> None:
         self.transport = transport
@@ -148,6 +149,9 @@ class LiteSession(SessionTasks):
                     nursery.start_soon(self.subscriber.learn_announcements)
                 if self.scope.expires is not None:
                     nursery.start_soon(self._expire_at, self.scope.expires)
+                if self.scope.lease is not None:
+                    nursery.start_soon(self.scope.lease.keep, self._lease_ended,
+                                       lambda: self.transport.info.bytes_out, lambda: self.transport.info.bytes_in)
                 closed = await self.transport.wait_closed()
                 log.info("%s closed code=%s reason=%s", self.name, closed.code, closed.reason)
                 said_closed = True
@@ -186,7 +190,7 @@ class LiteSession(SessionTasks):
                 raise ProtocolError(ErrorCode.TIMEOUT, "no SETUP from the client")
             target = self._setup_path or ""
         self.transport.info.target = target or "/"
-        self.scope = self.authorize(target or "/")
+        self.scope = await self.authorize(target or "/", facts_of(self.transport.info))
 
     async def _watch_legacy_stream(self, legacy: LegacySetup) -> None:
         """lite-01/02: the SETUP stream lives as long as the session; its end ends the session."""
@@ -198,6 +202,9 @@ class LiteSession(SessionTasks):
             why = f"reset ({exc})"
         log.info("%s session stream %s", self.name, why)
         self.transport.close(ErrorCode.CANCEL, "session stream closed")
+
+    def _lease_ended(self, reason: str) -> None:
+        self.transport.close(ErrorCode.UNAUTHORIZED, reason)
 
     async def _expire_at(self, when: float) -> None:
         await trio.sleep(max(0.0, when - time.time()))

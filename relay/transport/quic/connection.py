@@ -131,6 +131,7 @@ class Connection:
         self._born = trio.current_time()
         self._closed_without_session = False  # closed for asking for no session in time
         self._cancel = trio.CancelScope()  # around run(): cancelled when the connection ends
+        self._nursery: trio.Nursery | None = None  # run()'s: the handler and the apps' tasks
         self._settled = trio.Event()  # the session started, or the connection ended before
         self._pending_close: _PendingClose | None = None
         self._wake_event = trio.Event()
@@ -340,10 +341,17 @@ class Connection:
         else:
             session.close(0, "")
 
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run `fn(*args)` for this connection (an app's wait, e.g. a CONNECT's admission):
+        cancelled when the connection ends. Only while run() runs."""
+        assert self._nursery is not None
+        self._nursery.start_soon(fn, *args)
+
     async def run(self) -> None:
         try:
             with self._cancel:
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
                     nursery.start_soon(self._run_handler)
                     await self._drive()
         finally:

@@ -10,7 +10,7 @@ connection as a TransportSession. Reset/stop codes use the §6.2 mapping like ra
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,9 @@ class WtDecision:
     extra: dict = field(default_factory=dict)
 
 
-WtSelect = Callable[[str, list[str], dict[str, str]], WtDecision]
+# (path with query, offered protocols, request headers, the session-to-be's info) -> decision;
+# awaited in a task of the connection (an auth server may take a while to answer).
+WtSelect = Callable[[str, list[str], dict[str, str], SessionInfo], Awaitable[WtDecision]]
 
 
 # --------------------------------------------------------------------------- small codecs
@@ -213,6 +215,7 @@ class WtProtocol:
         self.wt_select = wt_select
         self.h3 = conn.engine.H3Connection(conn.quic, enable_webtransport=True)
         self.session: WtSession | None = None
+        self._deciding: int | None = None  # a CONNECT stream whose admission is under way
 
     @staticmethod
     def factory(wt_select: WtSelect | None) -> AppFactory:
@@ -285,33 +288,42 @@ class WtProtocol:
         if headers.get(":method") != "CONNECT" or headers.get(":protocol") != "webtransport":
             self._respond(sid, 404)
             return
-        if self.session is not None:
+        if self.session is not None or self._deciding is not None:
             self._respond(sid, 429)  # one session per connection
             return
         path = headers.get(":path", "/")
         offered = parse_sf_string_list(headers.get("wt-available-protocols", ""))
-        decision = WtDecision(200, None)
-        if self.wt_select is not None:
-            try:
-                decision = self.wt_select(path, offered, headers)
-            except Exception:
-                log.exception("conn=%d wt_select failed", self.conn.conn_id)
-                decision = WtDecision(500, None)
+        info = SessionInfo(transport="webtransport", protocol="", path=path, remote=self.conn.remote,
+                           conn_id=self.conn.conn_id)
+        if self.wt_select is None:
+            self._accept(sid, WtDecision(200, None), info)
+            return
+        self._deciding = sid
+        self.conn.start_soon(self._decide, sid, path, offered, headers, info)
+
+    async def _decide(self, sid: int, path: str, offered: list[str], headers: dict[str, str], info: SessionInfo) -> None:
+        assert self.wt_select is not None
+        try:
+            decision = await self.wt_select(path, offered, headers, info)
+        except Exception:
+            log.exception("conn=%d wt_select failed", self.conn.conn_id)
+            decision = WtDecision(500, None)
+        finally:
+            self._deciding = None
+        if self.conn.terminated:
+            return
         if decision.status != 200:
             log.debug("conn=%d CONNECT %s -> %d", self.conn.conn_id, path, decision.status)
             self._respond(sid, decision.status)
             return
+        self._accept(sid, decision, info)
+
+    def _accept(self, sid: int, decision: WtDecision, info: SessionInfo) -> None:
         extra = [(b"sec-webtransport-http3-draft", b"draft02")]
         if decision.protocol is not None:
             extra.append((b"wt-protocol", sf_string(decision.protocol)))
         self._respond(sid, 200, extra, end=False)
-        info = SessionInfo(
-            transport="webtransport",
-            protocol=decision.protocol,  # type: ignore[arg-type]  # None = legacy SETUP
-            path=path,
-            remote=self.conn.remote,
-            conn_id=self.conn.conn_id,
-            extra=dict(decision.extra),
-        )
+        info.protocol = decision.protocol  # type: ignore[assignment]  # None = legacy SETUP
+        info.extra = dict(decision.extra)
         self.session = WtSession(self, sid, info)
         self.conn.start_handler(self.session)
