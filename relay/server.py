@@ -261,7 +261,8 @@ def cluster_plan(config: Config) -> tuple[list[str], str | None, bool]:
 async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, endpoint: QuicEndpoint,
                          hop_id: int, negotiator: Negotiator, siblings: list[str]):
     connect, node, mesh = cluster_plan(config)
-    if not connect and not mesh and not siblings:
+    connect_api = config.cluster.connect_api
+    if not connect and not mesh and not siblings and not connect_api:
         return None
     token = None
     if config.cluster.token:
@@ -274,14 +275,17 @@ async def _start_cluster(config: Config, nursery: trio.Nursery, origin: Origin, 
         cluster = Cluster(origin=origin, endpoint=endpoint, hop_id=hop_id, negotiator=negotiator, node=node,
                           connect=connect, mesh=mesh,
                           prefix=config.cluster.prefix, token=token, verify=not config.client.disable_verify,
-                          cafile=config.client.root[0] if config.client.root else None, siblings=siblings)
+                          cafile=config.client.root[0] if config.client.root else None, siblings=siblings,
+                          connect_api=connect_api)
     except ValueError as exc:
         raise StartupError(str(exc)) from exc
     await nursery.start(cluster.run)
     # Peers by canonical URL and cost: a URL's ?jwt= (a peer table's token) stays out of the log.
     peers = [f"{p.url} cost={p.cost}" for p in cluster.static]
-    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d%s", node, peers, mesh, hop_id,
-             f" sibling workers={len(siblings)}" if siblings else "")
+    log.info("cluster: node=%s peers=%s gossip=%s hop id=%d%s%s", node, peers, mesh, hop_id,
+             f" sibling workers={len(siblings)}" if siblings else "",
+             f" connect_api={cluster.api_source.endpoint.display if cluster.api_source.endpoint else connect_api}"
+             if cluster.api_source is not None else "")
     return cluster
 
 

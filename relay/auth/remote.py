@@ -35,10 +35,10 @@ from relay.auth.contract import (
     request_body,
     retry_delay,
 )
-from relay.auth.http_client import Endpoint, parse_url, post_json
 from relay.auth.scope import AuthError, Scope, scope_from_patterns
 from relay.auth.tokens import check_path
 from relay.model.path import norm
+from relay.transport.http_client import Endpoint, parse_url, post_json
 
 log = logging.getLogger("relay.auth")
 

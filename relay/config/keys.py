@@ -276,7 +276,9 @@ KEYS: tuple[Key, ...] = (
         "when its last publisher is lost; remove the key", support=X),
     Key("cluster.lan", v.ANY, "[cluster.lan]: mDNS peer discovery (list peers in cluster.connect)", support=N,
         section=True, cli=False, new017=True),
-    Key("cluster.connect_api", v.ANY, "peer list API", support=N),
+    Key("cluster.connect_api", v.STR, "peers to dial from an http(s) URL (a JSON array of peer URLs or tables, "
+        "fetched with ?node=, again per Cache-Control max-age, else every 30s) or a file (read again when "
+        "it changes); a failed fetch keeps the last list", example="https://api.example/peers"),
     Key("cluster.tier", v.ANY, "stats label", support=N),
     # ------------------------------------------------------------------ group cache
     Key("cache.capacity", v.SIZE, "payload bytes kept across all tracks (or N% of memory); unset = "

@@ -95,6 +95,7 @@ class CacheConfig:
 @dataclass
 class ClusterConfig:
     connect: list[str] = _d("cluster.connect")
+    connect_api: str | None = _d("cluster.connect_api")  # relay/relaying/peer_list.py
     root: str | None = _d("cluster.root")
     node: str | None = _d("cluster.node")
     mesh: bool = _d("cluster.mesh")

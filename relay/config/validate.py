@@ -60,7 +60,7 @@ def validate(cfg: Config) -> None:
             except PatternError as exc:
                 raise ConfigError(f"auth.{name}: {exc}") from exc
     if auth.url:
-        from relay.auth.http_client import UrlError, parse_url
+        from relay.transport.http_client import UrlError, parse_url
 
         others = [name for name, on in (("key", auth.key), ("key_dir", auth.key_dir),
                                         ("public", auth.public_subscribe or auth.public_publish)) if on]
@@ -73,6 +73,16 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"auth.url: {exc}") from exc
     elif not (auth.key or auth.key_dir or auth.public_subscribe or auth.public_publish):
         raise ConfigError("auth: no auth-key, auth-key-dir, auth-url or public path configured; nobody can authenticate")
+    api = cfg.cluster.connect_api
+    if api and "://" in api:
+        from relay.transport.http_client import UrlError, parse_endpoint
+
+        try:
+            parse_endpoint(api)
+        except UrlError as exc:
+            raise ConfigError(f"cluster.connect_api: {exc}") from exc
+    elif api and not os.path.exists(api):
+        log.warning("cluster.connect_api: %s does not exist yet; its peers are dialed once it does", api)
     if cfg.cluster.root and cfg.cluster.connect:
         raise ConfigError("cluster: root and connect cannot both be set")
     if cfg.cluster.mesh and not cfg.cluster.node:

@@ -280,10 +280,16 @@ def _peer_table(entry: Mapping[str, Any], key: str) -> str:
     return url + ("&" if "?" in url else "?") + urllib.parse.urlencode(added)
 
 
+def peer_entry(item: Any, key: str) -> str:
+    """One peer, a URL string or a 0.17 peer table, as the URL string (cluster.connect, and the
+    lists `cluster.connect_api` reads)."""
+    return _peer_table(item, key) if isinstance(item, Mapping) else parse_str(item, key)
+
+
 def _peers(value: Any, key: str) -> list[str]:
     """Peer URLs; in TOML a list may also hold 0.17 peer tables."""
     if isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
-        return [_peer_table(item, key) if isinstance(item, Mapping) else parse_str(item, key) for item in value]
+        return [peer_entry(item, key) for item in value]
     return parse_list(value, key)
 
 

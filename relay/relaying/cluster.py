@@ -32,6 +32,7 @@ from relay.model.track import Track, TrackInfo
 from relay.protocol.lite.errors import ErrorCode, ProtocolError
 from relay.protocol.lite.session import LiteSession
 from relay.protocol.negotiate import Negotiator
+from relay.relaying.peer_list import PeerListSource
 from relay.transport.base import TransportSession
 
 log = logging.getLogger("relay.cluster")
@@ -109,13 +110,16 @@ class Cluster:
                  connect: list[str],
                  mesh: bool, prefix: str, token: str | None, verify: bool, cafile: str | None = None,
                  on_session: Callable[[LiteSession], Callable[[], None]] | None = None,
-                 siblings: list[str] | None = None) -> None:
+                 siblings: list[str] | None = None, connect_api: str | None = None) -> None:
         self.origin = origin
         self.endpoint = endpoint
         self.hop_id = hop_id
         self.negotiator = negotiator
         self.node = PeerUrl.parse(node) if node else None
         self.static = [PeerUrl.parse(u, token) for u in connect]
+        # `cluster.connect_api`: peers from an HTTP endpoint or a file, kept current (peer_list.py).
+        self.api: list[PeerUrl] = []
+        self.api_source = PeerListSource(connect_api, node, self._api_list) if connect_api else None
         # Sibling worker processes on loopback (relay/workers.py): their URL carries the local
         # credential, and their certificate, ours, is not checked (it may be self-signed).
         self.siblings = [PeerUrl.parse(u) for u in siblings or []]
@@ -136,6 +140,8 @@ class Cluster:
                 self._start_link(peer)
             if self.mesh and self.node is not None:
                 nursery.start_soon(self._advertise_and_discover)
+            if self.api_source is not None:
+                nursery.start_soon(self.api_source.run)
             task_status.started()
 
     def parse_connect(self, connect: list[str]) -> list[PeerUrl]:
@@ -145,13 +151,30 @@ class Cluster:
     def set_static(self, peers: list[PeerUrl]) -> None:
         """A new connect list (a reload): links to peers no longer listed end, new ones start.
         A peer also found by gossip may be dialed again through gossip."""
-        keep = {p.url for p in peers}
-        for old in self.static:
-            if old.url not in keep and (scope := self.links.pop(old.url, None)) is not None:
-                log.info("cluster: %s left cluster.connect; dropping the link", old.url)
+        old, self.static = self.static, list(peers)
+        self._reconcile(old, "cluster.connect")
+
+    def _api_list(self, urls: list[str]) -> None:
+        peers: list[PeerUrl] = []
+        for url in urls:
+            try:
+                peers.append(PeerUrl.parse(url, self.token))
+            except ValueError as exc:
+                log.warning("cluster.connect_api: ignoring %s", exc)
+        old, self.api = self.api, peers
+        self._reconcile(old, "cluster.connect_api")
+
+    def _reconcile(self, old: list[PeerUrl], source: str) -> None:
+        """Links follow the listed peers: one no longer listed (by either list) ends, one whose
+        entry changed (its cost or token) is dialed anew, a new one starts."""
+        wanted = {p.url: p for p in [*self.static, *self.api]}
+        for peer in old:
+            if wanted.get(peer.url) != peer and (scope := self.links.pop(peer.url, None)) is not None:
+                gone = peer.url not in wanted
+                log.info("cluster: %s %s %s; %s", peer.url, "left" if gone else "changed in", source,
+                         "dropping the link" if gone else "redialing")
                 scope.cancel()
-        self.static = list(peers)
-        for peer in peers:
+        for peer in wanted.values():
             self._start_link(peer)
 
     def _start_link(self, peer: PeerUrl) -> None:
@@ -214,7 +237,7 @@ class Cluster:
     def _dialed_us_too(self, peer: PeerUrl, advert_path: str) -> bool:
         """Whether we hold a gossip link to `peer` and it linked to us itself: its advertisement
         has a one-hop route that did not come over our link."""
-        if peer.url not in self.links or peer.url in {p.url for p in [*self.static, *self.siblings]}:
+        if peer.url not in self.links or peer.url in {p.url for p in [*self.static, *self.api, *self.siblings]}:
             return False
         ours = self.link_sessions.get(peer.url)
         return any(len(route.hops) == 1 and (ours is None or route.source is not ours.subscriber)
@@ -255,7 +278,7 @@ class Cluster:
                             log.info("cluster: %s dialed us as well; dropping the link we dialed", peer.url)
                             self.links.pop(peer.url).cancel()
                     now = trio.current_time()
-                    static = {p.url for p in self.static}
+                    static = {p.url for p in [*self.static, *self.api]}
                     for url, since in list(withdrawn.items()):
                         if now - since >= GOSSIP_FORGET and url not in static and url in self.links:
                             log.info("cluster: %s withdrawn for %.0fs; dropping the link", url, GOSSIP_FORGET)
