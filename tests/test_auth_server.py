@@ -196,12 +196,16 @@ async def held_until_closed(relay, stop: Flag, seconds: float) -> float | None:
     return None
 
 
-async def test_rechecks_keep_an_unchanged_grant_and_close_a_narrowed_one(tmp_path) -> None:
+@pytest.mark.parametrize(("version", "change"), [
+    ("moqt-15", {"publish": ["other/**"]}),  # a moq-transport session is not resized in place
+    ("moq-lite-05", {"root": "elsewhere"}),  # a moved root ends any session
+], ids=["ietf-narrower", "lite-root"])
+async def test_rechecks_keep_an_unchanged_grant_and_close_a_narrowed_one(tmp_path, version, change) -> None:
     expires = int(time.time()) + 60
     first = grant(expires=expires, revalidate=1)
-    narrower = grant(publish=["other/**"], expires=expires, revalidate=1)
+    narrower = {**first, **change}
     with revalidating(first, [(200, first), (200, first), (200, narrower)]) as server:
-        async with running_relay(tmp_path, "moq-lite-05", auth=auth_url(server)) as relay:
+        async with running_relay(tmp_path, version, auth=auth_url(server)) as relay:
             with trio.fail_after(40):
                 took = await held_until_closed(relay, Flag(), 15)
                 await wait_until(lambda: len(server.events("end")) == 1, 10)
@@ -395,3 +399,114 @@ def _answers(port: int) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+# ------------------------------------------------------------------------------ resizing in place
+async def publish_two(url: str, stop: Flag) -> None:
+    """One session publishing broadcasts `a` and `b`, a group a tenth of a second each."""
+    import asyncio
+
+    import moq
+    from harness import client
+
+    async with client(url) as c:
+        tracks, broadcasts = [], []  # kept: a dropped broadcast is unannounced
+        for name in ("a", "b"):
+            b = c.create_broadcast(name)
+            broadcasts.append(b)
+            tracks.append((name, b.publish_track("v", moq.TrackInfo(priority=1, max_age_us=30_000_000, timescale=1000))))
+            b.announce()
+        n = 0
+        while not stop.event.is_set():
+            for name, t in tracks:
+                g = t.append_group()
+                g.write_frame(b"%s-%d" % (name.encode(), n))
+                g.finish()
+            n += 1
+            await asyncio.sleep(0.1)
+
+
+async def view_two(url: str) -> dict[str, object]:
+    """Subscribe to `a` and `b`; read from both, then from `b` until the relay ends it; then more
+    of `a`. What each gave, and how `b` ended."""
+    import asyncio
+
+    import moq
+    from harness import client
+
+    async with client(url) as c:
+        subs = {}
+        for name in ("a", "b"):
+            consumer = await asyncio.wait_for(c.announced_broadcast(name), 10)
+            subs[name] = await consumer.subscribe_track("v", moq.Subscription(priority=1, max_age_us=30_000_000))
+        got: dict[str, object] = {"a": [], "b": []}
+        for name in ("a", "b"):
+            group = await asyncio.wait_for(subs[name].next_group(), 10)
+            got[name].append(b"".join([f.payload async for f in group]))  # type: ignore[union-attr]
+        try:
+            while True:
+                group = await asyncio.wait_for(subs["b"].next_group(), 10)
+                if group is None:
+                    got["b_end"] = "ended"
+                    break
+                got["b"].append(b"".join([f.payload async for f in group]))  # type: ignore[union-attr]
+        except moq.Error as exc:
+            got["b_end"] = repr(exc)
+        for _ in range(20):  # `a` flows on over the same session
+            group = await asyncio.wait_for(subs["a"].next_group(), 10)
+            got["a"].append(b"".join([f.payload async for f in group]))  # type: ignore[union-attr]
+        return got
+
+
+def announced_to_viewer(relay) -> set[str] | None:
+    """What the viewer's announce streams hold announced now (None before it has one)."""
+    for session in relay.handle.sessions:
+        if "who=viewer" in (session.transport.info.target or "") and session.publisher.announcing:
+            return {suffix for _, writer in session.publisher.announcing for suffix in writer.sent}
+    return None
+
+
+async def test_a_changed_grant_resizes_a_lite_session_in_place(tmp_path) -> None:
+    expires = int(time.time()) + 60
+    everything = grant(expires=expires, revalidate=1)
+    checks: dict[str, int] = {}
+
+    def decide(request: dict) -> tuple[int, object, float]:
+        if request["event"] != "revalidate":
+            return 200, everything, 0.0
+        n = checks[request["id"]] = checks.get(request["id"], 0) + 1
+        if "who=viewer" in request.get("query", ""):
+            # The viewer loses `b` at its second re-check, for good.
+            return 200, grant(subscribe=["a"], expires=expires, revalidate=1) if n >= 2 else everything, 0.0
+        # The publisher may not publish `b` at its fourth and fifth re-checks, then may again.
+        return 200, grant(publish=["a"], expires=expires, revalidate=1) if n in (4, 5) else everything, 0.0
+
+    stop = Flag()
+    with AuthServer(decide) as server:
+        async with running_relay(tmp_path, "moq-lite-05", auth=auth_url(server)) as relay:
+            origin = relay.handle.origin
+            async with trio.open_nursery() as n:
+                n.start_soon(in_thread, lambda: publish_two(relay.url("moql", "room?who=publisher"), stop))
+                try:
+                    with trio.fail_after(60):
+                        await wait_until(lambda: origin.best("room/b") is not None, 10)
+                        got: dict = {}
+
+                        async def viewer() -> None:
+                            got.update(await in_thread(lambda: view_two(relay.url("moql", "room?who=viewer"))))
+                        n.start_soon(viewer)
+                        # Its announcements follow: `b` is withdrawn from the viewer, `a` stays.
+                        await wait_until(lambda: announced_to_viewer(relay) == {"a"}, 15)
+                        await wait_until(lambda: bool(got), 20)
+                        # The publisher's `b` aborts while its grant leaves it out, and comes back.
+                        await wait_until(lambda: origin.best("room/b") is None, 15)
+                        assert origin.best("room/a") is not None  # the rest flows on
+                        await wait_until(lambda: origin.best("room/b") is not None, 15)
+                        assert len(relay.handle.sessions) == 1  # the publisher's session lived through it
+                finally:
+                    stop.set()
+    # The relay resets `b`'s subscription with code 6 (Unauthorized); moq-rs reports that as a
+    # protocol error, as it does a raw-QUIC close with code 6.
+    assert "Protocol" in str(got.get("b_end")), got
+    assert len(got["a"]) == 21 and all(g.startswith(b"a-") for g in got["a"])
+    assert not server.events("end", reason="narrowed")  # resized, never closed for it

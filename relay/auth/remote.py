@@ -8,9 +8,11 @@ deadline, re-checks at the grant's cadence (or when pushed, POST /sessions/reval
 posts `end` when the session is over. `end` posts run in the authorizer's nursery (they outlive
 the session by design; best effort). The contract's rules are in relay/auth/contract.py.
 
-Not yet: resizing a live session in place. A re-check that takes anything away closes the
-session (`narrowed`, as upstream does for a session not attached for resizing); one that only
-adds is not applied until the client reconnects. Grants with `mounts` are refused (unavailable).
+A re-check whose patterns differ resizes a session that can be resized (moq-lite sessions pass
+`rescope`): the new scope, bounded by the admitted one, is applied in place. Any other session
+(moq-transport) is closed as `narrowed` when anything is taken away and keeps its scope when
+only something is added, as upstream treats a session not attached for resizing. Grants with
+`mounts` are refused (unavailable).
 """
 
 from __future__ import annotations
@@ -154,6 +156,7 @@ class Lease:
         self.dialed = dialed
         self.admitted_at = trio.current_time()
         self._nudged = trio.Event()
+        self.ceiling = scope_of(grant, dialed)  # what the session was admitted with
         self._apply(grant)
 
     def _apply(self, grant: Grant) -> None:
@@ -170,18 +173,20 @@ class Lease:
     def fixed(self) -> bool:
         return self.grant.expires is None and self.grant.revalidate is None
 
-    async def keep(self, close: Callable[[str], None], sent: Callable[[], int], received: Callable[[], int]) -> None:
+    async def keep(self, close: Callable[[str], None], sent: Callable[[], int], received: Callable[[], int],
+                   rescope: Callable[[Scope], Awaitable[None]] | None = None) -> None:
         """Until the session ends (the caller cancels this) or the lease ends it through
-        `close(reason)`; then `end` is posted with the session's byte totals."""
+        `close(reason)`; then `end` is posted with the session's byte totals. `rescope`, if the
+        session can be resized in place, applies a changed grant's scope."""
         reason = "closed"
         try:
-            reason = await self._hold()
+            reason = await self._hold(rescope)
             log.info("auth: session %s ends: %s", self.facts.id, reason)
             close(reason)
         finally:
             self.authorizer.post_end(self.facts, reason, trio.current_time() - self.admitted_at, sent(), received())
 
-    async def _hold(self) -> str:
+    async def _hold(self, rescope: Callable[[Scope], Awaitable[None]] | None) -> str:
         failures = 0
         while True:
             with trio.move_on_at(min(self.deadline, self.next_check)):
@@ -214,6 +219,17 @@ class Lease:
                 return "mounts changed"
             if grant.peer != self.grant.peer:
                 return "peer changed"
-            if not grant.covers(self.grant):
-                return "narrowed"  # not resized in place yet: see the module's note
+            changed = not (grant.covers(self.grant) and self.grant.covers(grant))
+            if changed and rescope is not None:
+                try:
+                    scope = scope_of(grant, self.dialed)
+                except AuthError:
+                    return "refused"  # nothing left at the root
+                log.info("auth: session %s re-granted publish=%s subscribe=%s", self.facts.id,
+                         [p.text for p in grant.publish], [p.text for p in grant.subscribe])
+                await rescope(replace(scope, ceiling=self.ceiling))
+            elif not grant.covers(self.grant):
+                return "narrowed"  # this session cannot be resized: see the module's note
+            elif changed:  # wider, not applied: the patterns in force stay, the timing is the new grant's
+                grant = replace(grant, publish=self.grant.publish, subscribe=self.grant.subscribe)
             self._apply(grant)

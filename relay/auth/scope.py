@@ -52,8 +52,8 @@ class Lease(Protocol):
     """How an admitted session's grant is kept over time (relay/auth/remote.py): run by the
     session while it lives; it may end the session through `close(reason)`."""
 
-    async def keep(self, close: Callable[[str], None], sent: Callable[[], int],
-                   received: Callable[[], int]) -> None: ...
+    async def keep(self, close: Callable[[str], None], sent: Callable[[], int], received: Callable[[], int],
+                   rescope: Callable[[Scope], Awaitable[None]] | None = None) -> None: ...
 
     def nudge(self) -> None: ...
 
@@ -78,6 +78,9 @@ class Scope:
     # An auth server's grant is kept by a lease (its deadline, re-checks and `end` event);
     # in-relay grants (JWT, public rules) have none and end at `expires`.
     lease: Lease | None = field(default=None, compare=False)
+    # A re-checked grant applies within what the session was admitted with (relay-0.17 §1.8):
+    # nothing beyond the connect-time scope, however wide a later grant is.
+    ceiling: Scope | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("publish", "subscribe", "reserved_publish", "reserved_subscribe"):
@@ -98,10 +101,12 @@ class Scope:
         return reserved_prefix(absolute) is None or any(n.matches(absolute) for n in named)
 
     def can_publish(self, rel: str) -> bool:
-        return self._granted(self.publish, self.reserved_publish, norm(rel))
+        return self._granted(self.publish, self.reserved_publish, norm(rel)) and \
+            (self.ceiling is None or self.ceiling.can_publish(rel))
 
     def can_subscribe(self, rel: str) -> bool:
-        return self._granted(self.subscribe, self.reserved_subscribe, norm(rel))
+        return self._granted(self.subscribe, self.reserved_subscribe, norm(rel)) and \
+            (self.ceiling is None or self.ceiling.can_subscribe(rel))
 
     def can_see(self, absolute: str) -> bool:
         """May this session learn that the broadcast at `absolute` exists (announcements)?"""
@@ -111,10 +116,14 @@ class Scope:
     def watch_prefixes(self, rel_prefix: str) -> list[str]:
         """The relative prefixes to watch for announcements under `rel_prefix` (§2.5): each
         subscribe pattern's literal head, or `rel_prefix` itself where that is deeper, for the
-        patterns that can match something there; duplicate and nested prefixes coalesced.
+        patterns that can match something there; duplicate and nested prefixes coalesced. Under
+        a ceiling, the ceiling's (what any later grant may show), so a wider re-check needs no
+        new watch.
 
         A watch is wider than what may be seen (`*/chat` watches everything, the root covers
         `.internal/`): filter what it reports with `can_see`."""
+        if self.ceiling is not None:
+            return self.ceiling.watch_prefixes(rel_prefix)
         rel_prefix = norm(rel_prefix)
         out: list[str] = []
         for grant in self.subscribe:

@@ -41,6 +41,10 @@ class AnnounceWatcher:
     def snapshot(self) -> list[tuple[str, Broadcast]]:
         """The active broadcasts now, clearing anything pending (it is included)."""
         self._dirty.clear()
+        return self.current()
+
+    def current(self) -> list[tuple[str, Broadcast]]:
+        """The active broadcasts now; what is pending stays pending (for its reader)."""
         return self.origin.active_under(self.prefix, self.exclude_hop)
 
     async def changes(self) -> list[tuple[str, Broadcast | None]]:

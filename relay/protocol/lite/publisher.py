@@ -41,6 +41,33 @@ class LitePublisher:
         self.session = session
         self.subscriptions: set[int] = set()  # the peer's subscribe ids in use
         self.announce_streams = 0
+        # For a grant re-checked in place (rescoped): the live subscriptions, and each announce
+        # stream's watchers and writer.
+        self.live: dict[int, _Live] = {}
+        self.announcing: list[tuple[list, _AnnounceWriter]] = []
+
+    # ------------------------------------------------------------------ a changed grant
+    def revoke_outside(self) -> None:
+        """The session's scope changed: subscriptions it no longer allows end (Unauthorized)."""
+        scope = self.session.scope
+        assert scope is not None
+        for sub_id, live in list(self.live.items()):
+            if not live.revoked and not scope.can_subscribe(live.rel):
+                log.info("%s subscription %d to %s is no longer granted; ending it", self.session.name, sub_id, live.rel)
+                live.revoked = True
+                if live.fanout is not None:
+                    live.fanout.unsubscribe()
+
+    async def reannounce(self) -> None:
+        """Each announce stream says what the changed scope shows and hides now."""
+        for watchers, writer in list(self.announcing):
+            snapshot = [item for watcher in watchers for item in watcher.current()]
+            shown = {p for p, _ in snapshot}
+            hidden = [(abs_path, None) for abs_path in writer.sent_paths() if abs_path not in shown]
+            try:
+                await writer.update([(p, self._visible(p, b)) for p, b in snapshot] + hidden)
+            except TransportError:
+                pass  # that stream is going away; its own task ends it
 
     # ------------------------------------------------------------------ announcements out
     def _visible(self, abs_path: str, broadcast: Broadcast | None) -> Broadcast | None:
@@ -69,15 +96,22 @@ class LitePublisher:
             watch_rel = s.scope.watch_prefixes(prefix)
             writer = _AnnounceWriter(self.session, send, prefix)
             prefixes = [s.scope.absolute(w) for w in watch_rel]
-            with _multi_watch(s.origin, prefixes, exclude) as watchers:
-                async with open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on_eof, reader, nursery.cancel_scope)
-                    snapshot = []
-                    for watcher in watchers:
-                        snapshot.extend(watcher.snapshot())
-                    await writer.initial([(p, self._visible(p, b)) for p, b in snapshot])
-                    for watcher in watchers:
-                        nursery.start_soon(self._pump_announces, watcher, writer)
+            entry = ([], writer)
+            try:
+                with _multi_watch(s.origin, prefixes, exclude) as watchers:
+                    async with open_nursery() as nursery:
+                        nursery.start_soon(_cancel_on_eof, reader, nursery.cancel_scope)
+                        snapshot = []
+                        for watcher in watchers:
+                            snapshot.extend(watcher.snapshot())
+                        await writer.initial([(p, self._visible(p, b)) for p, b in snapshot])
+                        entry[0].extend(watchers)
+                        self.announcing.append(entry)  # a changed grant re-reads these (reannounce)
+                        for watcher in watchers:
+                            nursery.start_soon(self._pump_announces, watcher, writer)
+            finally:
+                if entry in self.announcing:
+                    self.announcing.remove(entry)
             await send.finish()
         finally:
             self.announce_streams -= 1
@@ -132,21 +166,23 @@ class LitePublisher:
             log.info("%s subscribe to unknown %s/%s", s.name, sub.broadcast, sub.track)
             raise Refused(ErrorCode.NOT_FOUND, f"no broadcast {sub.broadcast!r}")
         self.subscriptions.add(sub.id)
+        live = self.live[sub.id] = _Live(paths.norm(sub.broadcast))
         try:
             with contextlib.ExitStack() as routes:
                 hold = routes.enter_context(contextlib.ExitStack())  # this route's share (Fanout.hold)
                 subscription = hold.enter_context(broadcast.subscribe(sub.track, _wish(sub, v), viewer=s))
-                await self._run_subscription(sub, send, reader, subscription, broadcast, routes, hold)
+                await self._run_subscription(sub, send, reader, subscription, broadcast, routes, hold, live)
         except TrackClosed as exc:
             raise Refused(ErrorCode.NOT_FOUND, str(exc)) from exc
         except LimitExceeded as exc:
             raise Refused(ErrorCode.BOUNDS_EXCEEDED, str(exc)) from exc
         finally:
             self.subscriptions.discard(sub.id)
+            self.live.pop(sub.id, None)
 
     async def _run_subscription(self, sub: m.Subscribe, send: SendStream, reader: MessageReader,
                                 subscription: Subscription, broadcast: Broadcast,
-                                routes: contextlib.ExitStack, hold: contextlib.ExitStack) -> None:
+                                routes: contextlib.ExitStack, hold: contextlib.ExitStack, live: _Live) -> None:
         """One peer subscription: its responses on the subscribe stream, its groups by the fan-out."""
         s = self.session
         v = s.version
@@ -172,10 +208,13 @@ class LitePublisher:
                         start_is_lower_bound=v.start_is_lower_bound, datagrams=listener,
                         on_failover=count_failover, hold=hold,
                         route_changes=lambda: s.origin.route_changed(broadcast.path))
+        live.fanout = fanout
         async with open_nursery() as nursery:
             nursery.start_soon(self._read_updates, reader, fanout, nursery.cancel_scope)
             await fanout.run()
             nursery.cancel_scope.cancel()
+        if live.revoked:
+            raise Refused(ErrorCode.UNAUTHORIZED, f"{live.rel} is no longer granted")
         if fanout.unsubscribed:
             # The peer FINed (or reset) its side: FIN ours back, without waiting long.
             with trio.move_on_after(1):
@@ -243,6 +282,17 @@ class LitePublisher:
         await send.finish()
 
 
+
+
+class _Live:
+    """One live subscription, as a changed grant sees it."""
+
+    __slots__ = ("rel", "fanout", "revoked")
+
+    def __init__(self, rel: str) -> None:
+        self.rel = rel
+        self.fanout: Fanout | None = None
+        self.revoked = False
 
 
 class LiteGroupSink:
@@ -346,6 +396,12 @@ class _AnnounceWriter:
         self.sent: dict[str, _Sent] = {}
         self.next_id = 0
         self.lock = trio.Lock()
+
+    def sent_paths(self) -> list[str]:
+        """The absolute paths announced active on this stream."""
+        scope = self.session.scope
+        assert scope is not None
+        return [scope.absolute(paths.join(self.prefix, suffix)) for suffix in self.sent]
 
     def _suffix(self, abs_path: str) -> str | None:
         scope = self.session.scope

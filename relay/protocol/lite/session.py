@@ -151,7 +151,8 @@ class LiteSession(SessionTasks):
                     nursery.start_soon(self._expire_at, self.scope.expires)
                 if self.scope.lease is not None:
                     nursery.start_soon(self.scope.lease.keep, self._lease_ended,
-                                       lambda: self.transport.info.bytes_out, lambda: self.transport.info.bytes_in)
+                                       lambda: self.transport.info.bytes_out, lambda: self.transport.info.bytes_in,
+                                       self._rescope)
                 closed = await self.transport.wait_closed()
                 log.info("%s closed code=%s reason=%s", self.name, closed.code, closed.reason)
                 said_closed = True
@@ -202,6 +203,16 @@ class LiteSession(SessionTasks):
             why = f"reset ({exc})"
         log.info("%s session stream %s", self.name, why)
         self.transport.close(ErrorCode.CANCEL, "session stream closed")
+
+    async def _rescope(self, scope: Scope) -> None:
+        """A re-checked grant changed (relay-0.17 §1.8): apply it in place. Subscriptions and
+        broadcasts it no longer allows end with Unauthorized; announcements follow both ways."""
+        self.scope = scope
+        log.info("%s grant changed: publish=%s subscribe=%s", self.name, [p.text for p in scope.publish],
+                 [p.text for p in scope.subscribe])
+        self.publisher.revoke_outside()
+        self.subscriber.rescoped()
+        await self.publisher.reannounce()
 
     def _lease_ended(self, reason: str) -> None:
         self.transport.close(ErrorCode.UNAUTHORIZED, reason)

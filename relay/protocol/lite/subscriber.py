@@ -46,6 +46,28 @@ class LiteSubscriber:
         self.published: dict[str, Broadcast] = {}  # absolute path -> what the peer announced
         self.upstream: dict[int, Track] = {}  # our subscribe id -> the track it fills
         self._next_id = 0
+        # The announce stream's broadcasts by relative path, and the announcements a re-checked
+        # grant holds back (outside it, within the admitted scope): relative path -> hops, cost.
+        self._mine: dict[str, Broadcast] | None = None
+        self.withheld: dict[str, tuple[tuple[int, ...], int]] = {}
+
+    def rescoped(self) -> None:
+        """The session's scope changed: what it may no longer publish aborts (Unauthorized) and
+        is held back; what it may publish again comes back."""
+        s = self.session
+        scope = s.scope
+        assert scope is not None
+        mine = self._mine if self._mine is not None else {}
+        for rel, broadcast in list(mine.items()):
+            if not scope.can_publish(rel):
+                log.info("%s may no longer publish %s; aborting it", s.name, broadcast.path)
+                del mine[rel]
+                self._drop(broadcast, ErrorCode.UNAUTHORIZED)
+                self.withheld[rel] = (broadcast.hops, max(0, broadcast.cost - s.link_cost))
+        for rel, (hops, cost) in list(self.withheld.items()):
+            if scope.can_publish(rel):
+                del self.withheld[rel]
+                self._announced(mine, rel, hops, cost)
 
     def close(self) -> None:
         """The session is over: what the peer published is lost, its tracks end."""
@@ -68,6 +90,7 @@ class LiteSubscriber:
             return
         reader = MessageReader(recv, s.limits.max_message + 16)
         mine: dict[str, Broadcast] = {}
+        self._mine = mine
         ids: dict[int, str] = {}  # lite-06 announce id -> suffix
         lost: int | None = ErrorCode.CANCEL
         next_id = 0
@@ -151,6 +174,11 @@ class LiteSubscriber:
             log.info("%s ignoring announce %s with %d hops", s.name, rel, len(hops))
             return
         if not s.scope.can_publish(rel):
+            ceiling = s.scope.ceiling
+            if ceiling is not None and ceiling.can_publish(rel) and len(self.withheld) < s.limits.max_published:
+                self.withheld[rel] = (hops, cost)  # a wider re-check may let it through
+                log.info("%s announce of %s held back: its grant no longer allows it", s.name, rel)
+                return
             if paths.reserved_prefix(s.scope.absolute(rel)):
                 log.warning("%s announce of %s refused: the reserved prefix /%s is only for the relay and "
                             "cluster peers granted it by name", s.name, s.scope.absolute(rel),
@@ -180,6 +208,7 @@ class LiteSubscriber:
 
     def _unannounced(self, mine: dict[str, Broadcast], suffix: str, error: int | None = None) -> None:
         s = self.session
+        self.withheld.pop(paths.norm(suffix), None)
         broadcast = mine.pop(paths.norm(suffix), None)
         if broadcast is not None:
             self._drop(broadcast, error)
