@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+import pytest
 import trio
 
 from relay.auth.scope import Scope
@@ -324,3 +325,110 @@ async def test_a_new_route_to_the_same_publisher_is_an_update_not_an_end() -> No
             peer.origin.unpublish(via)  # another publisher of the same path
             assert await reader.typed(m.decode_announce_06, V6, LIMIT) == m.AnnounceEnd(0)
             assert await reader.typed(m.decode_announce_06, V6, LIMIT) == m.AnnounceStart("cam", [13])
+
+
+@pytest.mark.parametrize(("v", "say_end", "error"), [
+    (Version.LITE_05, False, ErrorCode.PROTOCOL_VIOLATION),
+    (V6, False, ErrorCode.PROTOCOL_VIOLATION),
+    (V6, True, None),
+    (Version.LITE_04, False, None),  # before lite-05 a FIN alone is the clean end
+], ids=["05-bare-fin", "06-bare-fin", "06-end-then-fin", "04-fin"])
+async def test_a_publishers_fin_without_subscribe_end_fails_the_subscription(v, say_end, error) -> None:
+    """relay-0.17 §6.3: on lite-05+ a subscription ends cleanly with SUBSCRIBE_END, then FIN; a bare
+    FIN fails it (ProtocolViolation) and its open groups abort, so no reader takes a cut group for
+    whole. A publisher written by hand (moq-rs always sends SUBSCRIBE_END)."""
+    origin = Origin()
+    with trio.fail_after(10):
+        async with relay_session(v, origin=origin) as pub:
+            send, recv = await pub.end.accept_bi()
+            announces = MessageReader(recv, LIMIT)
+            assert await announces.varint() == m.BiStream.ANNOUNCE
+            await announces.message(m.AnnounceRequest.decode, v, LIMIT)
+            announce = m.AnnounceStart("cam", [5]) if v.has_typed_announce else \
+                m.Announce(active=True, suffix="cam", hops=[5], hop_count=1)
+            ok = m.AnnounceOk(hop_id=5, active_count=1).encode(v) if v.has_announce_ok else b""
+            await send.write(ok + announce.encode(v))
+            while origin.best("cam") is None:
+                await trio.sleep(0.01)
+            broadcast = origin.best("cam")
+            assert broadcast is not None
+            with broadcast.subscribe("v", Wish(max_latency_ms=30_000)) as subscription:
+                track = subscription.track
+                while True:  # the relay's TRACK request (lite-05+), then its SUBSCRIBE
+                    up_send, up_recv = await pub.end.accept_bi()
+                    upstream = MessageReader(up_recv, LIMIT)
+                    kind = await upstream.varint()
+                    if kind == m.BiStream.TRACK:
+                        await upstream.message(m.TrackRequest.decode, v, LIMIT)
+                        await up_send.write(m.TrackInfoMsg(priority=1, ordered=False, max_latency_ms=5_000,
+                                                           timescale=1000).encode(v))
+                        await up_send.finish()
+                        continue
+                    assert kind == m.BiStream.SUBSCRIBE
+                    asked = await upstream.message(m.Subscribe.decode, v, LIMIT)
+                    break
+                group = await pub.end.open_uni()  # a group left open: its end never comes
+                await group.write(m.encode_uni_type(m.UniStream.GROUP) + m.GroupHeader(asked.id, 0).encode(v)
+                                  + m.encode_frame(v, b"first", 1000))
+                while track.latest is None or not track.latest.frames:
+                    await track.wait_changed()
+                if v.has_subscribe_start:
+                    await up_send.write(m.SubscribeStart(0).encode(v))
+                if say_end:
+                    await up_send.write(m.SubscribeEnd(1).encode(v))
+                await up_send.finish()
+                while not track.closed:
+                    await track.wait_changed()
+                assert track.error == error
+                cut = track.latest
+                assert cut is not None and (cut.error is not None) == (error is not None)
+
+
+async def test_a_group_past_the_frame_cap_aborts_for_every_reader() -> None:
+    """relay-0.17 §6.5: a group that would hold more frames than the cap (the Rust stack's 8,192)
+    aborts as a whole, with a log line; the next group flows. Sent by a hand-written publisher
+    (moq-rs refuses to write such a group)."""
+    from relay.model.track import MAX_GROUP_FRAMES
+
+    origin = Origin()
+    v = V6
+    with trio.fail_after(20):
+        async with relay_session(v, origin=origin) as pub:
+            send, recv = await pub.end.accept_bi()
+            announces = MessageReader(recv, LIMIT)
+            await announces.varint()
+            await announces.message(m.AnnounceRequest.decode, v, LIMIT)
+            await send.write(m.AnnounceOk(hop_id=5, active_count=1).encode(v) + m.AnnounceStart("cam", [5]).encode(v))
+            while origin.best("cam") is None:
+                await trio.sleep(0.01)
+            broadcast = origin.best("cam")
+            assert broadcast is not None
+            with broadcast.subscribe("v", Wish(max_latency_ms=30_000)) as subscription:
+                track = subscription.track
+                while True:
+                    up_send, up_recv = await pub.end.accept_bi()
+                    upstream = MessageReader(up_recv, LIMIT)
+                    kind = await upstream.varint()
+                    if kind == m.BiStream.TRACK:
+                        await upstream.message(m.TrackRequest.decode, v, LIMIT)
+                        await up_send.write(m.TrackInfoMsg(priority=1, ordered=False, max_latency_ms=5_000,
+                                                           timescale=1000).encode(v))
+                        await up_send.finish()
+                        continue
+                    asked = await upstream.message(m.Subscribe.decode, v, LIMIT)
+                    break
+                big = await pub.end.open_uni()
+                await big.write(m.encode_uni_type(m.UniStream.GROUP) + m.GroupHeader(asked.id, 0).encode(v)
+                                + m.encode_frame(v, b"x", 0) * (MAX_GROUP_FRAMES + 1))
+                await big.finish()
+                while track.latest is None or not track.latest.done:
+                    await trio.sleep(0.01)  # a group's end wakes its readers, not the track's
+                cut = track.latest
+                assert cut.error == ErrorCode.FRAME_TOO_LARGE and len(cut.frames) == MAX_GROUP_FRAMES
+                small = await pub.end.open_uni()
+                await small.write(m.encode_uni_type(m.UniStream.GROUP) + m.GroupHeader(asked.id, 1).encode(v)
+                                  + m.encode_frame(v, b"next", 0))
+                await small.finish()
+                while track.latest is None or track.latest.sequence != 1 or not track.latest.done:
+                    await trio.sleep(0.01)
+                assert track.latest.finished and [f.payload for f in track.latest.frames] == [b"next"]

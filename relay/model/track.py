@@ -24,10 +24,11 @@ from relay.model.traffic import Meter, Traffic
 MAX_FRAME_SIZE = 32 * 1024 * 1024
 MAX_GROUP_SIZE = 32 * 1024 * 1024
 # Frames a group may hold: empty frames add nothing to its size, so without a count a publisher
-# could grow one group's frame list for ever (about 100 bytes each). A 32 MiB group of 1200-byte
-# frames has ~28,000; video groups hold hundreds, audio groups one. (0.15+ also caps the count
-# and aborts the group, relay-0.17 §6.5; its number is not published.)
-MAX_GROUP_FRAMES = 1 << 16
+# could grow one group's frame list for ever (about 100 bytes each). The Rust stack caps it at
+# 8,192 (relay-0.17 §6.5 leaves the number unpublished; moq-rs 0.5.1's producer refuses the
+# 8,193rd frame of a group, tried here), so no Rust publisher sends more and a Rust relay would
+# not carry more; video groups hold hundreds of frames, audio groups one.
+MAX_GROUP_FRAMES = 8192
 # HEAD's retention when the publisher sent no TRACK_INFO (lite-03/04): 5 s.
 DEFAULT_MAX_LATENCY_MS = 5000
 # However small the groups, a track caches at most this many (bounds per-track tables).

@@ -318,11 +318,17 @@ class LiteSubscriber:
                 async with open_nursery() as nursery:
                     if v >= Version.LITE_03:
                         nursery.start_soon(self._forward_demand, track, send, wish)
+                    ended = False
                     while True:
                         reply = await reader.subscribe_response(v, s.limits.max_message)
                         if reply is None:
+                            if v.has_subscribe_start and not ended:
+                                # lite-05+: a clean end says where the track ended first (relay-0.17
+                                # §6.3); a bare FIN fails the subscription, its open groups abort.
+                                raise ProtocolError(ErrorCode.PROTOCOL_VIOLATION, "subscription FIN without SUBSCRIBE_END")
                             break
                         if isinstance(reply, m.SubscribeEnd):
+                            ended = True
                             track.end(reply.group)
                         # OK and DROP need no action: groups tell us everything else.
                     nursery.cancel_scope.cancel()
