@@ -510,3 +510,45 @@ async def test_a_changed_grant_resizes_a_lite_session_in_place(tmp_path) -> None
     assert "Protocol" in str(got.get("b_end")), got
     assert len(got["a"]) == 21 and all(g.startswith(b"a-") for g in got["a"])
     assert not server.events("end", reason="narrowed")  # resized, never closed for it
+
+
+# ------------------------------------------------------------------------------ mounts
+def test_mounts_map_a_subtree_into_the_session() -> None:
+    from relay.auth.contract import Grant
+    from relay.auth.pattern import Pattern
+    from relay.auth.remote import scope_of
+    from relay.auth.scope import AuthError
+
+    every = (Pattern.parse("**"),)
+    scope = scope_of(Grant(publish=every, subscribe=every, mounts={".svc": ".svc/pid"}), "/room")
+    assert scope.absolute(".svc/foo") == ".svc/pid/foo" and scope.absolute("cam") == "room/cam"
+    assert scope.relative(".svc/pid/foo") == ".svc/foo" and scope.relative("room/cam") == "cam"
+    assert scope.relative("room/.svc/foo") is None  # shadowed by the mount
+    assert scope.can_subscribe(".svc/foo") and not scope.can_publish(".svc/foo") and scope.can_publish("cam")
+    assert scope.watch_prefixes("") == ["", ".svc"]
+    for mounts in ({"a/*": "x"}, {"a": "x", "a/b": "y"}, {"a": "room/a"}, {"a": "room"}):
+        with pytest.raises(AuthError) as err:
+            scope_of(Grant(publish=every, subscribe=every, mounts=mounts), "/room")
+        assert err.value.status == 502, mounts
+
+
+async def test_a_mounted_subtree_is_read_and_announced_under_its_key(tmp_path) -> None:
+    def decide(request: dict) -> tuple[int, object, float]:
+        if request["path"] == "/room":
+            return 200, grant(mounts={"shared": "lobby"}), 0.0
+        return 200, grant(), 0.0
+
+    stop = Flag()
+    with AuthServer(decide) as server:
+        async with running_relay(tmp_path, "moq-lite-05", auth=auth_url(server)) as relay:
+            async with trio.open_nursery() as n:
+                n.start_soon(hold, relay.url("moql", "lobby"), "cam", stop)  # publishes lobby/cam
+                try:
+                    with trio.fail_after(40):
+                        await wait_until(lambda: relay.handle.origin.best("lobby/cam") is not None, 10)
+                        # Dialed at /room, the session sees lobby/cam as shared/cam (announced
+                        # there, and read from lobby).
+                        got = await in_thread(lambda: read_groups(relay.url("moql", "room"), "shared/cam", 2))
+                finally:
+                    stop.set()
+    assert got[0].startswith(b"cam-")

@@ -11,8 +11,8 @@ the session by design; best effort). The contract's rules are in relay/auth/cont
 A re-check whose patterns differ resizes a session that can be resized (moq-lite sessions pass
 `rescope`): the new scope, bounded by the admitted one, is applied in place. Any other session
 (moq-transport) is closed as `narrowed` when anything is taken away and keeps its scope when
-only something is added, as upstream treats a session not attached for resizing. Grants with
-`mounts` are refused (unavailable).
+only something is added, as upstream treats a session not attached for resizing. A grant's
+`mounts` map subtrees of the origin into the session's namespace (Scope.mounts).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from relay.auth.contract import (
 )
 from relay.auth.scope import AuthError, Scope, scope_from_patterns
 from relay.auth.tokens import check_path
-from relay.model.path import norm
+from relay.model.path import has_prefix, join, norm
 from relay.transport.http_client import Endpoint, parse_url, post_json
 
 log = logging.getLogger("relay.auth")
@@ -129,22 +129,42 @@ class RemoteAuthorizer:
             raise AuthError(f"auth server unavailable: {answer.why}", 502)
         grant = answer.grant
         assert grant is not None
-        if grant.mounts:
-            self._count("auth server unavailable")
-            raise AuthError("the grant has mounts, which this relay does not support yet", 502)
-        scope = scope_of(grant, path)
+        try:
+            scope = scope_of(grant, path)
+        except AuthError:
+            self._count("auth server refused")
+            raise
         if facts.transport == "http":
             return scope  # one-shot: checked once, nothing to keep
         return replace(scope, lease=Lease(self, facts, grant, path))
 
 
 def scope_of(grant: Grant, dialed: str) -> Scope:
-    """The grant's patterns are relative to its root, else to the dialed path."""
+    """The grant's patterns are relative to its root, else to the dialed path; its mounts
+    checked (a bad one refuses the grant as unavailable, as upstream's validation does)."""
     root = grant.root if grant.root is not None else norm(dialed)
     try:
-        return scope_from_patterns(root, root, grant.publish, grant.subscribe)
+        scope = scope_from_patterns(root, root, grant.publish, grant.subscribe)
     except AuthError as exc:  # nothing survives (e.g. only reserved names): as a useless grant
         raise AuthError(f"the auth server refused: {exc.reason}", 401) from exc
+    return replace(scope, mounts=mounts_of(grant.mounts, root)) if grant.mounts else scope
+
+
+def mounts_of(mounts: dict[str, str], root: str) -> tuple[tuple[str, str], ...]:
+    """A grant's mounts as (key, target) pairs; AuthError (502) for a key with a wildcard, or one
+    overlapping another key or any target."""
+    pairs = [(norm(key), norm(target)) for key, target in sorted(mounts.items())]
+    for key, _ in pairs:
+        if "*" in key:
+            raise AuthError(f"auth server unavailable: mount key {key!r} has a wildcard", 502)
+        absolute = join(root, key)
+        for other, other_target in pairs:
+            if other != key and (has_prefix(key, other) or has_prefix(other, key)):
+                raise AuthError(f"auth server unavailable: mount keys {key!r} and {other!r} overlap", 502)
+            if has_prefix(absolute, other_target) or has_prefix(other_target, absolute):
+                raise AuthError(f"auth server unavailable: mount key {key!r} overlaps the target "
+                                f"{other_target!r}", 502)
+    return tuple(pairs)
 
 
 class Lease:

@@ -81,16 +81,38 @@ class Scope:
     # A re-checked grant applies within what the session was admitted with (relay-0.17 §1.8):
     # nothing beyond the connect-time scope, however wide a later grant is.
     ceiling: Scope | None = field(default=None, compare=False)
+    # An auth server's grant may mount other subtrees into the session's namespace (relay-0.17
+    # §1.4, 0.16): (key relative to the root, absolute target). `key/x` is read at `target/x`,
+    # announcements under the target appear under the key, nothing is published under a key.
+    mounts: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("publish", "subscribe", "reserved_publish", "reserved_subscribe"):
             object.__setattr__(self, name, _as_patterns(tuple(getattr(self, name))))
 
+    def _mount_of(self, rel: str) -> tuple[str, str] | None:
+        return next(((key, target) for key, target in self.mounts if has_prefix(rel, key)), None)
+
     def absolute(self, rel: str) -> str:
-        return join(self.root, norm(rel))
+        rel = norm(rel)
+        mount = self._mount_of(rel)
+        if mount is not None:
+            return join(mount[1], strip(rel, mount[0]) or "")
+        return join(self.root, rel)
 
     def relative(self, absolute: str) -> str | None:
-        return strip(absolute, self.root)
+        for key, target in self.mounts:
+            below = strip(absolute, target)
+            if below is not None:
+                return join(key, below)
+        rel = strip(absolute, self.root)
+        if rel is not None and self._mount_of(rel) is not None:
+            return None  # shadowed: that part of the namespace is read from the mount's target
+        return rel
+
+    def mounted(self, rel: str) -> bool:
+        """`rel` is read from a mount (nothing may be published there)."""
+        return self._mount_of(norm(rel)) is not None
 
     def _granted(self, grants: tuple[Pattern, ...], named: tuple[Pattern, ...], rel: str) -> bool:
         """A grant matches `rel`; under a reserved prefix, also one that names it, never one
@@ -101,7 +123,7 @@ class Scope:
         return reserved_prefix(absolute) is None or any(n.matches(absolute) for n in named)
 
     def can_publish(self, rel: str) -> bool:
-        return self._granted(self.publish, self.reserved_publish, norm(rel)) and \
+        return not self.mounted(rel) and self._granted(self.publish, self.reserved_publish, norm(rel)) and \
             (self.ceiling is None or self.ceiling.can_publish(rel))
 
     def can_subscribe(self, rel: str) -> bool:
@@ -135,6 +157,12 @@ class Scope:
                 continue
             out = [w for w in out if not has_prefix(w, watch)]
             out.append(watch)
+        # A mount under a watched prefix is another subtree of the origin: watched by its key
+        # (whose absolute path is the target), as deep as the watch reaches into it.
+        # (A watch inside a mount needs nothing more: absolute() resolves it to the target.)
+        for key, _ in self.mounts:
+            if key not in out and any(has_prefix(key, w) and w != key for w in out):
+                out.append(key)
         return out
 
 
