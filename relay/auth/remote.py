@@ -8,10 +8,11 @@ deadline, re-checks at the grant's cadence (or when pushed, POST /sessions/reval
 posts `end` when the session is over. `end` posts run in the authorizer's nursery (they outlive
 the session by design; best effort). The contract's rules are in relay/auth/contract.py.
 
-A re-check whose patterns differ resizes a session that can be resized (moq-lite sessions pass
-`rescope`): the new scope, bounded by the admitted one, is applied in place. Any other session
-(moq-transport) is closed as `narrowed` when anything is taken away and keeps its scope when
-only something is added, as upstream treats a session not attached for resizing. A grant's
+A re-check whose patterns differ resizes a session that can be resized (the moq-lite and
+moq-transport sessions pass `rescope`): the new scope, bounded by the admitted one, is applied in
+place. A session that cannot be resized is closed as `narrowed` when anything is taken away and
+keeps its scope when only something is added, as upstream treats a session not attached for
+resizing. A grant's
 `mounts` map subtrees of the origin into the session's namespace (Scope.mounts).
 """
 
@@ -64,10 +65,13 @@ class RemoteAuthorizer:
         self._pending_ends = 0
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None  # the relay is stopping: later ends are not posted
 
     async def ask(self, facts: SessionFacts, event: str) -> Answer:
         """One POST, bounded by the timeout; what it came to."""
@@ -89,8 +93,12 @@ class RemoteAuthorizer:
             log.warning("auth: end of session %s not posted (%s)", facts.id,
                         "not running" if self._nursery is None else "too many pending")
             return
+        try:
+            self._nursery.start_soon(self._post_end, facts, reason, duration, sent, received)
+        except RuntimeError:  # closed: the relay is stopping
+            log.info("auth: end of session %s not posted (the relay is stopping)", facts.id)
+            return
         self._pending_ends += 1
-        self._nursery.start_soon(self._post_end, facts, reason, duration, sent, received)
 
     async def _post_end(self, facts: SessionFacts, reason: str, duration: float, sent: int, received: int) -> None:
         self.requests["end"] += 1

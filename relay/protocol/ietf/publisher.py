@@ -61,6 +61,7 @@ class _Served:
 
     fanout: Fanout | None = None
     unsubscribed: bool = False
+    revoked: bool = False  # a changed grant no longer allows it (PUBLISH_DONE Unauthorized)
     broadcast: Broadcast | None = None
     rel: str = ""
     track_name: str = ""
@@ -88,6 +89,7 @@ class _Watch:
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     mine: dict[str, int] = field(default_factory=dict)  # relative path -> broadcast generation
     stream: SendStream | None = None  # draft-16: the SUBSCRIBE_NAMESPACE stream, where it announces
+    watchers: list = field(default_factory=list)  # its origin watchers (a changed grant re-reads them)
 
 
 class IetfPublisher:
@@ -99,6 +101,31 @@ class IetfPublisher:
         self.watches: dict[int, _Watch] = {}
         self.announced: dict[str, _Announced] = {}
         self._announce_lock = trio.Lock()
+
+    # ------------------------------------------------------------------ a changed grant
+    def revoke_outside(self) -> None:
+        """The session's scope changed: subscriptions it no longer allows end (PUBLISH_DONE
+        Unauthorized)."""
+        scope = self.session.scope
+        assert scope is not None
+        for rid, served in list(self.subscriptions.items()):
+            if served.fanout is not None and not served.revoked and not scope.can_subscribe(served.rel):
+                log.info("%s subscription %d to %s is no longer granted; ending it", self.session.name, rid, served.rel)
+                served.revoked = True
+                served.fanout.unsubscribe()
+
+    async def reannounce(self) -> None:
+        """Each namespace subscription announces and withdraws what the changed scope shows now."""
+        scope = self.session.scope
+        assert scope is not None
+        for watch in list(self.watches.values()):
+            current = [item for watcher in watch.watchers for item in watcher.current()]
+            shown = {scope.relative(p) for p, _ in current}
+            gone = [(scope.absolute(rel), None) for rel in watch.mine if rel not in shown]
+            try:
+                await self._apply(watch, current + gone)
+            except TransportError:
+                pass  # that watch is going away; its own task ends it
 
     # ------------------------------------------------------------------ lookups
     def lookup(self, rel: str) -> Broadcast | None:
@@ -206,6 +233,7 @@ class IetfPublisher:
             with watch.cancel, contextlib.ExitStack() as stack:
                 watchers = [stack.enter_context(s.origin.watch(s.scope.absolute(p)))
                             for p in s.scope.watch_prefixes(rel_prefix)]
+                watch.watchers = watchers
                 for watcher in watchers:
                     await self._apply(watch, watcher.snapshot())
                 async with open_nursery() as nursery:
@@ -351,7 +379,9 @@ class IetfPublisher:
                     fanout.unsubscribe()
                 await fanout.run()
             track = fanout.track
-            if fanout.unsubscribed:
+            if served.revoked:
+                code, reason = PublishDoneCode.UNAUTHORIZED, "no longer granted"
+            elif fanout.unsubscribed:
                 code, reason = PublishDoneCode.SUBSCRIPTION_ENDED, "unsubscribed"
             elif track.error is not None:
                 code, reason = PublishDoneCode.INTERNAL_ERROR, f"publisher lost (code {track.error})"

@@ -124,7 +124,8 @@ class IetfSession(SessionTasks):
                     nursery.start_soon(self._expire_at, self.scope.expires)
                 if self.scope.lease is not None:
                     nursery.start_soon(self.scope.lease.keep, self._lease_ended,
-                                       lambda: self.transport.info.bytes_out, lambda: self.transport.info.bytes_in)
+                                       lambda: self.transport.info.bytes_out, lambda: self.transport.info.bytes_in,
+                                       self._rescope)
                 closed = await self.transport.wait_closed()
                 log.info("%s closed code=%s reason=%s", self.name, closed.code, closed.reason)
                 said_closed = True
@@ -202,6 +203,15 @@ class IetfSession(SessionTasks):
         await trio.sleep(max(0.0, when - time.time()))
         log.info("%s token expired", self.name)
         self.transport.close(SessionCode.EXPIRED_AUTH_TOKEN, "token expired")
+
+    async def _rescope(self, scope: Scope) -> None:
+        """A re-checked grant changed (relay-0.17 §1.8): apply it in place, as a lite session does."""
+        self.scope = scope
+        log.info("%s grant changed: publish=%s subscribe=%s", self.name, [p.text for p in scope.publish],
+                 [p.text for p in scope.subscribe])
+        self.publisher.revoke_outside()
+        self.subscriber.rescoped()
+        await self.publisher.reannounce()
 
     def _lease_ended(self, reason: str) -> None:
         code = SessionCode.EXPIRED_AUTH_TOKEN if reason == "expired" else SessionCode.UNAUTHORIZED

@@ -61,6 +61,7 @@ class IetfSubscriber:
     def __init__(self, session: IetfSession) -> None:
         self.session = session
         self.published: dict[str, Broadcast] = {}  # relative path -> what the peer announced
+        self.withheld: set[str] = set()  # announced, but a changed grant holds them back
         self.announce_ids: dict[int, str] = {}  # PUBLISH_NAMESPACE request id -> relative path
         self.by_request: dict[int, _Upstream] = {}
         self.by_alias: dict[int, _Upstream] = {}
@@ -79,6 +80,36 @@ class IetfSubscriber:
         self.by_alias.clear()
 
     # ------------------------------------------------------------------ namespaces in
+    def rescoped(self) -> None:
+        """The session's scope changed: namespaces it may no longer publish abort (Unauthorized)
+        and are held back; those it may publish again come back."""
+        s = self.session
+        scope = s.scope
+        assert scope is not None
+        for rel, broadcast in list(self.published.items()):
+            if not scope.can_publish(rel):
+                log.info("%s may no longer publish %s; aborting it", s.name, broadcast.path)
+                self._drop(rel, broadcast, ErrorCode.UNAUTHORIZED)
+                self.withheld.add(rel)
+        for rel in sorted(self.withheld):
+            if scope.can_publish(rel):
+                self.withheld.discard(rel)
+                self._publish(rel)
+
+    def _publish(self, rel: str) -> Broadcast | None:
+        s = self.session
+        assert s.scope is not None
+        broadcast = Broadcast(s.scope.absolute(rel), self, (), budget=s.origin.budget, traffic=s.origin.traffic,
+                              cost=s.link_cost)
+        try:
+            s.origin.publish(broadcast)
+        except LimitExceeded as exc:
+            log.warning("%s cannot publish %s: %s", s.name, broadcast.path, exc)
+            return None
+        self.published[rel] = broadcast
+        log.info("%s publishes %s", s.name, broadcast.path)
+        return broadcast
+
     async def on_publish_namespace(self, request: msg.PublishNamespace) -> None:
         s = self.session
         assert s.scope is not None
@@ -96,18 +127,12 @@ class IetfSubscriber:
             log.warning("%s announces more than %d namespaces; refusing %s", s.name, s.limits.max_published, rel)
             await s.send(msg.PublishNamespaceError(rid, NamespaceErrorCode.INTERNAL_ERROR, "too many namespaces"))
             return
-        broadcast = Broadcast(s.scope.absolute(rel), self, (), budget=s.origin.budget, traffic=s.origin.traffic, cost=s.link_cost)
-        try:
-            s.origin.publish(broadcast)
-        except LimitExceeded as exc:
-            log.warning("%s cannot publish %s: %s", s.name, broadcast.path, exc)
-            await s.send(msg.PublishNamespaceError(rid, NamespaceErrorCode.INTERNAL_ERROR, "relay full"))
-            return
         if old is not None:  # Rust re-offers with a new request ID: a replacement
             self._drop(rel, old)
-        self.published[rel] = broadcast
+        if self._publish(rel) is None:
+            await s.send(msg.PublishNamespaceError(rid, NamespaceErrorCode.INTERNAL_ERROR, "relay full"))
+            return
         self.announce_ids[rid] = rel
-        log.info("%s publishes %s", s.name, broadcast.path)
         await s.send(msg.PublishNamespaceOk(rid))
 
     def on_publish_namespace_done(self, done: msg.PublishNamespaceDone) -> None:
@@ -116,6 +141,8 @@ class IetfSubscriber:
             rel: str | None = self.announce_ids.pop(done.request_id, None)
         else:
             rel = namespace_path(done.namespace)
+        if rel is not None:
+            self.withheld.discard(rel)
         broadcast = self.published.get(rel) if rel is not None else None
         if rel is not None and broadcast is not None:
             self._drop(rel, broadcast)
