@@ -327,6 +327,37 @@ async def test_a_new_route_to_the_same_publisher_is_an_update_not_an_end() -> No
             assert await reader.typed(m.decode_announce_06, V6, LIMIT) == m.AnnounceStart("cam", [13])
 
 
+async def upstream_subscription(pub: Peer, origin: Origin, v: Version,
+                                 subscription_of) -> tuple[SendStream, m.Subscribe, Track]:
+    """As a hand-written publisher: announce `cam`, let `subscription_of(broadcast)` subscribe
+    through the relay, answer its TRACK request (lite-05+) and take its SUBSCRIBE."""
+    send, recv = await pub.end.accept_bi()
+    announces = MessageReader(recv, LIMIT)
+    assert await announces.varint() == m.BiStream.ANNOUNCE
+    await announces.message(m.AnnounceRequest.decode, v, LIMIT)
+    announce = m.AnnounceStart("cam", [5]) if v.has_typed_announce else \
+        m.Announce(active=True, suffix="cam", hops=[5], hop_count=1)
+    ok = m.AnnounceOk(hop_id=5, active_count=1).encode(v) if v.has_announce_ok else b""
+    await send.write(ok + announce.encode(v))
+    while origin.best("cam") is None:
+        await trio.sleep(0.01)
+    broadcast = origin.best("cam")
+    assert broadcast is not None
+    track = subscription_of(broadcast).track
+    while True:
+        up_send, up_recv = await pub.end.accept_bi()
+        upstream = MessageReader(up_recv, LIMIT)
+        kind = await upstream.varint()
+        if kind == m.BiStream.TRACK:
+            await upstream.message(m.TrackRequest.decode, v, LIMIT)
+            await up_send.write(m.TrackInfoMsg(priority=1, ordered=False, max_latency_ms=5_000,
+                                               timescale=1000).encode(v))
+            await up_send.finish()
+            continue
+        assert kind == m.BiStream.SUBSCRIBE
+        return up_send, await upstream.message(m.Subscribe.decode, v, LIMIT), track
+
+
 @pytest.mark.parametrize(("v", "say_end", "error"), [
     (Version.LITE_05, False, ErrorCode.PROTOCOL_VIOLATION),
     (V6, False, ErrorCode.PROTOCOL_VIOLATION),
@@ -340,33 +371,9 @@ async def test_a_publishers_fin_without_subscribe_end_fails_the_subscription(v, 
     origin = Origin()
     with trio.fail_after(10):
         async with relay_session(v, origin=origin) as pub:
-            send, recv = await pub.end.accept_bi()
-            announces = MessageReader(recv, LIMIT)
-            assert await announces.varint() == m.BiStream.ANNOUNCE
-            await announces.message(m.AnnounceRequest.decode, v, LIMIT)
-            announce = m.AnnounceStart("cam", [5]) if v.has_typed_announce else \
-                m.Announce(active=True, suffix="cam", hops=[5], hop_count=1)
-            ok = m.AnnounceOk(hop_id=5, active_count=1).encode(v) if v.has_announce_ok else b""
-            await send.write(ok + announce.encode(v))
-            while origin.best("cam") is None:
-                await trio.sleep(0.01)
-            broadcast = origin.best("cam")
-            assert broadcast is not None
-            with broadcast.subscribe("v", Wish(max_latency_ms=30_000)) as subscription:
-                track = subscription.track
-                while True:  # the relay's TRACK request (lite-05+), then its SUBSCRIBE
-                    up_send, up_recv = await pub.end.accept_bi()
-                    upstream = MessageReader(up_recv, LIMIT)
-                    kind = await upstream.varint()
-                    if kind == m.BiStream.TRACK:
-                        await upstream.message(m.TrackRequest.decode, v, LIMIT)
-                        await up_send.write(m.TrackInfoMsg(priority=1, ordered=False, max_latency_ms=5_000,
-                                                           timescale=1000).encode(v))
-                        await up_send.finish()
-                        continue
-                    assert kind == m.BiStream.SUBSCRIBE
-                    asked = await upstream.message(m.Subscribe.decode, v, LIMIT)
-                    break
+            with contextlib.ExitStack() as stack:
+                up_send, asked, track = await upstream_subscription(
+                    pub, origin, v, lambda b: stack.enter_context(b.subscribe("v", Wish(max_latency_ms=30_000))))
                 group = await pub.end.open_uni()  # a group left open: its end never comes
                 await group.write(m.encode_uni_type(m.UniStream.GROUP) + m.GroupHeader(asked.id, 0).encode(v)
                                   + m.encode_frame(v, b"first", 1000))
@@ -394,29 +401,9 @@ async def test_a_group_past_the_frame_cap_aborts_for_every_reader() -> None:
     v = V6
     with trio.fail_after(20):
         async with relay_session(v, origin=origin) as pub:
-            send, recv = await pub.end.accept_bi()
-            announces = MessageReader(recv, LIMIT)
-            await announces.varint()
-            await announces.message(m.AnnounceRequest.decode, v, LIMIT)
-            await send.write(m.AnnounceOk(hop_id=5, active_count=1).encode(v) + m.AnnounceStart("cam", [5]).encode(v))
-            while origin.best("cam") is None:
-                await trio.sleep(0.01)
-            broadcast = origin.best("cam")
-            assert broadcast is not None
-            with broadcast.subscribe("v", Wish(max_latency_ms=30_000)) as subscription:
-                track = subscription.track
-                while True:
-                    up_send, up_recv = await pub.end.accept_bi()
-                    upstream = MessageReader(up_recv, LIMIT)
-                    kind = await upstream.varint()
-                    if kind == m.BiStream.TRACK:
-                        await upstream.message(m.TrackRequest.decode, v, LIMIT)
-                        await up_send.write(m.TrackInfoMsg(priority=1, ordered=False, max_latency_ms=5_000,
-                                                           timescale=1000).encode(v))
-                        await up_send.finish()
-                        continue
-                    asked = await upstream.message(m.Subscribe.decode, v, LIMIT)
-                    break
+            with contextlib.ExitStack() as stack:
+                _, asked, track = await upstream_subscription(
+                    pub, origin, v, lambda b: stack.enter_context(b.subscribe("v", Wish(max_latency_ms=30_000))))
                 big = await pub.end.open_uni()
                 await big.write(m.encode_uni_type(m.UniStream.GROUP) + m.GroupHeader(asked.id, 0).encode(v)
                                 + m.encode_frame(v, b"x", 0) * (MAX_GROUP_FRAMES + 1))

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import trio
 
+from relay.auth.scope import Scope
 from relay.transport.base import TransportSession
 
 log = logging.getLogger("relay.session")
@@ -24,14 +25,41 @@ class CodedError(Protocol):
     code: int
 
 
+class ResizablePublisher(Protocol):
+    """A family's publisher half, as a changed grant reaches it."""
+
+    def revoke_outside(self) -> None: ...
+
+    async def reannounce(self) -> None: ...
+
+
+class ResizableSubscriber(Protocol):
+    """A family's subscriber half, as a changed grant reaches it."""
+
+    def rescoped(self) -> None: ...
+
+
 class SessionTasks:
-    """Mixed into each family's session class, which sets `name`, `transport` and, while it
-    runs, `_nursery`."""
+    """Mixed into each family's session class, which sets `name`, `transport`, `scope`,
+    `publisher`, `subscriber` and, while it runs, `_nursery`."""
 
     id: int
     name: str
     transport: TransportSession
+    scope: Scope | None
+    publisher: ResizablePublisher
+    subscriber: ResizableSubscriber
     _nursery: trio.Nursery | None
+
+    async def _rescope(self, scope: Scope) -> None:
+        """A re-checked grant changed (relay-0.17 §1.8): apply it in place. Subscriptions and
+        broadcasts it no longer allows end as Unauthorized; announcements follow both ways."""
+        self.scope = scope
+        log.info("%s grant changed: publish=%s subscribe=%s", self.name, [p.text for p in scope.publish],
+                 [p.text for p in scope.subscribe])
+        self.publisher.revoke_outside()
+        self.subscriber.rescoped()
+        await self.publisher.reannounce()
 
     def _identify(self, transport: TransportSession, version_name: str) -> None:
         """Number the session and name it for its log lines."""

@@ -204,15 +204,6 @@ class IetfSession(SessionTasks):
         log.info("%s token expired", self.name)
         self.transport.close(SessionCode.EXPIRED_AUTH_TOKEN, "token expired")
 
-    async def _rescope(self, scope: Scope) -> None:
-        """A re-checked grant changed (relay-0.17 §1.8): apply it in place, as a lite session does."""
-        self.scope = scope
-        log.info("%s grant changed: publish=%s subscribe=%s", self.name, [p.text for p in scope.publish],
-                 [p.text for p in scope.subscribe])
-        self.publisher.revoke_outside()
-        self.subscriber.rescoped()
-        await self.publisher.reannounce()
-
     def _lease_ended(self, reason: str) -> None:
         code = SessionCode.EXPIRED_AUTH_TOKEN if reason == "expired" else SessionCode.UNAUTHORIZED
         self.transport.close(code, reason)

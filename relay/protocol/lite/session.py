@@ -204,16 +204,6 @@ class LiteSession(SessionTasks):
         log.info("%s session stream %s", self.name, why)
         self.transport.close(ErrorCode.CANCEL, "session stream closed")
 
-    async def _rescope(self, scope: Scope) -> None:
-        """A re-checked grant changed (relay-0.17 §1.8): apply it in place. Subscriptions and
-        broadcasts it no longer allows end with Unauthorized; announcements follow both ways."""
-        self.scope = scope
-        log.info("%s grant changed: publish=%s subscribe=%s", self.name, [p.text for p in scope.publish],
-                 [p.text for p in scope.subscribe])
-        self.publisher.revoke_outside()
-        self.subscriber.rescoped()
-        await self.publisher.reannounce()
-
     def _lease_ended(self, reason: str) -> None:
         self.transport.close(ErrorCode.UNAUTHORIZED, reason)
 
