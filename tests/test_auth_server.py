@@ -14,7 +14,7 @@ import pytest
 import trio
 from auth_server import AuthServer, always, grant
 from harness import Flag, free_port, in_thread, publish_until, read_groups, running_relay, wait_until
-from test_internal import internal_extra
+from test_internal import internal_extra, scrape, value
 
 from relay.auth.contract import (
     GrantError,
@@ -249,6 +249,9 @@ async def test_a_push_rechecks_at_once_and_a_refusal_closes(tmp_path) -> None:
                             return resp.status, json.loads(resp.read())
                     assert await trio.to_thread.run_sync(push) == (202, {"ids": [sid]})
                     await wait_until(lambda: not relay.handle.sessions, 10)
+                    samples = await scrape(f"http://127.0.0.1:{ip}")
+                    assert value(samples, "moq_relay_auth_requests_total", event="connect") == 1
+                    assert value(samples, "moq_relay_auth_requests_total", event="revalidate") == 1
                     stop.set()
                 await wait_until(lambda: len(server.events("end")) == 1, 10)
     assert len(server.events("revalidate")) == 1

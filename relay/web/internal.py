@@ -194,6 +194,13 @@ class RelayCollector(Collector):
         for reason, n in sorted(rejections.items()):
             family.add_metric([reason], n)
         yield family
+        remote = self.relay.remote_auth
+        if remote is not None:  # `[auth] url`: what the relay asked of the auth server
+            asked = CounterMetricFamily("moq_relay_auth_requests", "requests posted to the auth server, by event",
+                                        labels=["event"])
+            for event, n in remote.requests.items():
+                asked.add_metric([event], n)
+            yield asked
 
     def _cluster(self) -> Iterator[Metric]:
         links = GaugeMetricFamily("moq_relay_cluster_links", "cluster peers this relay dials, by state "
