@@ -197,10 +197,6 @@ class Lease:
         """Re-check now (POST /sessions/revalidate); several nudges meanwhile make one re-check."""
         self._nudged.set()
 
-    @property
-    def fixed(self) -> bool:
-        return self.grant.expires is None and self.grant.revalidate is None
-
     async def keep(self, close: Callable[[str], None], sent: Callable[[], int], received: Callable[[], int],
                    rescope: Callable[[Scope], Awaitable[None]] | None = None) -> None:
         """Until the session ends (the caller cancels this) or the lease ends it through
