@@ -11,7 +11,7 @@ import urllib.request
 import moq
 import pytest
 import trio
-from harness import Flag, client, in_thread, publish_until, running_relay, wait_until
+from harness import Flag, client, in_thread, publish_until, read_groups, running_relay, wait_until
 
 from relay.auth.keys import b64url_encode, generate_key
 from relay.auth.tokens import sign_token
@@ -149,3 +149,23 @@ async def test_public_subscribe_pattern(tmp_path) -> None:
                     assert sum(relay.handle.authorizer.rejections.values()) > refused_before
                 finally:
                     stop.set()
+
+
+@pytest.mark.parametrize("version", ["moq-transport-14", "moqt-16"])
+@pytest.mark.parametrize("scheme", ["moql", "https"])
+async def test_moq_transport_sessions_authenticate_with_a_token(tmp_path, version, scheme) -> None:
+    """moq-rs on moq-transport carries `?jwt=` in the URL (and a SETUP token, if it sends one,
+    must be the same JWT): a relay with a key admits it, and refuses it without the token."""
+    stop = Flag()
+    async with running_relay(tmp_path, version, auth=key_config(tmp_path)) as relay:
+        url = with_token(relay.url(scheme, ""), ADMIN)
+        async with trio.open_nursery() as n:
+            n.start_soon(in_thread, lambda: publish_until(url, "cam", stop))
+            try:
+                with trio.fail_after(30):
+                    got = await in_thread(lambda: read_groups(url, "cam", 2))
+                    with pytest.raises(Exception):  # noqa: B017 (moq-rs raises its own types)
+                        await in_thread(lambda: read_groups(relay.url(scheme, ""), "cam", 1, timeout=5))
+            finally:
+                stop.set()
+    assert got[0].startswith(b"cam-")

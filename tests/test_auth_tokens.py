@@ -211,3 +211,26 @@ def test_token_command_round_trip(tmp_path) -> None:
     seed = subprocess.run([sys.executable, "-m", "relay", "--key", str(key_file), "sign", "--subscribe", "x"],
                           capture_output=True, text=True, timeout=30)
     assert seed.returncode == 0 and seed.stdout.count(".") == 2
+
+
+async def test_a_moq_transport_setup_token_is_read_as_the_jwt(tmp_path, hs) -> None:
+    """A SETUP AUTHORIZATION TOKEN of kind 0 carries a JWT (as `auth serve` reads it): the same
+    one in `?jwt=` too is one token; a different one, or another kind, is refused."""
+    from relay.auth.contract import SessionFacts
+
+    key, verifier = hs
+    authorize = Authorizer(verifier, None, None)
+    token = sign_token(key, "room", ["alice"], [""])
+    other = sign_token(key, "room", ["bob"], [""])
+
+    def facts(kind: int, value: str) -> SessionFacts:
+        return SessionFacts(id="1", node="n", transport="quic", path="/room", token=(kind, value.encode()))
+
+    scope = await authorize.decide("/room", facts(0, token))
+    assert texts(scope.publish) == ("alice/**",)
+    assert texts((await authorize.decide(f"/room?jwt={token}", facts(0, token))).publish) == ("alice/**",)
+    for target, given in ((f"/room?jwt={other}", facts(0, token)), ("/room", facts(1, token))):
+        with pytest.raises(AuthError):
+            await authorize.decide(target, given)
+    with pytest.raises(AuthError):  # no token anywhere, and no public rules
+        await authorize.decide("/room", None)

@@ -74,11 +74,14 @@ class Authorizer:
         self._set_public(public_subscribe, public_publish)
 
     async def decide(self, target: str, facts: SessionFacts | None = None) -> Scope:
-        """The `Decide` of in-relay authorisation: the target's token (or the public rules)."""
-        return self(target)
+        """The `Decide` of in-relay authorisation: the target's token, or a moq-transport SETUP
+        token of kind 0 (a JWT), or the public rules."""
+        return self(target, setup_token=facts.token if facts is not None else None)
 
-    def __call__(self, target: str, token: str | None = None) -> Scope:
+    def __call__(self, target: str, token: str | None = None, *, setup_token: tuple[int, bytes] | None = None) -> Scope:
         try:
+            if setup_token is not None:
+                token = _setup_jwt(target, setup_token)
             return self._authorize(target, token)
         except AuthError as exc:
             reason = exc.reason.split(":")[0][:60]
@@ -105,3 +108,19 @@ class Authorizer:
         claims = self.verifier.verify(token)
         return scope_from_patterns(path, claims.root, claims.publish, claims.subscribe,
                                    expires=None if claims.exp is None else float(claims.exp))
+
+
+def _setup_jwt(target: str, setup_token: tuple[int, bytes]) -> str:
+    """A SETUP token as the JWT it carries (kind 0, as `auth serve` reads it); the same one in the
+    query's `jwt` too is one token, a different one is refused."""
+    kind, value = setup_token
+    if kind != 0:
+        raise AuthError(f"a SETUP token of kind {kind} is not read here (only 0, a JWT)")
+    try:
+        token = value.decode()
+    except UnicodeDecodeError as exc:
+        raise AuthError("the SETUP token is not text") from exc
+    query_token = token_from_query(split_target(target)[1])
+    if query_token is not None and query_token != token:
+        raise AuthError("a SETUP token and a different ?jwt=")
+    return token

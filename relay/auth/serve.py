@@ -21,13 +21,12 @@ import json
 import logging
 import sys
 import time
-import urllib.parse
 
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from relay.auth.authorizer import Authorizer, token_from_query
+from relay.auth.authorizer import Authorizer
 from relay.auth.contract import MAX_ANSWER
 from relay.auth.keys import KeyError_
 from relay.auth.scope import AuthError
@@ -57,9 +56,8 @@ class GrantPolicy:
             return 200, {}
         query = req.get("query") or ""
         try:
-            token = self._token(req, query)
             target = f"{path}?{query}" if query else path
-            scope = self.authorizer(target, token)
+            scope = self.authorizer(target, setup_token=self._setup_token(req))
         except AuthError as exc:
             log.info("%s %s %s refused: %s", event, req.get("id", "?"), path, exc.reason)
             return (403 if exc.status == 403 else 401), {"error": exc.reason}
@@ -75,21 +73,19 @@ class GrantPolicy:
         return 200, grant
 
     @staticmethod
-    def _token(req: dict, query: str) -> str | None:
-        from_query = token_from_query(urllib.parse.parse_qs(query, keep_blank_values=True))
+    def _setup_token(req: dict) -> tuple[int, bytes] | None:
+        """The Request's `token` (a moq-transport SETUP token) as (kind, bytes); the authorizer
+        reads kind 0 as a JWT and checks it against any `?jwt=`."""
         setup = req.get("token")
         if setup is None:
-            return from_query
-        if not isinstance(setup, dict) or setup.get("kind") != 0 or not isinstance(setup.get("value"), str):
-            raise AuthError("only a SETUP token of kind 0 (a JWT) is read")
+            return None
+        if not isinstance(setup, dict) or not isinstance(setup.get("kind"), int) or not isinstance(setup.get("value"), str):
+            raise AuthError("the token field is not {kind, value}")
+        value = setup["value"]
         try:
-            value = setup["value"]
-            jwt = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        except (binascii.Error, UnicodeDecodeError) as exc:
-            raise AuthError(f"the SETUP token is not base64url text: {exc}") from exc
-        if from_query is not None and from_query != jwt:
-            raise AuthError("a SETUP token and a different ?jwt=")
-        return jwt
+            return setup["kind"], base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise AuthError(f"the SETUP token is not base64url: {exc}") from exc
 
 
 def create_app(policy: GrantPolicy) -> QuartTrio:
