@@ -48,6 +48,7 @@ def test_grants_are_validated_and_answers_classified() -> None:
     for body, kind in ((b'{"publish":[],"subscribe":[]}', "useless"), (b'{"subscribe":["**"],"revalidate":5}', "unbounded"),
                        (b'{"subscribe":["**"],"expires":2000000,"revalidate":0}', "zero"),
                        (b'{"subscribe":["**"],"expires":999999}', "expired"), (b"[1]", "malformed"),
+                       (b"[" * 50_000, "malformed"), (b"\xff", "malformed"),
                        (b'{"subscribe":["a/**/b/**"]}', "malformed"), (b'{"subscribe":"**"}', "malformed")):
         with pytest.raises(GrantError) as err:
             parse_grant(body, now)

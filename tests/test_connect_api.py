@@ -27,7 +27,8 @@ def test_lists_read_as_cluster_connect_reads_them() -> None:
     body = json.dumps(["https://a:4443/", {"url": "https://b:4443/", "cost": 3, "token": "t"}]).encode()
     assert parse_peer_list(body) == ["https://a:4443/", "https://b:4443/?cost=3&jwt=t"]
     assert parse_peer_list(b"[]") == []
-    for bad in (b"{}", b"nope", b"[1]", b'[{"host": "a"}]', b'[{"url": "https://a/", "egress": 2}]'):
+    for bad in (b"{}", b"nope", b"[1]", b'[{"host": "a"}]', b'[{"url": "https://a/", "egress": 2}]',
+                b"[" * 50_000, b"\xff"):  # nesting past Python's stack, not UTF-8: refused, not raised
         with pytest.raises(PeerListError):
             parse_peer_list(bad)
     assert poll_interval("public, max-age=5") == 5 and poll_interval(None) == POLL_DEFAULT

@@ -134,7 +134,7 @@ def parse_grant(body: bytes, wall_now: float) -> Grant:
     """A 2xx body as a Grant, validated as every decider's is (§1.4). Raises GrantError."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
         raise GrantError("malformed", f"not JSON: {exc}") from exc
     if not isinstance(doc, dict):
         raise GrantError("malformed", "not a JSON object")

@@ -50,7 +50,7 @@ class GrantPolicy:
             event, path = req["event"], req.get("path") or "/"
             if not isinstance(req, dict) or not isinstance(path, str):
                 raise TypeError
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             return 400, {"error": f"not a Request: {exc}"}
         if event == "end":
             return 200, {}

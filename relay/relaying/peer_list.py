@@ -42,7 +42,7 @@ def parse_peer_list(body: bytes) -> list[str]:
     """The peers of a list body, as `cluster.connect` URL strings."""
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than Python's stack
         raise PeerListError(f"not JSON: {exc}") from exc
     if not isinstance(doc, list):
         raise PeerListError("not a JSON array")
