@@ -14,7 +14,7 @@ from harness import Flag, client, free_port, running_relay, wait_until
 from test_cluster import cluster_extra
 from test_interop_ietf import ietf_sessions, open_track, read_group, run_jobs, track_info
 
-DRAFTS = ["moq-transport-14", "moqt-16"]
+DRAFTS = ["moq-transport-14", "moqt-16", "moqt-22"]
 
 
 async def publish(url: str, name: str, groups: int, go: Flag, done: Flag) -> None:
@@ -45,7 +45,7 @@ async def subscribe(url: str, name: str, groups: int, go: Flag, done: Flag) -> l
         return out
 
 
-@pytest.mark.parametrize("draft", DRAFTS, ids=["d14", "d16"])
+@pytest.mark.parametrize("draft", DRAFTS, ids=["d14", "d16", "d22"])
 async def test_ietf_publisher_and_subscriber_across_a_link(tmp_path, draft: str) -> None:
     hub_port, edge_port = free_port(), free_port()
     async with contextlib.AsyncExitStack() as stack:

@@ -361,7 +361,7 @@ def test_unknown_keys_name_key_and_section(tmp_path, caplog) -> None:
         ("[cache]\n", '[cache]\nduration = "forever"\n'),
         ("[server.quic]\n", '[server.quic]\nengine = "quinn"\n'),
         ('[server]\n', '[server]\nversion = ["moq-lite-99"]\n'),
-        ('[server]\n', '[server]\nversion = "moq-transport-17"\n'),  # nothing left we speak
+        ('[server]\n', '[server]\nversion = "moq-transport-23"\n'),  # nothing left we speak
         ('generate = ["localhost"]', "generate = []"),  # no certificate
         ('cert = []\nkey = []\ngenerate', 'cert = ["/nonexistent.pem"]\nkey = ["/nonexistent.key"]\ngenerate'),
         ('cert = []\nkey = []\ngenerate', 'cert = ["a.pem"]\nkey = []\ngenerate'),
@@ -392,12 +392,12 @@ def test_errors_name_the_key(tmp_path) -> None:
 def test_versions(tmp_path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     cfg = load_config([write(tmp_path, REFERENCE.replace(
-        "[server]\n", '[server]\nversion = ["moq-lite-05", "moq-transport-14", "moqt-15", "moqt-16", "moqt-17", '
-        '"moql-01"]\n'))], {})
-    # Drafts 14-16 are spoken; a later draft is a known protocol we do not speak: dropped with a warning.
-    assert cfg.server.version == ["moq-lite-05", "moq-transport-14", "moqt-15", "moqt-16", "moql"]
-    assert any("moqt-17" in m for m in warnings(caplog))
-    assert not any("moq-transport-14" in m or "moqt-15" in m or "moqt-16" in m for m in warnings(caplog))
+        "[server]\n", '[server]\nversion = ["moq-lite-05", "moq-transport-14", "moqt-15", "moqt-16", "moqt-22", '
+        '"moqt-23", "moql-01"]\n'))], {})
+    # Drafts 14-22 are spoken; a later draft is a known protocol we do not speak: dropped with a warning.
+    assert cfg.server.version == ["moq-lite-05", "moq-transport-14", "moqt-15", "moqt-16", "moqt-22", "moql"]
+    assert any("moqt-23" in m for m in warnings(caplog))
+    assert not any("moq-transport-14" in m or "moqt-16" in m or "moqt-22" in m for m in warnings(caplog))
 
 
 def test_usage_errors_exit_2(tmp_path, capsys) -> None:

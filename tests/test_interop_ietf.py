@@ -1,10 +1,11 @@
-"""The real Rust client (moq-rs 0.5.1) speaking IETF moq-transport drafts 14, 15 and 16 through
-our relay.
+"""The real Rust client (moq-rs 0.5.1) speaking IETF moq-transport drafts 14 to 22 through our
+relay.
 
 moq-rs offers every moq-lite and IETF version and takes what the relay picks: a relay limited to
 `moq-transport-14` makes it speak draft-14 on raw QUIC (ALPN `moq-00`), WebTransport
 (`wt-protocol: moq-00`) and WebSocket (subprotocol `qmux-01.moq-00`); limited to `moqt-15` or
-`moqt-16`, the same with `moqt-15` / `moqt-16` (`qmux-01.moqt-16` ...). The single-protocol cases
+`moqt-16` ... `moqt-22`, the same with `moqt-NN` (`qmux-01.moqt-22` ...). Drafts 17-22 are the
+new wire (leading-ones varints, SETUP on uni streams, a stream per request). The single-protocol cases
 run for each draft on each of the three transports; cross-protocol cases put moq-lite clients
 beside IETF clients of several drafts on one relay.
 """
@@ -32,14 +33,22 @@ from harness import (
 )
 
 IETF = "moq-transport-14"
-# Every draft the relay claims, by its `[server] version` name (moq-rs offers moq-00, moqt-15 and
-# moqt-16 and takes what a relay limited to one of them picks).
-DRAFTS = ["moq-transport-14", "moqt-15", "moqt-16"]
-per_draft = pytest.mark.parametrize("draft", DRAFTS, ids=["d14", "d15", "d16"])
+# Every draft the relay claims, by its `[server] version` name (moq-rs offers moq-00 and moqt-15
+# to moqt-22 and takes what a relay limited to one of them picks).
+DRAFTS = ["moq-transport-14", "moqt-15", "moqt-16", "moqt-17", "moqt-18", "moqt-19", "moqt-20", "moqt-21", "moqt-22"]
+per_draft = pytest.mark.parametrize("draft", DRAFTS, ids=[f"d{n}" for n in range(14, 23)])
 LONG_US = 30_000_000
 TRANSPORT_OF = {"moql": "quic", "https": "webtransport", "ws": "websocket"}
 # Every single-protocol case, on each transport (the URL scheme the Rust client is given).
 per_transport = pytest.mark.parametrize("scheme", list(TRANSPORT_OF), ids=list(TRANSPORT_OF.values()))
+# The four slowest cases (large and many frames, a killed publisher, a late join) run drafts 14-16
+# on every transport and drafts 17-22 on one transport each, in turn (each transport twice), to
+# keep the suite inside CI's time; every other case runs every draft on every transport.
+_SCHEMES = list(TRANSPORT_OF)
+_HEAVY = [(scheme, draft) for draft in DRAFTS[:3] for scheme in _SCHEMES] + \
+    [(_SCHEMES[i % 3], draft) for i, draft in enumerate(DRAFTS[3:])]
+per_draft_heavy = pytest.mark.parametrize(("scheme", "draft"), _HEAVY,
+                                          ids=[f"{TRANSPORT_OF[sc]}-d{DRAFTS.index(d) + 14}" for sc, d in _HEAVY])
 
 
 def track_info() -> moq.TrackInfo:
@@ -186,8 +195,7 @@ async def test_twenty_subscribers_share_one_upstream(tmp_path, scheme: str, draf
     assert broadcast is None or broadcast.upstream_subscriptions_total == 1
 
 
-@per_draft
-@per_transport
+@per_draft_heavy
 async def test_late_joiner_starts_at_latest_group(tmp_path, scheme: str, draft: str) -> None:
     published = Flag()
     done = Flag()
@@ -379,8 +387,7 @@ asyncio.run(main())
 IDLE = 2  # the relay's QUIC idle timeout in the SIGKILL case, seconds (keep-alive is 1 s)
 
 
-@per_draft
-@per_transport
+@per_draft_heavy
 async def test_publisher_killed_ends_subscribers(tmp_path, scheme: str, draft: str) -> None:
     killed = Flag()
     async with running_relay(tmp_path, draft, idle=f"{IDLE}s") as relay:
@@ -432,8 +439,7 @@ async def test_publisher_killed_ends_subscribers(tmp_path, scheme: str, draft: s
     assert len(again) == 1 and again[0].startswith(b"doomed-"), again
 
 
-@per_draft
-@per_transport
+@per_draft_heavy
 async def test_one_mebibyte_frames(tmp_path, scheme: str, draft: str) -> None:
     payloads = [os.urandom(1 << 20) for _ in range(3)]
     done = Flag()
@@ -470,8 +476,7 @@ async def test_one_mebibyte_frames(tmp_path, scheme: str, draft: str) -> None:
     assert result == [hashlib.sha256(p).hexdigest() for p in payloads]
 
 
-@per_draft
-@per_transport
+@per_draft_heavy
 async def test_ten_thousand_small_frames(tmp_path, scheme: str, draft: str) -> None:
     groups, per_group = 10, 1000
     done = Flag()
@@ -613,6 +618,34 @@ async def test_draft15_publisher_to_draft16_and_lite_subscribers(tmp_path) -> No
     _, seen = await cross(tmp_path, "https", ["moql", "ws"],
                           {"webtransport": ["moqt-15"], "quic": ["moqt-16"], "websocket": ["moq-lite-05"]})
     assert seen == {("webtransport", "moqt-15"), ("quic", "moqt-16"), ("websocket", "moq-lite-05")}
+
+
+async def test_draft22_publisher_to_draft14_and_lite06_subscribers(tmp_path) -> None:
+    # draft-22 over raw QUIC publishes; draft-14 (WebTransport, moq-00) and lite-06 (WebSocket)
+    # subscribe: the newest and the oldest IETF wire and moq-lite through one upstream.
+    _, seen = await cross(tmp_path, "moql", ["https", "ws"],
+                          {"quic": ["moqt-22"], "webtransport": [IETF], "websocket": ["moq-lite-06"]})
+    assert seen == {("quic", "moqt-22"), ("webtransport", IETF), ("websocket", "moq-lite-06")}
+
+
+async def test_draft14_and_lite06_publishers_to_draft22_subscribers(tmp_path) -> None:
+    # The reverse: draft-14 over WebSocket publishes to draft-22 (raw QUIC) and lite-06
+    # (WebTransport); then lite-06 publishes to draft-22 on both raw QUIC and WebSocket.
+    _, seen = await cross(tmp_path, "ws", ["moql", "https"],
+                          {"websocket": [IETF], "quic": ["moqt-22"], "webtransport": ["moq-lite-06"]})
+    assert seen == {("websocket", IETF), ("quic", "moqt-22"), ("webtransport", "moq-lite-06")}
+    _, seen = await cross(tmp_path, "https", ["moql", "ws"],
+                          {"webtransport": ["moq-lite-06"], "quic": ["moqt-22"], "websocket": ["moqt-22"]})
+    assert seen == {("webtransport", "moq-lite-06"), ("quic", "moqt-22"), ("websocket", "moqt-22")}
+
+
+async def test_draft17_publisher_to_draft19_draft20_subscribers(tmp_path) -> None:
+    # Inside the new family: draft-17 (its own SUBSCRIBE_NAMESPACE, the Required Request ID
+    # Delta) publishes over WebTransport; draft-19 (raw QUIC) and draft-20 (WebSocket, the
+    # varint LOCATION_FILTER) subscribe.
+    _, seen = await cross(tmp_path, "https", ["moql", "ws"],
+                          {"webtransport": ["moqt-17"], "quic": ["moqt-19"], "websocket": ["moqt-20"]})
+    assert seen == {("webtransport", "moqt-17"), ("quic", "moqt-19"), ("websocket", "moqt-20")}
 
 
 @per_draft

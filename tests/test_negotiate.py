@@ -20,7 +20,8 @@ async def decide(target: str, facts: object = None) -> Scope:
 
 
 def test_versions_from_config_keep_the_relays_preference() -> None:
-    assert ALL == [V.LITE_06, V.LITE_05, V.LITE_04, V.LITE_03, V.LITE_02, V.LITE_01, IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
+    assert ALL == [V.LITE_06, V.LITE_05, V.LITE_04, V.LITE_03, V.LITE_02, V.LITE_01, *sorted(IetfVersion, reverse=True)]
+    assert ALL[6:] == [IetfVersion.DRAFT_22, IetfVersion.DRAFT_21, IetfVersion.DRAFT_20, IetfVersion.DRAFT_19, IetfVersion.DRAFT_18, IetfVersion.DRAFT_17, IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
     assert versions_from_config(["moq-lite-03", "moq-lite-06"]) == [V.LITE_06, V.LITE_03]
     assert versions_from_config(["moql"]) == [V.LITE_02, V.LITE_01]
     # moq-lite is preferred whatever order the config lists the families in.
@@ -29,14 +30,16 @@ def test_versions_from_config_keep_the_relays_preference() -> None:
     # Drafts 15 and 16 by either spelling, still after moq-lite and newest first.
     assert versions_from_config(["moqt-15", "moq-transport-16", "moq-00"]) == [IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
     assert versions_from_config(["moqt-16", "moq-lite-06"]) == [V.LITE_06, IetfVersion.DRAFT_16]
-    with pytest.raises(ValueError, match="moq-transport-17"):
-        versions_from_config(["moq-transport-17"])
+    # Drafts 17-22: the new wire, by either spelling.
+    assert versions_from_config(["moqt-17", "moq-transport-22", "moqt-14"]) == [IetfVersion.DRAFT_22, IetfVersion.DRAFT_17, IetfVersion.DRAFT_14]
+    with pytest.raises(ValueError, match="moq-transport-23"):
+        versions_from_config(["moq-transport-23"])
 
 
 def test_each_transport_chooses_from_the_same_table() -> None:
     n = Negotiator(ALL, decide)
     assert n.protocols("quic") == ["moq-lite-06", "moq-lite-05", "moq-lite-04", "moq-lite-03", LEGACY,
-                                   "moqt-16", "moqt-15", "moq-00"]
+                                   *(f"moqt-{d}" for d in range(22, 14, -1)), "moq-00"]
     # Raw QUIC: the handshake settled the ALPN; "moql" means the legacy SETUP picks 02 or 01.
     assert n.choose("quic", ["moq-lite-05"]).version == V.LITE_05
     legacy = n.choose("quic", [LEGACY])
@@ -44,7 +47,8 @@ def test_each_transport_chooses_from_the_same_table() -> None:
     assert n.choose("quic", ["h3"]) is None
     # WebTransport: the client's order wins; nothing in common falls back to the legacy SETUP.
     assert n.choose("webtransport", ["moq-lite-03", "moq-lite-06"]).protocol == "moq-lite-03"
-    assert n.choose("webtransport", ["moqt-17"]).version is None
+    assert n.choose("webtransport", ["moqt-23"]).version is None
+    assert n.choose("webtransport", ["moqt-17", "moq-lite-06"]).version is IetfVersion.DRAFT_17
     # WebSocket: [] = a bare wire (legacy SETUP).
     assert n.choose("websocket", []).legacy == (V.LITE_02, V.LITE_01)
     # Cluster links: every version that needs no legacy SETUP, whatever clients may use.
@@ -63,9 +67,10 @@ def test_the_ietf_family_on_raw_quic() -> None:
     assert n.choose("webtransport", ["moq-lite-05", "moq-00"]).version == V.LITE_05
     # WebSocket: the QMux subprotocols name moq-00 after every moq-lite ALPN, ours order first.
     assert n.protocols("websocket")[-3:] == ["moqt-16", "moqt-15", "moq-00"]
+    assert n.protocols("websocket")[-9] == "moqt-22"
     assert n.choose("websocket", ["moq-00"]).version is IetfVersion.DRAFT_14
     # Drafts 15 and 16: their own ALPNs, wt-protocols and subprotocol suffixes.
-    for version in (IetfVersion.DRAFT_15, IetfVersion.DRAFT_16):
+    for version in (IetfVersion.DRAFT_15, IetfVersion.DRAFT_16, IetfVersion.DRAFT_17, IetfVersion.DRAFT_22):
         for transport in ("quic", "webtransport", "websocket"):
             choice = n.choose(transport, [version.alpn])
             assert choice.family == "ietf" and choice.version is version and choice.protocol == version.alpn

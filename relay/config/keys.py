@@ -138,7 +138,7 @@ KEYS: tuple[Key, ...] = (
     Key("server.workers", v.WORKERS, "relay processes sharing the ports (SO_REUSEPORT), linked as a local "
         "cluster; auto = one per core", default=0, dev=1, example="2", rust=False, renamed=("runtime.workers",)),
     Key("server.version", v.VERSIONS, "versions to offer: moq-lite ALPNs (moq-lite-06 ... moq-lite-03, moql) "
-        "and IETF moq-transport-14 (ALPN / wt-protocol moq-00), moqt-15 and moqt-16 (ALPNs moqt-15, moqt-16); "
+        "and IETF moq-transport-14 (ALPN / wt-protocol moq-00), moqt-15 ... moqt-22 (ALPNs of those names); "
         "unset = all, moq-lite preferred, then the newest draft",
         example="moq-lite-05,moql,moq-transport-14", renamed=("listen.version",)),
     Key("server.tls.cert", v.PATHS, "PEM certificate chain files, paired with server.tls.key by index",

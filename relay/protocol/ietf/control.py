@@ -1,5 +1,6 @@
-"""Control-message framing (spec §3.2, the same on drafts 14-16): `Type (i)`, `Length (16)`,
-payload.
+"""Control-message framing (spec §3.2, the same on every draft): `Type (i)`, `Length (16)`,
+payload; from draft-17 the type is the leading-ones varint, and the framing is the same on the
+control stream and on each request stream.
 
 `ControlMessage` is the base of every message dataclass: `encode(version)` gives the framed
 bytes, `decode(payload, version)` parses the payload the framer cut out (draft-14 unless told).
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import ClassVar, Self
 
+from relay.protocol.ietf import varint as lo
 from relay.protocol.ietf.coding import Params, Reader, Writer
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
 from relay.protocol.ietf.version import IetfVersion
@@ -63,6 +65,9 @@ class MessageType(IntEnum):
     REQUEST_OK = 0x07
     NAMESPACE = 0x08  # draft-16, on a SUBSCRIBE_NAMESPACE stream
     NAMESPACE_DONE = 0x0E  # draft-16, likewise
+    REQUEST_UPDATE = 0x02  # draft-17 on: SUBSCRIBE_UPDATE's successor, on the request's stream
+    SETUP = 0x2F00  # draft-17 on: one SETUP each way, on a uni stream of each side
+    SUBSCRIBE_NAMESPACE_18 = 0x50  # draft-18 on: SUBSCRIBE_NAMESPACE renumbered, without options
 
 
 # type -> the message classes of that number (one per range of drafts), filled by
@@ -113,7 +118,7 @@ class ControlMessage(ABC):
 
     def encode(self, version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
         """The framed message as it goes on the control stream (write it in one send: §3.2)."""
-        return frame_message(self.wire_type(version), self.encode_payload(version))
+        return frame_message(self.wire_type(version), self.encode_payload(version), version)
 
     @classmethod
     def decode(cls, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> Self:
@@ -131,10 +136,11 @@ def message_class(kind: int, version: IetfVersion) -> type[ControlMessage] | Non
     return None
 
 
-def frame_message(kind: int, payload: bytes) -> bytes:
+def frame_message(kind: int, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
     if len(payload) > MAX_CONTROL_MESSAGE:
         raise ValueError(f"control message payload of {len(payload)} bytes (limit {MAX_CONTROL_MESSAGE})")
-    return encode_varint(kind) + len(payload).to_bytes(2, "big") + payload
+    kind_bytes = lo.encode(kind) if version.has_request_streams else encode_varint(kind)
+    return kind_bytes + len(payload).to_bytes(2, "big") + payload
 
 
 def decode_message(kind: int, payload: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> ControlMessage:
@@ -153,11 +159,13 @@ class ControlFramer:
     Holds at most one incomplete frame: a Length above `max_message_size` is refused as soon as
     its two bytes arrive, before any of its payload is buffered."""
 
-    __slots__ = ("_buf", "max_message_size")
+    __slots__ = ("_buf", "max_message_size", "_lo")
 
-    def __init__(self, max_message_size: int = MAX_CONTROL_MESSAGE) -> None:
+    def __init__(self, max_message_size: int = MAX_CONTROL_MESSAGE,
+                 version: IetfVersion = IetfVersion.DRAFT_14) -> None:
         self._buf = bytearray()
         self.max_message_size = max_message_size
+        self._lo = version.has_request_streams  # the leading-ones varint (draft-17 on)
 
     @property
     def buffered(self) -> int:
@@ -168,9 +176,11 @@ class ControlFramer:
         frames: list[tuple[int, bytes]] = []
         pos = 0
         while True:
-            got = decode_varint(self._buf, pos)
+            got = lo.decode(self._buf, pos) if self._lo else decode_varint(self._buf, pos)
             if got is None:
                 break
+            if got is lo.BAD_FORM:  # not reachable: 7-byte types are allowed here (no type is that big)
+                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "malformed message type")
             kind, after_type = got
             if after_type + 2 > len(self._buf):
                 break
@@ -196,6 +206,18 @@ class ControlFramer:
             )
 
 
+def from_props(r: Reader) -> Params:
+    """A trailing Track Properties block (draft-17 on: pairs without a count, to the end of the
+    message, even/odd rule, delta-coded; unknown ones are kept, to be skipped)."""
+    props: Params = {}
+    r.start_pairs()
+    while r.remaining:
+        if len(props) >= 64:
+            raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "more than 64 track properties")
+        r.key_value(props, "track property")
+    return props
+
+
 class RequestIdMessage(ControlMessage):
     """Base of the messages whose whole payload is one Request ID."""
 
@@ -207,6 +229,12 @@ class RequestIdMessage(ControlMessage):
     @classmethod
     def read(cls, r: Reader) -> Self:
         return cls(r.varint("request id"))  # type: ignore[call-arg]
+
+
+# The relay names request errors by the draft-14 registry; draft-17 renumbered four of them
+# (DOES_NOT_EXIST 0x10, INVALID_RANGE 0x11, MALFORMED_AUTH_TOKEN 0x4, EXPIRED_AUTH_TOKEN 0x5).
+_CODES_17 = {0x4: 0x10, 0x5: 0x11, 0x10: 0x4, 0x12: 0x5}
+_CODES_FROM_17 = {wire: ours for ours, wire in _CODES_17.items()}
 
 
 @dataclass
@@ -226,14 +254,17 @@ class ErrorReply(ControlMessage):
         return MessageType.REQUEST_ERROR if version.has_message_params else self.TYPE
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).varint(self.error_code)
+        code = _CODES_17.get(self.error_code, self.error_code) if w.version.has_request_streams else self.error_code
+        w.reply_id(self.request_id).varint(code)
         if w.version.has_retry_interval:
             w.varint(self.retry_interval)
         w.string(self.reason)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        request_id, code = r.varint("request id"), r.varint("error code")
+        request_id, code = r.reply_id(), r.varint("error code")
+        if r.version.has_request_streams:
+            code = _CODES_FROM_17.get(code, code)
         retry = r.varint("retry interval") if r.version.has_retry_interval else 0
         return cls(request_id, code, r.string("reason phrase"), retry)  # type: ignore[call-arg]
 
@@ -261,14 +292,17 @@ class OkReply(ControlMessage):
         return MessageType.REQUEST_OK if version.has_message_params else self.TYPE
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id)
+        w.reply_id(self.request_id)
         if w.version.has_message_params:
-            w.params(self.params)
+            w.params(self.params)  # no Track Properties on 18+: Rust reads none (spec 17-22 §3)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        request_id = r.varint("request id")
-        return cls(request_id, r.params() if r.version.has_message_params else {})  # type: ignore[call-arg]
+        request_id = r.reply_id()
+        params = r.params() if r.version.has_message_params else {}
+        if r.version.has_first_object_bit and r.remaining:  # draft-18's trailing Track Properties
+            from_props(r)
+        return cls(request_id, params)  # type: ignore[call-arg]
 
 
 @dataclass

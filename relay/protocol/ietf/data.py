@@ -3,6 +3,10 @@ their objects, object datagrams, a writer for subgroup streams and an incrementa
 both stream kinds (feed bytes as they arrive, get the header, then each object once complete).
 Draft-15 adds SUBGROUP_HEADER types 0x30-0x3D: the same bits without the Publisher Priority
 byte (the priority comes from the subscription); from draft-16 extension types are delta-coded.
+From draft-17 every varint is the leading-ones form (the layouts stay); from 18 the header type
+may carry bit 0x40, FIRST_OBJECT (the stream starts at the subgroup's first object), which our
+writer always sets since it always starts at object 0. Object datagrams and FETCH_HEADER objects
+are coded as drafts 14-16 have them (the relay relays neither on 17+: spec 17-22 notes).
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from relay.model.track import MAX_FRAME_SIZE
+from relay.protocol.ietf import varint as lo
 from relay.protocol.ietf.coding import Reader, Writer, parse_extensions, read_extensions
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode, TruncatedInput
 from relay.protocol.ietf.version import IetfVersion
-from relay.varint import MAX_VARINT, decode_varint, encode_varint
+from relay.varint import MAX_VARINT, encode_varint
 
 _VIOLATION = SessionCode.PROTOCOL_VIOLATION
 
@@ -30,6 +35,7 @@ SUBGROUP_HEADER_TYPES = frozenset(
     SUBGROUP_HEADER_BASE | bits for bits in range(0x0E) if bits & 0x06 != 0x06
 )
 _NO_PRIORITY = 0x20  # draft-15 on: 0x30-0x3D, no Publisher Priority byte
+_FIRST_OBJECT = 0x40  # draft-18 on: the stream starts at the subgroup's first object
 PRIORITYLESS_SUBGROUP_HEADER_TYPES = frozenset(kind | _NO_PRIORITY for kind in SUBGROUP_HEADER_TYPES)
 
 OBJECT_DATAGRAM_TYPES = range(0x00, 0x08)  # bits: 0x01 extensions, 0x02 end of group, 0x04 no Object ID
@@ -53,6 +59,8 @@ class SubgroupIdMode(IntEnum):
 
 
 def is_subgroup_header(stream_type: int, version: IetfVersion = IetfVersion.DRAFT_14) -> bool:
+    if version.has_first_object_bit:
+        stream_type &= ~_FIRST_OBJECT
     return stream_type in SUBGROUP_HEADER_TYPES or (
         version.has_priorityless_subgroups and stream_type in PRIORITYLESS_SUBGROUP_HEADER_TYPES)
 
@@ -66,9 +74,11 @@ class SubgroupHeader:
     subgroup_id_mode: SubgroupIdMode = SubgroupIdMode.ZERO
     has_extensions: bool = False  # every object on the stream carries an extension block
     ends_group: bool = False  # the object before FIN is the group's last
+    first_object: bool = True  # draft-18 on: bit 0x40 (the stream holds the subgroup from its start)
 
     @property
     def stream_type(self) -> int:
+        """The type without the draft-18 FIRST_OBJECT bit (`wire_type` adds it)."""
         return (
             SUBGROUP_HEADER_BASE
             | (_NO_PRIORITY if self.publisher_priority is None else 0)
@@ -82,7 +92,7 @@ class SubgroupHeader:
             raise ValueError(f"{version.name_str} subgroup headers carry a publisher priority")
         if self.publisher_priority is not None and not 0 <= self.publisher_priority <= 0xFF:
             raise ValueError(f"publisher priority {self.publisher_priority} is not one byte")
-        w = Writer(version).varint(self.stream_type).varint(self.track_alias).varint(self.group_id)
+        w = Writer(version).varint(self.wire_type(version)).varint(self.track_alias).varint(self.group_id)
         if self.subgroup_id_mode == SubgroupIdMode.EXPLICIT:
             if self.subgroup_id is None:
                 raise ValueError("an explicit subgroup id is needed")
@@ -93,10 +103,16 @@ class SubgroupHeader:
             w.u8(self.publisher_priority)
         return bytes(w.buf)
 
+    def wire_type(self, version: IetfVersion) -> int:
+        first = _FIRST_OBJECT if version.has_first_object_bit and self.first_object else 0
+        return self.stream_type | first
+
     @classmethod
     def read(cls, r: Reader, stream_type: int) -> SubgroupHeader:
         if not is_subgroup_header(stream_type, r.version):
             raise IetfProtocolError(_VIOLATION, f"{stream_type:#x} is not a SUBGROUP_HEADER type on {r.version.name_str}")
+        first = bool(stream_type & _FIRST_OBJECT) if r.version.has_first_object_bit else True
+        stream_type &= ~_FIRST_OBJECT
         has_priority = not stream_type & _NO_PRIORITY
         bits = (stream_type & ~_NO_PRIORITY) - SUBGROUP_HEADER_BASE
         mode = SubgroupIdMode(bits & (_SUBGROUP_IS_FIRST_OBJECT | _SUBGROUP_ON_WIRE))
@@ -105,7 +121,8 @@ class SubgroupHeader:
         if mode == SubgroupIdMode.EXPLICIT:
             subgroup = r.varint("subgroup id")
         priority = r.u8("publisher priority") if has_priority else None
-        return cls(alias, group, priority, subgroup, mode, bool(bits & _HAS_EXTENSIONS), bool(bits & _ENDS_GROUP))
+        return cls(alias, group, priority, subgroup, mode, bool(bits & _HAS_EXTENSIONS), bool(bits & _ENDS_GROUP),
+                   first)
 
 
 @dataclass
@@ -129,50 +146,52 @@ def _write_payload(w: Writer, payload: bytes, status: ObjectStatus) -> None:
         w.varint(status)
 
 
-def _write_extensions(w: Writer, block: bytes) -> None:
-    parse_extensions(block)  # refuse to send a block we would refuse to receive
+def _write_extensions(w: Writer, block: bytes, version: IetfVersion = IetfVersion.DRAFT_14) -> None:
+    parse_extensions(block, version)  # refuse to send a block we would refuse to receive
     w.varint(len(block)).raw(block)
 
 
-def encode_subgroup_object(obj: SubgroupObject, previous_id: int | None, has_extensions: bool) -> bytes:
+def encode_subgroup_object(obj: SubgroupObject, previous_id: int | None, has_extensions: bool,
+                           version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
     """`previous_id` is the ID of the object written before on the same stream (None first):
     the wire carries `id - previous - 1` (the ID itself for the first object)."""
     delta = obj.object_id if previous_id is None else obj.object_id - previous_id - 1
     if delta < 0:
         raise ValueError(f"object {obj.object_id} after {previous_id}: IDs must increase")
-    w = Writer().varint(delta)
+    w = Writer(version).varint(delta)
     if has_extensions:
-        _write_extensions(w, obj.extensions)
+        _write_extensions(w, obj.extensions, version)
     elif obj.extensions:
         raise ValueError("the stream header says its objects carry no extensions")
     _write_payload(w, obj.payload, obj.status)
     return bytes(w.buf)
 
 
-def contiguous_object_prefix(payload_length: int) -> bytes:
+def contiguous_object_prefix(payload_length: int, version: IetfVersion = IetfVersion.DRAFT_14) -> bytes:
     """The bytes before an object's payload on a stream without extensions, for the object right
     after the previous one (delta 0, what every Rust subscriber requires): an empty payload is
     a NORMAL-status object, whose status ends the object."""
     if payload_length == 0:
-        return b"\x00\x00" + encode_varint(ObjectStatus.NORMAL)
-    return b"\x00" + encode_varint(payload_length)
+        return b"\x00\x00\x00"  # delta 0, length 0, status NORMAL: one byte each in both forms
+    return b"\x00" + (lo.encode(payload_length) if version.has_request_streams else encode_varint(payload_length))
 
 
 class SubgroupWriter:
     """Sans-IO writer of one subgroup stream: `header()` once, then `object()` per object, in
     increasing Object ID order; the caller FINs the stream after the last."""
 
-    __slots__ = ("header_fields", "_previous")
+    __slots__ = ("header_fields", "_previous", "version")
 
-    def __init__(self, header: SubgroupHeader) -> None:
+    def __init__(self, header: SubgroupHeader, version: IetfVersion = IetfVersion.DRAFT_14) -> None:
         self.header_fields = header
         self._previous: int | None = None
+        self.version = version
 
     def header(self) -> bytes:
-        return self.header_fields.encode()
+        return self.header_fields.encode(self.version)
 
     def object(self, obj: SubgroupObject) -> bytes:
-        out = encode_subgroup_object(obj, self._previous, self.header_fields.has_extensions)
+        out = encode_subgroup_object(obj, self._previous, self.header_fields.has_extensions, self.version)
         self._previous = obj.object_id
         return out
 
@@ -340,10 +359,7 @@ class DataStreamReader:
             raise IetfProtocolError(_VIOLATION, f"data stream ended inside an object ({len(self._buf)} bytes)")
 
     def _read_header(self, r: Reader) -> SubgroupHeader | FetchHeader:
-        got = decode_varint(r.data, r.pos)
-        if got is None:
-            raise TruncatedInput("input ends inside the stream type")
-        kind, r.pos = got
+        kind = r.varint("the stream type")
         if kind == FETCH_HEADER:
             return FetchHeader(r.varint("request id"))
         if is_subgroup_header(kind, self.version):

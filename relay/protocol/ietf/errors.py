@@ -23,6 +23,7 @@ class SessionCode(IntEnum):
     DUPLICATE_TRACK_ALIAS = 0x5
     KEY_VALUE_FORMATTING_ERROR = 0x6
     TOO_MANY_REQUESTS = 0x7
+    INVALID_REQUIRED_REQUEST_ID = 0x7  # draft-17's use of the number (request-ID credit is gone there)
     INVALID_PATH = 0x8
     MALFORMED_PATH = 0x9
     GOAWAY_TIMEOUT = 0x10

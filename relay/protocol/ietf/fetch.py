@@ -20,6 +20,7 @@ from relay.protocol.ietf.coding import GroupOrder, Location, Params, Reader, Wri
 from relay.protocol.ietf.control import ControlMessage, ErrorReply, MessageType, RequestIdMessage
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
 from relay.protocol.ietf.params import MessageParam
+from relay.protocol.ietf.version import IetfVersion
 
 MAX_FETCH_GROUPS = 1024  # groups one FETCH may cover
 
@@ -70,7 +71,7 @@ class Fetch(ControlMessage):
     def write(self, w: Writer) -> None:
         if not 0 <= self.subscriber_priority <= 0xFF:
             raise ValueError(f"priority {self.subscriber_priority} is not one byte")
-        w.varint(self.request_id)
+        w.request_head(self.request_id)
         if not w.version.has_message_params:
             w.u8(self.subscriber_priority).u8(self.group_order)
         w.varint(self.fetch_type)
@@ -92,7 +93,9 @@ class Fetch(ControlMessage):
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        request_id = r.varint("request id")
+        # Draft-20's rewrite (range in LOCATION_FILTER) is not what moq-rs 0.5.1 sends: it keeps
+        # the Fetch Type on 20-22 too (spec 17-22 §5), and so does this reader.
+        request_id = r.request_head()
         in_params = r.version.has_message_params
         priority = 128 if in_params else r.u8("subscriber priority")
         order = GroupOrder.DESCENDING if in_params else r.group_order()
@@ -124,7 +127,7 @@ class FetchOk(ControlMessage):
 
     def write(self, w: Writer) -> None:
         """Draft-15 on: no group order field (Rust writes no parameter for it either)."""
-        w.varint(self.request_id)
+        w.reply_id(self.request_id)
         if not w.version.has_message_params:
             w.u8(self.group_order)
         w.flag(self.end_of_track).location(self.end).params(self.params)
@@ -135,7 +138,7 @@ class FetchOk(ControlMessage):
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        request_id = r.varint("request id")
+        request_id = r.reply_id()
         if not r.version.has_message_params:
             return cls(request_id, r.group_order(), r.flag("end of track"), r.location("end"), r.params())
         end_of_track, end, params = r.flag("end of track"), r.location("end"), r.params()
@@ -152,6 +155,7 @@ class FetchError(ErrorReply):
 @dataclass
 class FetchCancel(RequestIdMessage):
     TYPE = MessageType.FETCH_CANCEL
+    UNTIL = IetfVersion.DRAFT_16  # from 17 the subscriber resets the FETCH's stream instead
 
     request_id: int
 

@@ -1,4 +1,4 @@
-"""Every control message of drafts 14-16, in one namespace, and the sans-IO control-stream reader.
+"""Every control message of drafts 14-22, in one namespace, and the sans-IO control-stream reader.
 
 Importing this module registers every message class with control.MESSAGE_CLASSES, so
 `decode_message` and `ControlStreamReader` know them all.
@@ -19,6 +19,7 @@ from relay.protocol.ietf.control import (
     MESSAGE_CLASSES,
     ControlFramer,
     ControlMessage,
+    ErrorReply,
     MessageType,
     OkReply,
     RequestError,
@@ -45,6 +46,7 @@ from relay.protocol.ietf.namespace import (
     PublishNamespaceError,
     PublishNamespaceOk,
     SubscribeNamespace,
+    SubscribeNamespace18,
     SubscribeNamespaceError,
     SubscribeNamespaceOk,
     UnsubscribeNamespace,
@@ -55,6 +57,7 @@ from relay.protocol.ietf.setup import (
     MaxRequestId,
     RequestsBlocked,
     ServerSetup,
+    Setup,
     SetupParam,
     SetupParameters,
 )
@@ -78,11 +81,11 @@ from relay.protocol.ietf.version import IetfVersion
 
 __all__ = [
     "MAX_CONTROL_MESSAGE", "MESSAGE_CLASSES", "AuthToken", "ClientSetup", "ControlFramer", "ControlMessage",
-    "ControlStreamReader", "Fetch", "FetchCancel", "FetchError", "FetchOk", "FetchType", "FilterType", "GoAway",
+    "ControlStreamReader", "ErrorReply", "Fetch", "FetchCancel", "FetchError", "FetchOk", "FetchType", "FilterType", "GoAway",
     "GroupOrder", "JoiningRef", "Location", "MaxRequestId", "MessageType", "Params", "Publish", "PublishDone",
     "PublishError", "PublishNamespace", "PublishNamespaceCancel", "PublishNamespaceDone", "PublishNamespaceError",
-    "PublishNamespaceOk", "PublishOk", "RequestsBlocked", "ServerSetup", "SetupParam", "SetupParameters",
-    "StandaloneRange", "Subscribe", "SubscribeDone", "SubscribeError", "SubscribeNamespace",
+    "PublishNamespaceOk", "PublishOk", "RequestsBlocked", "ServerSetup", "Setup", "SetupParam", "SetupParameters",
+    "StandaloneRange", "Subscribe", "SubscribeDone", "SubscribeError", "SubscribeNamespace", "SubscribeNamespace18",
     "SubscribeNamespaceError", "SubscribeNamespaceOk", "SubscribeOk", "SubscribeUpdate", "SubscriptionFilter",
     "TokenAliasType", "TrackStatus", "TrackStatusError", "TrackStatusOk", "Unsubscribe", "UnsubscribeNamespace",
     "decode_message", "frame_message", "message_class", "Namespace", "NamespaceDone", "OkReply", "RequestError",
@@ -104,7 +107,7 @@ class ControlStreamReader:
 
     def __init__(self, max_message_size: int = MAX_CONTROL_MESSAGE, lenient_setup: bool = False,
                  version: IetfVersion = IetfVersion.DRAFT_14) -> None:
-        self._framer = ControlFramer(max_message_size)
+        self._framer = ControlFramer(max_message_size, version)
         self.lenient_setup = lenient_setup
         self.version = version
 

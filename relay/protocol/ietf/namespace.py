@@ -27,11 +27,11 @@ class PublishNamespace(ControlMessage):
     params: Params = field(default_factory=dict)
 
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).namespace(self.namespace).params(self.params)
+        w.request_head(self.request_id).namespace(self.namespace).params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(r.varint("request id"), r.namespace(), r.params())
+        return cls(r.request_head(), r.namespace(), r.params())
 
 
 @dataclass
@@ -65,6 +65,7 @@ class PublishNamespaceDone(ControlMessage):
     """The publisher withdraws an announcement: by namespace (14-15) or Request ID (16)."""
 
     TYPE = MessageType.PUBLISH_NAMESPACE_DONE
+    UNTIL = IetfVersion.DRAFT_16  # from 17 the publisher ends the request stream instead
 
     namespace: tuple[str, ...] = ()
     request_id: int | None = None
@@ -82,6 +83,7 @@ class PublishNamespaceCancel(ControlMessage):
     """The subscriber refuses an announcement after accepting it: by namespace or Request ID."""
 
     TYPE = MessageType.PUBLISH_NAMESPACE_CANCEL
+    UNTIL = IetfVersion.DRAFT_16  # from 17 the subscriber resets the request stream instead
 
     namespace: tuple[str, ...]
     error_code: int
@@ -105,23 +107,39 @@ class SubscribeNamespace(ControlMessage):
     always sends) before the parameters."""
 
     TYPE = MessageType.SUBSCRIBE_NAMESPACE
+    UNTIL = IetfVersion.DRAFT_17  # 0x50 from 18 (SubscribeNamespace18)
 
     request_id: int
     prefix: tuple[str, ...]
     params: Params = field(default_factory=dict)
     options: int = NAMESPACES_ONLY
 
+    def wire_type(self, version: IetfVersion) -> int:
+        return MessageType.SUBSCRIBE_NAMESPACE_18 if version.has_first_object_bit else MessageType.SUBSCRIBE_NAMESPACE
+
     def write(self, w: Writer) -> None:
-        w.varint(self.request_id).namespace(self.prefix)
-        if w.version.has_namespace_stream:
+        w.request_head(self.request_id).namespace(self.prefix)
+        if w.version.has_namespace_stream and not w.version.has_first_object_bit:
             w.varint(self.options)
         w.params(self.params)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        request_id, prefix = r.varint("request id"), r.namespace("namespace prefix")
-        options = r.varint("subscribe options") if r.version.has_namespace_stream else NAMESPACES_ONLY
+        request_id, prefix = r.request_head(), r.namespace("namespace prefix")
+        options = NAMESPACES_ONLY
+        if r.version.has_namespace_stream and not r.version.has_first_object_bit:  # 16 and 17
+            options = r.varint("subscribe options")
         return cls(request_id, prefix, r.params(), options)
+
+
+@dataclass
+class SubscribeNamespace18(SubscribeNamespace):
+    """Draft-18 on: SUBSCRIBE_NAMESPACE under 0x50, without Subscribe Options (namespaces only)."""
+
+    TYPE = MessageType.SUBSCRIBE_NAMESPACE_18
+    SINCE = IetfVersion.DRAFT_18
+    UNTIL = None
+    NAME = "SUBSCRIBE_NAMESPACE"
 
 
 @dataclass

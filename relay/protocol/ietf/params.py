@@ -13,12 +13,14 @@ from enum import IntEnum
 
 from relay.protocol.ietf.coding import GroupOrder, Location, Params, Reader, Writer, parse_extensions
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
+from relay.protocol.ietf.version import IetfVersion
 
 _VIOLATION = SessionCode.PROTOCOL_VIOLATION
 
 
 class MessageParam(IntEnum):
     DELIVERY_TIMEOUT = 0x02
+    FILL_PARAMETERS = 0x23  # draft-20 on: asks for the joined group's start (never served here)
     AUTHORIZATION_TOKEN = 0x03
     MAX_CACHE_DURATION = 0x04  # Rust refuses it in SUBSCRIBE on 15/16
     LARGEST_OBJECT = 0x09
@@ -74,6 +76,10 @@ def take_group_order(params: Params, default: GroupOrder = GroupOrder.DESCENDING
 
 
 def take_largest(params: Params) -> Location | None:
+    value = params.get(MessageParam.LARGEST_OBJECT)
+    if isinstance(value, Location):  # draft-17 on: read bare
+        del params[MessageParam.LARGEST_OBJECT]
+        return value
     raw = _bytes(params, MessageParam.LARGEST_OBJECT)
     if raw is None:
         return None
@@ -83,18 +89,23 @@ def take_largest(params: Params) -> Location | None:
     return where
 
 
-def take_inner(params: Params, key: MessageParam) -> Reader | None:
+def take_inner(params: Params, key: MessageParam, version: IetfVersion = IetfVersion.DRAFT_14) -> Reader | None:
     """A byte-string parameter to parse further (SUBSCRIPTION_FILTER), or None when absent."""
     raw = _bytes(params, key)
-    return None if raw is None else Reader(raw)
+    return None if raw is None else Reader(raw, version=version)
 
 
 def put_int(params: Params, key: MessageParam, value: int) -> None:
     params[key] = int(value)
 
 
-def put_largest(params: Params, where: Location | None) -> None:
-    if where is not None:
+def put_largest(params: Params, where: Location | None, version: IetfVersion = IetfVersion.DRAFT_14) -> None:
+    """LARGEST_OBJECT: a location inside the bytes up to draft-16, a bare location from 17."""
+    if where is None:
+        return
+    if version.has_request_streams:
+        params[MessageParam.LARGEST_OBJECT] = where  # type: ignore[assignment]
+    else:
         params[MessageParam.LARGEST_OBJECT] = bytes(Writer().location(where).buf)
 
 

@@ -41,6 +41,7 @@ from relay.protocol.ietf.errors import (
     RequestErrorCode,
 )
 from relay.protocol.ietf.params import put_largest
+from relay.protocol.ietf.version import IetfVersion
 from relay.relaying.fanout import Fanout
 from relay.transport.base import JOIN_BELOW, RecvStream, SendStream, TransportError
 
@@ -170,12 +171,15 @@ class IetfPublisher:
         if rel is not None:
             s.spawn(self._run_watch, request.request_id, watch, rel)
 
-    async def serve_namespace_stream(self, send: SendStream, recv: RecvStream) -> None:
-        """Draft-16: one SUBSCRIBE_NAMESPACE on its own stream. REQUEST_OK (or REQUEST_ERROR and
-        FIN) on it, then NAMESPACE / NAMESPACE_DONE until the peer closes its side."""
+    async def serve_namespace_stream(self, send: SendStream, recv: RecvStream,
+                                     request: msg.SubscribeNamespace | None = None) -> None:
+        """Draft-16 on: one SUBSCRIBE_NAMESPACE on its own stream (`request` when the caller
+        read it already). REQUEST_OK (or REQUEST_ERROR and FIN) on it, then NAMESPACE /
+        NAMESPACE_DONE until the peer closes its side."""
         s = self.session
         try:
-            request = await s.read_request(recv)
+            if request is None:
+                request = await s.read_request(recv)
             if request is None:
                 send.finish()
                 return
@@ -409,7 +413,7 @@ class IetfPublisher:
         largest = msg.Location(latest.sequence, max(0, len(latest.frames) - 1)) if latest is not None else None
         if s.version.has_message_params:  # REQUEST_OK answers TRACK_STATUS, LARGEST_OBJECT if any
             params: msg.Params = {}
-            put_largest(params, largest)
+            put_largest(params, largest, s.version)
             await s.send(msg.RequestOk(rid, params))
             return
         await s.send(msg.TrackStatusOk(rid, track_alias=0, largest=largest))
@@ -444,25 +448,27 @@ class IetfGroupSink:
         stream = await self.session.transport.open_uni()
         stream.set_priority((priority << 24) | (sequence & 0xFFFFFF))  # higher first, then newer
         # 0x10: no extensions, Subgroup ID 0, the FIN ends the group: read by every draft-14 peer.
-        await stream.write(SubgroupHeader(self.alias, sequence, publisher_priority=ietf_priority(priority)).encode())
+        version = self.session.version
+        await stream.write(SubgroupHeader(self.alias, sequence, publisher_priority=ietf_priority(priority)).encode(version))
         self.opened += 1
-        return IetfGroupStream(stream)
+        return IetfGroupStream(stream, version)
 
 
 class IetfGroupStream:
     """One subgroup stream: the group's frames as objects 0, 1, 2 ... (delta 0), then FIN."""
 
-    __slots__ = ("stream",)
+    __slots__ = ("stream", "version")
 
-    def __init__(self, stream: SendStream) -> None:
+    def __init__(self, stream: SendStream, version: IetfVersion) -> None:
         self.stream = stream
+        self.version = version
 
     async def write(self, frame: Frame, previous_timestamp: int) -> None:
         payload = frame.payload
         if len(payload) <= JOIN_BELOW:
-            await self.stream.write(contiguous_object_prefix(len(payload)) + payload)
+            await self.stream.write(contiguous_object_prefix(len(payload), self.version) + payload)
         else:
-            await self.stream.write(contiguous_object_prefix(len(payload)))
+            await self.stream.write(contiguous_object_prefix(len(payload), self.version))
             await self.stream.write(payload)
 
     async def finish(self) -> None:

@@ -1,5 +1,10 @@
-"""An IETF moq-transport session (drafts 14-16) between the relay and one peer (spec §3, §4,
-§7.1-7.2, §8.1).
+"""An IETF moq-transport session (drafts 14-22) between the relay and one peer (spec §3, §4,
+§7.1-7.2, §8.1; spec 17-22).
+
+From draft-17 the session is other streams, the same requests: each side's SETUP on a uni
+stream of its own (kept open; only a GOAWAY may follow), and every request on a bidirectional
+stream of its own (`RequestStreams`, which maps the replies the two sides name by Request ID
+onto those streams). What follows describes drafts 14-16.
 
 The control plane rides the first bidirectional stream the client opens: CLIENT_SETUP,
 SERVER_SETUP, then every request, reply and follow-up of both sides; from draft-16 each
@@ -30,6 +35,7 @@ from relay.protocol.ietf import messages as msg
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
 from relay.protocol.ietf.fetching import IetfFetches
 from relay.protocol.ietf.publisher import IetfPublisher
+from relay.protocol.ietf.request_streams import RequestStreams
 from relay.protocol.ietf.subscriber import IetfSubscriber
 from relay.protocol.ietf.version import IetfVersion
 from relay.protocol.tasks import SessionTasks
@@ -104,6 +110,7 @@ class IetfSession(SessionTasks):
         self.publisher = IetfPublisher(self)
         self.subscriber = IetfSubscriber(self)
         self.fetches = IetfFetches(self)
+        self.requests = RequestStreams(self)  # draft-17 on
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -116,7 +123,8 @@ class IetfSession(SessionTasks):
                     nursery.cancel_scope.cancel()
                     return
                 recv, pending = started
-                nursery.start_soon(self._control_loop, recv, pending)
+                control_loop = self._setup_stream_loop if self.version.has_request_streams else self._control_loop
+                nursery.start_soon(control_loop, recv, pending)
                 nursery.start_soon(self._accept_uni_loop)
                 nursery.start_soon(self._accept_bi_loop)
                 assert self.scope is not None
@@ -136,24 +144,36 @@ class IetfSession(SessionTasks):
             self._nursery = None
             self.subscriber.close()
 
-    async def _set_up(self) -> tuple[RecvStream, list[msg.ControlMessage]] | None:
-        """CLIENT_SETUP in, scope, SERVER_SETUP out; None when the session was refused."""
+    async def _read_setup(self) -> tuple[SendStream | None, RecvStream, list[msg.ControlMessage]]:
+        """The peer's first control message and what followed it: on drafts 14-16 from the
+        bidirectional control stream, from 17 from the peer's uni SETUP stream."""
         reader = msg.ControlStreamReader(self.limits.max_message, lenient_setup=True, version=self.version)
+        send: SendStream | None = None
+        if self.version.has_request_streams:
+            recv = await self.transport.accept_uni()
+        else:
+            send, recv = await self.transport.accept_bi()
+        messages: list[msg.ControlMessage] = []
+        while not messages:
+            data = await recv.read(READ_CHUNK)
+            if not data:
+                reader.finish()
+                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "control stream ended before its SETUP")
+            messages = reader.feed(data)
+        return send, recv, messages
+
+    async def _set_up(self) -> tuple[RecvStream, list[msg.ControlMessage]] | None:
+        """CLIENT_SETUP in, scope, SERVER_SETUP out (from draft-17: SETUP in, scope, SETUP out);
+        None when the session was refused."""
         try:
             with trio.fail_after(self.limits.setup_timeout):
-                send, recv = await self.transport.accept_bi()
-                messages: list[msg.ControlMessage] = []
-                while not messages:
-                    data = await recv.read(READ_CHUNK)
-                    if not data:
-                        reader.finish()
-                        raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "control stream ended before CLIENT_SETUP")
-                    messages = reader.feed(data)
+                send, recv, messages = await self._read_setup()
             setup, pending = messages[0], messages[1:]
-            if not isinstance(setup, msg.ClientSetup):
+            if not isinstance(setup, msg.ClientSetup | msg.Setup):
                 raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
                                         f"{type(setup).__name__} before CLIENT_SETUP")
-            if self.version.has_setup_versions and self.version not in setup.versions:
+            if isinstance(setup, msg.ClientSetup) and self.version.has_setup_versions and \
+                    self.version not in setup.versions:
                 raise IetfProtocolError(SessionCode.VERSION_NEGOTIATION_FAILED,
                                         f"no {self.version.name_str} among {[hex(v) for v in setup.versions]}")
         except trio.TooSlowError:
@@ -166,7 +186,7 @@ class IetfSession(SessionTasks):
         except TransportError:
             return None
         log.debug("%s <- %r", self.name, setup)
-        if setup.params_recovered:
+        if isinstance(setup, msg.ClientSetup) and setup.params_recovered:
             log.info("%s CLIENT_SETUP parameters were not draft-14 pairs; read leniently", self.name)
         if self.scope is None:
             target = self.transport.info.path or setup.params.path or "/"
@@ -179,10 +199,16 @@ class IetfSession(SessionTasks):
                 self.transport.close(SessionCode.UNAUTHORIZED, "unauthorized")
                 return None
         self._peer_grant = setup.params.max_request_id or 0
-        self._control = send
         try:
-            await self.send(msg.ServerSetup(self.version, msg.SetupParameters(
-                max_request_id=self._granted, implementation=IMPLEMENTATION)))
+            if self.version.has_request_streams:
+                # No moq-dev extension options (above all no hop ids: Rust would then require
+                # HOP_PATH everywhere) and no SOLICIT: the peer announces unasked.
+                self._control = await self.transport.open_uni()
+                await self.send_control(msg.Setup(msg.SetupParameters(implementation=IMPLEMENTATION)))
+            else:
+                self._control = send
+                await self.send(msg.ServerSetup(self.version, msg.SetupParameters(
+                    max_request_id=self._granted, implementation=IMPLEMENTATION)))
         except TransportError:
             return None
         log.info("%s accepted root=/%s publish=%s subscribe=%s implementation=%r", self.name, self.scope.root,
@@ -210,6 +236,14 @@ class IetfSession(SessionTasks):
 
     # ------------------------------------------------------------------ the control stream
     async def send(self, message: msg.ControlMessage) -> None:
+        """One message about a request (from draft-17 on that request's stream), or a session
+        message on the control stream."""
+        if self.version.has_request_streams:
+            await self.requests.send(message)
+        else:
+            await self.send_control(message)
+
+    async def send_control(self, message: msg.ControlMessage) -> None:
         """One control message, in one write (aiomoqt needs whole messages per frame, §3.2)."""
         assert self._control is not None
         data = message.encode(self.version)
@@ -222,13 +256,13 @@ class IetfSession(SessionTasks):
         Raises trio.TooSlowError when no credit comes (we never send REQUESTS_BLOCKED: Rust
         closes the session on it)."""
         with trio.fail_after(self.limits.credit_timeout):
-            while self._our_next >= self._peer_grant:
+            while self._our_next >= self._peer_grant and not self.version.has_request_streams:
                 await self._credit.wait()
         request_id = self._our_next
         self._our_next += 2
         return request_id
 
-    async def _take_request_id(self, request_id: int) -> None:
+    async def take_request_id(self, request_id: int) -> None:
         """A new request of the peer's: IDs grow (by 2, from 0) and stay below our grant.
 
         Draft-16 requests ride two kinds of stream (the control stream and one per
@@ -238,7 +272,7 @@ class IetfSession(SessionTasks):
         if request_id % 2 or (request_id < self._peer_next and request_id not in self._skipped):
             raise IetfProtocolError(SessionCode.INVALID_REQUEST_ID,
                                     f"request id {request_id} (next must be {self._peer_next} or above, even)")
-        if request_id >= self._granted:
+        if request_id >= self._granted and not self.version.has_request_streams:
             raise IetfProtocolError(SessionCode.TOO_MANY_REQUESTS,
                                     f"request id {request_id} beyond MAX_REQUEST_ID {self._granted}")
         if request_id < self._peer_next:
@@ -251,22 +285,27 @@ class IetfSession(SessionTasks):
                                         f"request id {request_id} skips more than {MAX_SKIPPED} ids")
         self._peer_next = request_id + 2
         window = 2 * self.limits.request_window
-        if self._granted - self._peer_next < window // 2:
+        if self._granted - self._peer_next < window // 2 and not self.version.has_request_streams:
             self._granted = self._peer_next + window
             await self.send(msg.MaxRequestId(self._granted))
 
-    async def _control_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
+    async def _setup_stream_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
+        """Draft-17 on: after SETUP the peer's control stream carries at most a GOAWAY (a client
+        has no reason to send one to us: noted and ignored) and must stay open."""
         reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
         try:
-            for message in pending:
-                await self._dispatch(message)
+            messages = list(pending)
             while True:
+                for message in messages:
+                    if not isinstance(message, msg.GoAway):
+                        raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
+                                                f"{message.NAME} on the control stream after SETUP")
+                    log.info("%s peer sent GOAWAY: ignored", self.name)
                 data = await recv.read(READ_CHUNK)
                 if not data:
                     reader.finish()
-                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "the peer ended the control stream")
-                for message in reader.feed(data):
-                    await self._dispatch(message)
+                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "the peer ended its control stream")
+                messages = reader.feed(data)
         except IetfProtocolError as exc:
             self.fail(exc)
         except StreamReset as exc:
@@ -274,20 +313,39 @@ class IetfSession(SessionTasks):
         except (SessionClosed, TransportError):
             pass
 
-    async def _dispatch(self, message: msg.ControlMessage) -> None:
+    async def _control_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
+        reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
+        try:
+            for message in pending:
+                await self.dispatch(message)
+            while True:
+                data = await recv.read(READ_CHUNK)
+                if not data:
+                    reader.finish()
+                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "the peer ended the control stream")
+                for message in reader.feed(data):
+                    await self.dispatch(message)
+        except IetfProtocolError as exc:
+            self.fail(exc)
+        except StreamReset as exc:
+            self.fail(IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"control stream reset (code {exc.code})"))
+        except (SessionClosed, TransportError):
+            pass
+
+    async def dispatch(self, message: msg.ControlMessage) -> None:
         """Hand one message to the side it concerns. Requests take a new request ID first."""
         p, s = self.publisher, self.subscriber
         log.debug("%s <- %r", self.name, message)
         match message:
             # -- the peer subscribes (we publish)
             case msg.TrackStatus():  # SUBSCRIBE's layout: before Subscribe
-                await self._take_request_id(message.request_id)
+                await self.take_request_id(message.request_id)
                 await p.on_track_status(message)
             case msg.Subscribe():
-                await self._take_request_id(message.request_id)
+                await self.take_request_id(message.request_id)
                 p.on_subscribe(message)
             case msg.SubscribeUpdate():
-                await self._take_request_id(message.request_id)
+                await self.take_request_id(message.request_id)
                 p.on_subscribe_update(message)
             case msg.Unsubscribe():
                 p.on_unsubscribe(message.request_id)
@@ -295,25 +353,28 @@ class IetfSession(SessionTasks):
                 if self.version.has_namespace_stream:
                     raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
                                             "SUBSCRIBE_NAMESPACE on the control stream (it opens its own stream)")
-                await self._take_request_id(message.request_id)
+                await self.take_request_id(message.request_id)
                 await p.on_subscribe_namespace(message)
             case msg.UnsubscribeNamespace():
                 p.on_unsubscribe_namespace(message)
             case msg.PublishNamespaceOk() | msg.PublishNamespaceError() | msg.PublishNamespaceCancel():
                 p.on_namespace_reply(message)
             case msg.Fetch():
-                await self._take_request_id(message.request_id)
+                await self.take_request_id(message.request_id)
+                if self.version.has_request_streams:  # FETCH_HEADER objects are other bytes from 17
+                    await self.send(msg.FetchError(message.request_id, 0x3, "FETCH is not served on this draft"))
+                    return
                 self.fetches.on_fetch(message)
             case msg.FetchCancel():
                 self.fetches.on_fetch_cancel(message.request_id)
             # -- the peer publishes (we subscribe)
             case msg.PublishNamespace():
-                await self._take_request_id(message.request_id)
+                await self.take_request_id(message.request_id)
                 await s.on_publish_namespace(message)
             case msg.PublishNamespaceDone():
                 s.on_publish_namespace_done(message)
             case msg.Publish():
-                await self._take_request_id(message.request_id)
+                await self.take_request_id(message.request_id)
                 await self.send(msg.PublishError(message.request_id, 0x3, "PUBLISH is not supported"))
             case msg.TrackStatusOk():  # SUBSCRIBE_OK's layout: before SubscribeOk
                 log.info("%s TRACK_STATUS_OK for a request we never made: ignored", self.name)
@@ -333,7 +394,7 @@ class IetfSession(SessionTasks):
             case msg.RequestsBlocked():
                 log.info("%s peer is blocked at request id %d (granted %d)", self.name,
                          message.max_request_id, self._granted)
-            case msg.ClientSetup() | msg.ServerSetup() | msg.GoAway():
+            case msg.ClientSetup() | msg.ServerSetup() | msg.Setup() | msg.GoAway():
                 raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"unexpected {message.NAME}")
             case _:
                 log.info("%s %s for a request we never made: ignored", self.name, message.NAME)
@@ -366,6 +427,9 @@ class IetfSession(SessionTasks):
         try:
             while True:
                 send, recv = await self.transport.accept_bi()
+                if self.version.has_request_streams:
+                    self.spawn(self.requests.serve, send, recv)
+                    continue
                 if self.version.has_namespace_stream:
                     self.spawn(self.publisher.serve_namespace_stream, send, recv)
                     continue
@@ -394,7 +458,7 @@ class IetfSession(SessionTasks):
         request = messages[0]
         if not isinstance(request, msg.SubscribeNamespace):
             raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"{request.NAME} opened a bidirectional stream")
-        await self._take_request_id(request.request_id)
+        await self.take_request_id(request.request_id)
         return request
 
 

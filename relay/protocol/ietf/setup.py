@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Self
 
-from relay.protocol.ietf.coding import Params, Reader, Writer
+from relay.protocol.ietf.coding import Params, Reader, Writer, write_pairs
 from relay.protocol.ietf.control import ControlMessage, MessageType
 from relay.protocol.ietf.errors import IetfProtocolError, SessionCode
 from relay.protocol.ietf.version import IetfVersion
 
+MAX_SETUP_OPTIONS = 64
 MAX_SETUP_VERSIONS = 64  # a client lists a handful; refuse a count that would loop for long
 
 
@@ -150,8 +151,33 @@ class _Setup(ControlMessage):
 
 
 @dataclass
+class Setup(ControlMessage):
+    """Draft-17 on: the one SETUP of each side. Options are pairs to the end of the message
+    (even/odd rule, delta-coded); unknown ones are ignored, a repeated one refused (as Rust)."""
+
+    TYPE = MessageType.SETUP
+    SINCE = IetfVersion.DRAFT_17
+
+    params: SetupParameters = field(default_factory=SetupParameters)
+
+    def write(self, w: Writer) -> None:
+        write_pairs(w, list(self.params.to_params().items()))
+
+    @classmethod
+    def read(cls, r: Reader) -> Self:
+        options: Params = {}
+        r.start_pairs()
+        while r.remaining:
+            if len(options) >= MAX_SETUP_OPTIONS:
+                raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"more than {MAX_SETUP_OPTIONS} setup options")
+            r.key_value(options, "setup option")
+        return cls(SetupParameters.from_params(options))
+
+
+@dataclass
 class ClientSetup(_Setup):
     TYPE = MessageType.CLIENT_SETUP
+    UNTIL = IetfVersion.DRAFT_16
 
     versions: list[int]
     params: SetupParameters = field(default_factory=SetupParameters)
@@ -180,6 +206,7 @@ class ClientSetup(_Setup):
 @dataclass
 class ServerSetup(_Setup):
     TYPE = MessageType.SERVER_SETUP
+    UNTIL = IetfVersion.DRAFT_16
 
     selected_version: int
     params: SetupParameters = field(default_factory=SetupParameters)
@@ -205,18 +232,26 @@ class GoAway(ControlMessage):
     NAME = "GOAWAY"
 
     new_session_uri: str = ""  # empty = reconnect to the same URI
+    timeout_ms: int = 0  # draft-17 on: how long before the sender closes (0 = not said)
 
     def write(self, w: Writer) -> None:
         w.string(self.new_session_uri)
+        if w.version.has_request_streams:
+            w.varint(self.timeout_ms)
 
     @classmethod
     def read(cls, r: Reader) -> Self:
-        return cls(r.string("new session URI"))
+        uri = r.string("new session URI")
+        timeout = r.varint("goaway timeout") if r.version.has_request_streams else 0
+        if r.version.has_goaway_request_id and r.remaining:
+            r.varint("goaway request id")  # draft-18's optional last Request ID: not used
+        return cls(uri, timeout)
 
 
 @dataclass
 class MaxRequestId(ControlMessage):
     TYPE = MessageType.MAX_REQUEST_ID
+    UNTIL = IetfVersion.DRAFT_16  # request-ID credit is gone from draft-17
 
     max_request_id: int  # exclusive: the peer may use IDs below it
 
@@ -231,6 +266,7 @@ class MaxRequestId(ControlMessage):
 @dataclass
 class RequestsBlocked(ControlMessage):
     TYPE = MessageType.REQUESTS_BLOCKED
+    UNTIL = IetfVersion.DRAFT_16
 
     max_request_id: int  # the limit that stopped the sender
 

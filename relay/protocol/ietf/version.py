@@ -1,7 +1,10 @@
 """The IETF moq-transport drafts the relay knows, and how each is named and negotiated.
 
 Draft-14 negotiates twice: the ALPN / wt-protocol `moq-00` and the in-band SETUP version list.
-Drafts 15 and 16 drop the in-band list and rely on the ALPN alone (spec §1.1, §7.1).
+Drafts 15 on drop the in-band list and rely on the ALPN alone (spec §1.1, §7.1). Draft-17 is a
+new wire (spec 17-22): its own varint, SETUP on a uni stream, one bidirectional stream per
+request. Each difference is one property here, named for what it changes, so a codec asks the
+version instead of comparing draft numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ class IetfVersion(IntEnum):
     DRAFT_14 = 0xFF00000E
     DRAFT_15 = 0xFF00000F
     DRAFT_16 = 0xFF000010
+    DRAFT_17 = 0xFF000011
+    DRAFT_18 = 0xFF000012
+    DRAFT_19 = 0xFF000013
+    DRAFT_20 = 0xFF000014
+    DRAFT_21 = 0xFF000015
+    DRAFT_22 = 0xFF000016
 
     @property
     def draft(self) -> int:
@@ -73,6 +82,47 @@ class IetfVersion(IntEnum):
         gone from 16."""
         return self <= IetfVersion.DRAFT_15
 
+    @property
+    def has_request_streams(self) -> bool:
+        """Draft-17 on (spec 17-22 §1-§2): the leading-ones varint; SETUP (0x2F00, both ways) on
+        a uni stream of each side; every request on a bidirectional stream of its own, whose
+        replies carry no Request ID; no request-ID credit, no cancel messages (a stream reset
+        cancels); per-parameter value encodings; Track Properties after SUBSCRIBE_OK, PUBLISH and
+        FETCH_OK."""
+        return self >= IetfVersion.DRAFT_17
+
+    @property
+    def has_required_delta(self) -> bool:
+        """Every request carries a Required Request ID Delta after its Request ID (draft-17 only)."""
+        return self is IetfVersion.DRAFT_17
+
+    @property
+    def has_seven_byte_varint(self) -> bool:
+        """The leading-ones varint's 7-byte form is valid (draft-18 on)."""
+        return self >= IetfVersion.DRAFT_18
+
+    @property
+    def has_first_object_bit(self) -> bool:
+        """SUBGROUP_HEADER bit 0x40: the stream starts at the subgroup's first object; SUBSCRIBE_
+        NAMESPACE is 0x50 without options; PUBLISH is answered by REQUEST_OK (draft-18 on)."""
+        return self >= IetfVersion.DRAFT_18
+
+    @property
+    def has_goaway_request_id(self) -> bool:
+        """GOAWAY may end in a Request ID (draft-18 only; gone from 19)."""
+        return self is IetfVersion.DRAFT_18
+
+    @property
+    def has_varint_filter(self) -> bool:
+        """LOCATION_FILTER holds 0-4 varints whose count picks the shape; FILL_PARAMETERS and
+        INCLUDE_PROPERTIES exist (draft-20 on)."""
+        return self >= IetfVersion.DRAFT_20
+
+    @property
+    def has_typed_filter(self) -> bool:
+        """LOCATION_FILTER is `Type (vi)` and that type's fields, with no Length (draft-22)."""
+        return self >= IetfVersion.DRAFT_22
+
     @classmethod
     def from_alpn(cls, alpn: str) -> IetfVersion | None:
         for version in cls:
@@ -96,4 +146,4 @@ class IetfVersion(IntEnum):
 
 # Offered in this order of preference: the newest draft first (a peer offering several gets
 # the newest; draft-14 stays for the peers that speak nothing else, spec §1.7).
-SUPPORTED = [IetfVersion.DRAFT_16, IetfVersion.DRAFT_15, IetfVersion.DRAFT_14]
+SUPPORTED = sorted(IetfVersion, reverse=True)
