@@ -92,7 +92,11 @@ class RequestStreams:
         final = isinstance(message, msg.ErrorReply | msg.PublishDone) or isinstance(entry.opener, msg.TrackStatus)
         if final:
             del self.streams[rid]
-        await entry.send.write(message.encode(self.session.version))
+        try:
+            await entry.send.write(message.encode(self.session.version))
+        except TransportError:
+            self.streams.pop(rid, None)  # the stream is gone: so is the request's entry
+            raise
         if final:
             await _finish(entry.send)
 
@@ -130,13 +134,15 @@ class RequestStreams:
             pass
         except (SessionClosed, TransportError):
             return
-        if self.streams.get(rid) is entry:  # still wanted: the peer ended it without a word
-            del self.streams[rid]
+        if self.streams.get(rid) is not entry:
+            return  # we unsubscribed: nothing more is owed
+        del self.streams[rid]
+        if not ended:  # still wanted: the peer ended it without a word
             if isinstance(entry.opener, msg.Subscribe):
                 s.subscriber.on_reply(msg.PublishDone(rid, PublishDoneCode.INTERNAL_ERROR, 0, "request stream ended"))
             else:
                 s.publisher.on_namespace_reply(msg.PublishNamespaceCancel((), 0, "request stream ended", rid))
-            await _finish(entry.send)
+        await _finish(entry.send)
 
     # ------------------------------------------------------------------ in
     async def serve(self, send: SendStream, recv: RecvStream) -> None:
@@ -226,7 +232,10 @@ class RequestStreams:
             s.subscriber.on_publish_namespace_done(msg.PublishNamespaceDone(opener.namespace, rid))
             if self.streams.get(rid) is entry:
                 del self.streams[rid]
-                entry.send.reset(StreamResetCode.CANCELLED) if reset else s.spawn(_finish, entry.send)
+                if reset:
+                    entry.send.reset(StreamResetCode.CANCELLED)
+                else:
+                    s.spawn(_finish, entry.send)
         elif isinstance(opener, msg.Fetch) and reset:
             s.fetches.on_fetch_cancel(rid)
 
