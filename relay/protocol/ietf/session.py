@@ -123,8 +123,7 @@ class IetfSession(SessionTasks):
                     nursery.cancel_scope.cancel()
                     return
                 recv, pending = started
-                control_loop = self._setup_stream_loop if self.version.has_request_streams else self._control_loop
-                nursery.start_soon(control_loop, recv, pending)
+                nursery.start_soon(self._control_loop, recv, pending)
                 nursery.start_soon(self._accept_uni_loop)
                 nursery.start_soon(self._accept_bi_loop)
                 assert self.scope is not None
@@ -289,42 +288,26 @@ class IetfSession(SessionTasks):
             self._granted = self._peer_next + window
             await self.send(msg.MaxRequestId(self._granted))
 
-    async def _setup_stream_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
+    async def _after_setup(self, message: msg.ControlMessage) -> None:
         """Draft-17 on: after SETUP the peer's control stream carries at most a GOAWAY (a client
         has no reason to send one to us: noted and ignored) and must stay open."""
-        reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
-        try:
-            messages = list(pending)
-            while True:
-                for message in messages:
-                    if not isinstance(message, msg.GoAway):
-                        raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION,
-                                                f"{message.NAME} on the control stream after SETUP")
-                    log.info("%s peer sent GOAWAY: ignored", self.name)
-                data = await recv.read(READ_CHUNK)
-                if not data:
-                    reader.finish()
-                    raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "the peer ended its control stream")
-                messages = reader.feed(data)
-        except IetfProtocolError as exc:
-            self.fail(exc)
-        except StreamReset as exc:
-            self.fail(IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"control stream reset (code {exc.code})"))
-        except (SessionClosed, TransportError):
-            pass
+        if not isinstance(message, msg.GoAway):
+            raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, f"{message.NAME} on the control stream after SETUP")
+        log.info("%s peer sent GOAWAY: ignored", self.name)
 
     async def _control_loop(self, recv: RecvStream, pending: list[msg.ControlMessage]) -> None:
         reader = msg.ControlStreamReader(self.limits.max_message, version=self.version)
+        handle = self._after_setup if self.version.has_request_streams else self.dispatch
         try:
             for message in pending:
-                await self.dispatch(message)
+                await handle(message)
             while True:
                 data = await recv.read(READ_CHUNK)
                 if not data:
                     reader.finish()
                     raise IetfProtocolError(SessionCode.PROTOCOL_VIOLATION, "the peer ended the control stream")
                 for message in reader.feed(data):
-                    await self.dispatch(message)
+                    await handle(message)
         except IetfProtocolError as exc:
             self.fail(exc)
         except StreamReset as exc:
